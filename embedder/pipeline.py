@@ -1,0 +1,298 @@
+"""One worker: claim → batch → embed → shard → mark → release, as bounded asyncio stages.
+
+The invariant that makes crashes harmless: a doc is marked done only after the shard holding
+its vector is durable. A crash anywhere re-embeds at most the docs of unreleased leases; the
+consolidator's de-duplication by ``_id`` makes the final output exactly-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from embedder.batching import oversized, plan_batches
+from embedder.claims import Lease
+from embedder.documents import Doc, Rejected, to_doc
+from embedder.fleet import Fleet
+from embedder.queue import Claim, DoneMark
+from embedder.shards import ShardReceipt, ShardWriter
+from embedder.telemetry import Summary, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class WorkQueue(Protocol):
+    """What the pipeline needs of a queue (MongoDB in production, in memory in benchmarks)."""
+
+    owner: str
+
+    async def register(self) -> None: ...
+    async def heartbeat(self) -> None: ...
+    async def leave(self) -> None: ...
+    async def claim(self) -> Claim | None: ...
+    async def release(self, lease: Lease) -> None: ...
+    async def others_hold_leases(self) -> bool: ...
+    async def mark(
+        self, done_ids: list[Any], mark: DoneMark | None, failed: list[tuple[Any, str]]
+    ) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    text_field: str = "text"
+    once: bool = False
+    poll_interval_s: float = 5.0
+    heartbeat_interval_s: float = 20.0
+    drain_timeout_s: float = 120.0
+    log_interval_s: float = 10.0
+
+
+@dataclass(slots=True)
+class LeaseTracker:
+    """Counts a lease's docs not yet marked; the lease is released when none remain."""
+
+    lease: Lease
+    outstanding: int
+
+
+@dataclass(slots=True)
+class Batch:
+    docs: list[Doc]
+    trackers: list[LeaseTracker]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the sink receives: embedded docs with their vectors, and failures."""
+
+    done: list[tuple[Doc, LeaseTracker]] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    failed: list[tuple[Any, str, LeaseTracker]] = field(default_factory=list)
+
+
+_END = None  # sentinel through the stage queues
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        fleet: Fleet,
+        shards: ShardWriter,
+        telemetry: Telemetry,
+        settings: WorkerSettings,
+    ) -> None:
+        self._queue = queue
+        self._fleet = fleet
+        self._shards = shards
+        self._telemetry = telemetry
+        self._settings = settings
+        self._embedders = max(1, fleet.total_input_limit // fleet.batch_size)
+        self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self._embedders * 2)
+        self._outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=self._embedders * 2)
+        self._stopping = asyncio.Event()
+        self._limits = fleet.batch_limits()
+        info = fleet.info
+        self._mark = DoneMark(info.model_id, info.model_sha, "")
+        # Marked later, with the next shard's marks: docs the sink has finished with.
+        self._unmarked_done: list[tuple[Doc, LeaseTracker]] = []
+        self._unmarked_failed: list[tuple[Any, str, LeaseTracker]] = []
+
+    @property
+    def summary(self) -> Summary:
+        return self._telemetry.summary
+
+    def request_stop(self) -> None:
+        """Stop claiming; what was claimed is embedded, written and marked, then run() returns."""
+        if not self._stopping.is_set():
+            log.info("stopping: no new claims; draining in-flight work")
+            self._stopping.set()
+
+    async def run(self) -> Summary:
+        await self._queue.register()
+        tasks = [
+            asyncio.create_task(self._claim_loop(), name="claim"),
+            *(
+                asyncio.create_task(self._embed_loop(), name=f"embed-{i}")
+                for i in range(self._embedders)
+            ),
+        ]
+        sink = asyncio.create_task(self._sink_loop(), name="sink")
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._log_loop(), name="progress"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+            await self._outcomes.put(_END)
+            await sink
+        except BaseException:
+            for task in [*tasks, sink]:
+                task.cancel()
+            await asyncio.gather(*tasks, sink, return_exceptions=True)
+            raise
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+        await self._queue.leave()
+        log.info("run finished: %s", self.summary.as_dict())
+        return self.summary
+
+    # --- claim ------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                claim = await self._queue.claim()
+                if claim is None:
+                    if self._settings.once and not await self._queue.others_hold_leases():
+                        return
+                    # Nothing free now: new docs may arrive, or another worker's lease may
+                    # expire (a dead worker) and be taken over.
+                    await self._pause(self._settings.poll_interval_s)
+                    continue
+                await self._dispatch(claim)
+        finally:
+            for _ in range(self._embedders):
+                await self._batches.put(_END)
+
+    async def _dispatch(self, claim: Claim) -> None:
+        self._telemetry.claimed(len(claim.documents))
+        self._telemetry.leases.inc()
+        if claim.taken_over:
+            self._telemetry.lease_taken_over()
+        tracker = LeaseTracker(claim.lease, len(claim.documents))
+        docs: list[Doc] = []
+        rejected = Outcome()
+        for raw in claim.documents:
+            item = _checked(raw, self._settings.text_field, self._limits)
+            if isinstance(item, Rejected):
+                rejected.failed.append((item.id, item.reason, tracker))
+            else:
+                docs.append(item)
+        if rejected.failed:
+            await self._outcomes.put(rejected)
+        for group in plan_batches(docs, self._limits):
+            await self._batches.put(Batch(group, [tracker] * len(group)))
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    # --- embed ------------------------------------------------------------------------------
+
+    async def _embed_loop(self) -> None:
+        while (batch := await self._batches.get()) is not _END:
+            result = await self._fleet.embed([d.text for d in batch.docs])
+            outcome = Outcome()
+            rows = []
+            for position, (doc, tracker) in enumerate(zip(batch.docs, batch.trackers, strict=True)):
+                if position in result.failures:
+                    outcome.failed.append((doc.id, result.failures[position], tracker))
+                else:
+                    outcome.done.append((doc, tracker))
+                    rows.append(result.vectors[position])
+            if rows:
+                outcome.vectors = np.stack(rows)
+            await self._outcomes.put(outcome)
+
+    # --- shard, mark, release -----------------------------------------------------------------
+
+    async def _sink_loop(self) -> None:
+        while True:
+            timeout = (
+                self._shards.seconds_until_due()
+                if self._shards.rows
+                else self._settings.poll_interval_s
+            )
+            try:
+                outcome = await asyncio.wait_for(self._outcomes.get(), timeout=max(timeout, 0.01))
+            except TimeoutError:
+                outcome = Outcome()
+            if outcome is _END:
+                await self._commit()
+                return
+            if outcome.done and outcome.vectors is not None:
+                ids = [doc.id for doc, _ in outcome.done]
+                vectors = outcome.vectors
+                await asyncio.to_thread(self._shards.append, ids, vectors, dt.datetime.now(dt.UTC))
+                self._unmarked_done.extend(outcome.done)
+            self._unmarked_failed.extend(outcome.failed)
+            if self._shards.due() or (self._unmarked_failed and not self._shards.rows):
+                await self._commit()
+
+    async def _commit(self) -> None:
+        """Make the open shard durable, then mark its docs and the failures, then release."""
+        receipt: ShardReceipt | None = await asyncio.to_thread(self._shards.roll)
+        if receipt is not None:
+            self._telemetry.shard_written(receipt.bytes)
+            log.info(
+                "shard %s durable: %d rows, %d bytes", receipt.name, receipt.rows, receipt.bytes
+            )
+        done, failed = self._unmarked_done, self._unmarked_failed
+        if not done and not failed:
+            return
+        mark = DoneMark(self._mark.model, self._mark.model_sha, receipt.name if receipt else "")
+        started = time.perf_counter()
+        await self._queue.mark(
+            [doc.id for doc, _ in done],
+            mark if done else None,
+            [(doc_id, reason) for doc_id, reason, _ in failed],
+        )
+        self._telemetry.mark_seconds.observe(time.perf_counter() - started)
+        self._telemetry.embedded(len(done))
+        for doc_id, reason, _ in failed:
+            log.warning("doc %r failed for good: %s", doc_id, reason)
+            self._telemetry.failed(reason)
+        self._unmarked_done, self._unmarked_failed = [], []
+        finished = [t for _, t in done] + [t for _, _, t in failed]
+        await self._settle(finished)
+
+    async def _settle(self, trackers: list[LeaseTracker]) -> None:
+        for tracker in trackers:
+            tracker.outstanding -= 1
+        for tracker in {id(t): t for t in trackers}.values():
+            if tracker.outstanding == 0:
+                await self._queue.release(tracker.lease)
+                self._telemetry.leases.dec()
+
+    # --- background ---------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_interval_s)
+            try:
+                await self._queue.heartbeat()
+            except Exception as exc:  # a missed beat is retried; the lease TTL has headroom
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _log_loop(self) -> None:
+        last, last_at = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(self._settings.log_interval_s)
+            now, done = time.monotonic(), self.summary.embedded
+            log.info(
+                "embedded %d docs (%.0f docs/s), failed %d, retries %d, shards %d",
+                done,
+                (done - last) / (now - last_at),
+                self.summary.failed,
+                self.summary.retries,
+                self.summary.shards,
+            )
+            last, last_at = done, now
+
+
+def _checked(raw: Mapping[str, Any], text_field: str, limits: Any) -> Doc | Rejected:
+    item = to_doc(raw, text_field)
+    if isinstance(item, Doc):
+        return oversized(item, limits) or item
+    return item

@@ -1,0 +1,280 @@
+"""The MongoDB work queue: claim runs of pending docs under leases, mark them, release.
+
+Round trips per claim: one range read of pending docs (``_id`` and text, through the partial
+index) and one compare-and-set of the queue's control document that advances the cursor and
+records the lease together. Marking a shard's docs is one bulk write. No write ever touches a
+document to claim it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import AsyncMongoClient, ReturnDocument, UpdateMany, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from embedder.claims import ClaimPlan, ControlView, Lease, plan_claim
+from embedder.errors import QueueError
+from embedder.queue_spec import QueueSpec
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+_MARK_CHUNK = 500  # ids per $in: well inside every server's limits
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    lease: Lease
+    documents: Sequence[Mapping[str, Any]]
+    taken_over: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DoneMark:
+    """What the target field of an embedded doc says."""
+
+    model: str
+    model_sha: str | None
+    shard: str
+
+    def to_bson(self, at: dt.datetime) -> dict[str, Any]:
+        return {
+            "status": "done",
+            "model": self.model,
+            "model_sha": self.model_sha,
+            "shard": self.shard,
+            "at": at,
+        }
+
+
+class MongoWorkQueue:
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        spec: QueueSpec,
+        *,
+        claim_size: int = 1000,
+        lease_ttl_s: float = 60.0,
+        clock: Clock = utc_now,
+        owner: str | None = None,
+    ) -> None:
+        self.spec = spec
+        db = client[spec.database]
+        self._docs: AsyncCollection[dict[str, Any]] = db[spec.collection]
+        self._control: AsyncCollection[dict[str, Any]] = db[spec.control_collection]
+        self._claim_size = claim_size
+        self._ttl = dt.timedelta(seconds=lease_ttl_s)
+        self._clock = clock
+        self.owner = owner or uuid.uuid4().hex
+        self._view: ControlView | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def register(self) -> None:
+        """Create the control document if needed and announce this worker."""
+        try:
+            await self._control.insert_one(
+                {
+                    "_id": self.spec.key,
+                    "version": 0,
+                    "cursor": None,
+                    "passes": 0,
+                    "leases": [],
+                    "workers": {},
+                }
+            )
+        except DuplicateKeyError:
+            pass
+        except PyMongoError as exc:
+            raise QueueError(f"cannot write the control collection: {exc}") from exc
+        await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        now = self._clock()
+        worker = {
+            "expires_at": now + self._ttl,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "seen_at": now,
+        }
+        await self._update_control({"$set": {f"workers.{self.owner}": worker}})
+
+    async def leave(self) -> None:
+        """Forget this worker; its leases, if any remain, expire at once for others."""
+        await self._update_control({"$unset": {f"workers.{self.owner}": ""}})
+
+    # --- claiming ---------------------------------------------------------------------------
+
+    async def claim(self) -> Claim | None:
+        """The next run of pending docs under a new lease, or None when none is free now."""
+        wrapped = False
+        for _ in range(10_000):
+            view = self._view or await self._read_control()
+            self._view = None
+            if view.paused:
+                return None
+            for lease in view.expired_leases(self._clock()):
+                claim = await self._take_over(lease)
+                if claim is not None:
+                    return claim
+            candidates = await self._pending_after(view.cursor)
+            if not candidates:
+                if view.cursor is None or wrapped:
+                    return None
+                # End of a pass: start again from the beginning (cheap; the index holds
+                # pending docs only). Docs inserted behind the cursor are found this way.
+                await self._compare_and_set(view, {"$set": {"cursor": None}, "$inc": {"passes": 1}})
+                wrapped = True
+                continue
+            plan = plan_claim([d["_id"] for d in candidates], view.leases)
+            claim = await self._try_claim(view, plan, candidates)
+            if claim is not None:
+                return claim
+        raise QueueError("claim made no progress after 10,000 attempts")
+
+    async def _try_claim(
+        self, view: ControlView, plan: ClaimPlan, candidates: list[dict[str, Any]]
+    ) -> Claim | None:
+        update: dict[str, Any] = {"$set": {"cursor": plan.cursor}}
+        lease = None
+        if plan.ids:
+            lease = Lease(uuid.uuid4().hex, plan.ids[0], plan.ids[-1], self.owner)
+            update["$push"] = {"leases": lease.to_bson()}
+        if not await self._compare_and_set(view, update) or lease is None:
+            return None
+        return Claim(lease, candidates[plan.start : plan.start + len(plan.ids)], taken_over=False)
+
+    async def _take_over(self, lease: Lease) -> Claim | None:
+        now = self._clock()
+        dead = lease.owner
+        query = {
+            "_id": self.spec.key,
+            "leases": {"$elemMatch": {"id": lease.id, "owner": dead}},
+            "$or": [
+                {f"workers.{dead}": {"$exists": False}},
+                {f"workers.{dead}.expires_at": {"$lt": now}},
+            ],
+        }
+        won = await self._find_and_update(query, {"$set": {"leases.$.owner": self.owner}})
+        if won is None:
+            return None  # another worker took it first, or its owner came back
+        mine = Lease(lease.id, lease.lo, lease.hi, self.owner)
+        documents = await self._find(
+            self.spec.pending_query({"$gte": lease.lo, "$lte": lease.hi}), limit=0
+        )
+        log.warning(
+            "took over lease %s [%r..%r] of worker %s: %d docs still pending",
+            lease.id,
+            lease.lo,
+            lease.hi,
+            dead,
+            len(documents),
+        )
+        if not documents:
+            await self.release(mine)
+            return None
+        return Claim(mine, documents, taken_over=True)
+
+    async def _pending_after(self, cursor: Any) -> list[dict[str, Any]]:
+        id_range = None if cursor is None else {"$gt": cursor}
+        return await self._find(self.spec.pending_query(id_range), limit=self._claim_size)
+
+    async def _find(self, query: Mapping[str, Any], *, limit: int) -> list[dict[str, Any]]:
+        projection = {"_id": 1, self.spec.text_field: 1}
+        try:
+            cursor = self._docs.find(query, projection).sort("_id", 1).hint(self.spec.index_name)
+            if limit:
+                cursor = cursor.limit(limit)
+            return await cursor.to_list()
+        except PyMongoError as exc:
+            raise QueueError(f"reading pending docs failed: {exc}") from exc
+
+    async def release(self, lease: Lease) -> None:
+        await self._update_control({"$pull": {"leases": {"id": lease.id, "owner": self.owner}}})
+
+    async def others_hold_leases(self) -> bool:
+        view = await self._read_control()
+        return bool(view.leases_of_others(self.owner))
+
+    # --- marking ----------------------------------------------------------------------------
+
+    async def mark(
+        self, done_ids: Sequence[Any], mark: DoneMark | None, failed: Sequence[tuple[Any, str]]
+    ) -> int:
+        """Mark docs done (their vectors are durable) and failed ones with their reason.
+
+        One bulk write. The ``target: null`` condition makes marking idempotent: a doc redone
+        after a crash is never marked twice. Returns how many docs this call marked.
+        """
+        now = self._clock()
+        target = self.spec.target_field
+        ops: list[UpdateMany | UpdateOne] = []
+        if done_ids:
+            assert mark is not None
+            value = mark.to_bson(now)
+            for start in range(0, len(done_ids), _MARK_CHUNK):
+                chunk = list(done_ids[start : start + _MARK_CHUNK])
+                ops.append(
+                    UpdateMany({"_id": {"$in": chunk}, target: None}, {"$set": {target: value}})
+                )
+        for doc_id, reason in failed:
+            failure = {"status": "failed", "reason": reason[:500], "at": now}
+            ops.append(UpdateOne({"_id": doc_id, target: None}, {"$set": {target: failure}}))
+        if not ops:
+            return 0
+        try:
+            result = await self._docs.bulk_write(ops, ordered=False)
+        except PyMongoError as exc:
+            raise QueueError(
+                f"marking {len(done_ids)} done and {len(failed)} failed docs failed: {exc}"
+            ) from exc
+        return result.modified_count
+
+    # --- control document ---------------------------------------------------------------------
+
+    async def _read_control(self) -> ControlView:
+        try:
+            raw = await self._control.find_one({"_id": self.spec.key})
+        except PyMongoError as exc:
+            raise QueueError(f"reading the control document failed: {exc}") from exc
+        if raw is None:
+            raise QueueError(f"control document {self.spec.key!r} is missing; was the queue reset?")
+        return ControlView.from_bson(raw)
+
+    async def _compare_and_set(self, view: ControlView, update: dict[str, Any]) -> bool:
+        update = {**update, "$inc": {**update.get("$inc", {}), "version": 1}}
+        raw = await self._find_and_update({"_id": self.spec.key, "version": view.version}, update)
+        if raw is None:
+            return False
+        # The answer is the document after our change: the next claim starts from it.
+        self._view = ControlView.from_bson(raw)
+        return True
+
+    async def _find_and_update(
+        self, query: Mapping[str, Any], update: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        try:
+            return await self._control.find_one_and_update(
+                query, update, return_document=ReturnDocument.AFTER
+            )
+        except PyMongoError as exc:
+            raise QueueError(f"updating the control document failed: {exc}") from exc
+
+    async def _update_control(self, update: Mapping[str, Any]) -> None:
+        try:
+            await self._control.update_one({"_id": self.spec.key}, update)
+        except PyMongoError as exc:
+            raise QueueError(f"updating the control document failed: {exc}") from exc

@@ -1,0 +1,372 @@
+"""The HTTP face of ``embedder serve``: TEI's routes, bodies, errors and status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from embedder import __version__
+from embedder import tei_protocol as tei
+from embedder.serve.backends import Backend, Tokens, normalized
+from embedder.serve.scheduler import BackendFailed, BatchStats, Overloaded, Scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """TEI's flags, with TEI's defaults."""
+
+    max_concurrent_requests: int = 512
+    max_batch_tokens: int = 16384
+    max_batch_requests: int | None = None
+    max_client_batch_size: int = 32
+    auto_truncate: bool = True
+    payload_limit: int = tei.DEFAULT_PAYLOAD_LIMIT
+    api_key: str | None = None
+    served_model_name: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, error_type: tei.ErrorType, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+class _PlainError(Exception):
+    """Errors TEI's HTTP layer answers in plain text (payload too large, unparseable JSON)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Gone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+class _ServerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.count = Counter("te_request_count", "Requests received.", ["method"], registry=r)
+        self.success = Counter("te_request_success", "Successful requests.", ["method"], registry=r)
+        self.failure = Counter("te_request_failure", "Failed requests.", ["err"], registry=r)
+        self.queue_size = Gauge("te_queue_size", "Inputs waiting for a batch.", registry=r)
+        self.duration = Histogram("te_request_duration", "Request duration (s).", registry=r)
+        self.queue_duration = Histogram(
+            "te_request_queue_duration", "Queue time of batches (s).", registry=r
+        )
+        self.inference_duration = Histogram(
+            "te_request_inference_duration", "Batch inference (s).", registry=r
+        )
+        self.batch_size = Histogram(
+            "te_batch_next_size",
+            "Inputs per model batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "te_batch_next_tokens",
+            "Tokens per model batch.",
+            buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
+            registry=r,
+        )
+        self.embed_count = Counter("te_embed_count", "Inputs embedded.", registry=r)
+
+    def on_batch(self, stats: BatchStats) -> None:
+        self.batch_size.observe(stats.size)
+        self.batch_tokens.observe(stats.tokens)
+        self.queue_duration.observe(stats.queue_s)
+        self.inference_duration.observe(stats.inference_s)
+        self.embed_count.inc(stats.size)
+
+
+class TeiServer:
+    def __init__(self, backend: Backend, settings: ServerSettings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.metrics = _ServerMetrics()
+        self.scheduler = Scheduler(
+            backend,
+            max_concurrent_requests=settings.max_concurrent_requests,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_requests=settings.max_batch_requests,
+            on_batch=self.metrics.on_batch,
+        )
+
+    def info(self) -> tei.Info:
+        b, s = self.backend, self.settings
+        return tei.Info(
+            model_id=b.model_id,
+            model_sha=b.model_sha,
+            model_dtype=b.dtype,
+            model_type={"embedding": {"pooling": b.pooling}},
+            max_concurrent_requests=s.max_concurrent_requests,
+            max_input_length=b.max_input_length,
+            max_batch_tokens=s.max_batch_tokens,
+            max_batch_requests=s.max_batch_requests,
+            max_client_batch_size=s.max_client_batch_size,
+            auto_truncate=s.auto_truncate,
+            tokenization_workers=1,
+            version=f"{__version__}+embedder-serve",
+            served_model_name=s.served_model_name or b.model_id,
+        )
+
+    def app(self) -> Starlette:
+        routes = [
+            Route(tei.EMBED_ROUTE, self._embed, methods=["POST"]),
+            *(Route(path, self._openai, methods=["POST"]) for path in tei.OPENAI_ROUTES),
+            Route("/tokenize", self._tokenize, methods=["POST"]),
+            Route("/info", self._info, methods=["GET"]),
+            Route("/health", self._health, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+        ]
+        return Starlette(routes=routes, lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self.scheduler.start()
+        try:
+            yield
+        finally:
+            await self.scheduler.stop()
+
+    # --- routes ------------------------------------------------------------------------------
+
+    async def _embed(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.metrics.count.labels("embed").inc()
+        try:
+            self._authorize(request)
+            embed = tei.decode_embed_request(await self._body(request))
+            vectors, tokens = await self._infer(request, embed.inputs, embed.options)
+        except ApiError as exc:
+            return self._error(exc, openai=False)
+        except _PlainError as exc:
+            return PlainTextResponse(str(exc), exc.status)
+        except tei.ProtocolError as exc:
+            return PlainTextResponse(
+                f"Failed to deserialize the JSON body into the target type: {exc}", 422
+            )
+        except _Gone:
+            return Response(status_code=499)
+        return self._ok(tei.encode_embed_response(vectors), started, tokens, embed.inputs)
+
+    async def _openai(self, request: Request) -> Response:
+        started = time.perf_counter()
+        self.metrics.count.labels("openai").inc()
+        try:
+            self._authorize(request)
+            body = tei.decode_openai_request(await self._body(request))
+            options = tei.EmbedOptions(normalize=True, dimensions=body.dimensions)
+            vectors, tokens = await self._infer(request, body.inputs, options)
+        except ApiError as exc:
+            return self._error(exc, openai=True)
+        except _PlainError as exc:
+            return PlainTextResponse(str(exc), exc.status)
+        except tei.ProtocolError as exc:
+            return PlainTextResponse(
+                f"Failed to deserialize the JSON body into the target type: {exc}", 422
+            )
+        except _Gone:
+            return Response(status_code=499)
+        payload = tei.encode_openai_response(
+            vectors,
+            model=self.info().served_model_name or "",
+            encoding_format=body.encoding_format,
+            prompt_tokens=tokens,
+        )
+        return self._ok(payload, started, tokens, body.inputs)
+
+    async def _tokenize(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            texts, add_special = tei.decode_tokenize_request(await self._body(request))
+            if not texts:
+                raise ApiError(
+                    tei.ErrorType.EMPTY, "Input validation error: `inputs` cannot be empty"
+                )
+        except ApiError as exc:
+            return self._error(exc, openai=False)
+        except _PlainError as exc:
+            return PlainTextResponse(str(exc), exc.status)
+        except tei.ProtocolError as exc:
+            return PlainTextResponse(
+                f"Failed to deserialize the JSON body into the target type: {exc}", 422
+            )
+        encoded = await asyncio.to_thread(self.backend.tokenize, texts)
+        answer = [
+            [
+                {
+                    "id": i,
+                    "text": t,
+                    "special": s,
+                    "start": None if s else o[0],
+                    "stop": None if s else o[1],
+                }
+                for i, t, o, s in zip(tok.ids, tok.texts, tok.offsets, tok.special, strict=True)
+                if add_special or not s
+            ]
+            for tok in encoded
+        ]
+        return Response(orjson.dumps(answer), media_type="application/json")
+
+    async def _info(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+        except ApiError as exc:
+            return self._error(exc, openai=False)
+        return Response(orjson.dumps(self.info().to_json()), media_type="application/json")
+
+    async def _health(self, _request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def _metrics(self, _request: Request) -> Response:
+        self.metrics.queue_size.set(self.scheduler.queued)
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- the work --------------------------------------------------------------------------
+
+    async def _infer(
+        self, request: Request, texts: list[str], options: tei.EmbedOptions
+    ) -> tuple[np.ndarray, int]:
+        if not texts:
+            raise ApiError(tei.ErrorType.EMPTY, "Input validation error: `inputs` cannot be empty")
+        limit = self.settings.max_client_batch_size
+        if len(texts) > limit:
+            raise ApiError(tei.ErrorType.VALIDATION, tei.batch_size_message(len(texts), limit))
+        if options.prompt_name is not None:
+            raise ApiError(
+                tei.ErrorType.VALIDATION,
+                f"Input validation error: prompt `{options.prompt_name}` is not available",
+            )
+        try:
+            permits = self.scheduler.admit(len(texts))
+        except Overloaded:
+            raise ApiError(tei.ErrorType.OVERLOADED, "Model is overloaded") from None
+        with permits:
+            tokens = await asyncio.to_thread(self.backend.tokenize, texts)
+            ids = self._fit(tokens, options)
+            try:
+                vectors = await _unless_disconnected(request, self.scheduler.embed(ids))
+            except BackendFailed as exc:
+                raise ApiError(tei.ErrorType.BACKEND, str(exc)) from exc
+        vectors = self._shape(vectors, options)
+        return vectors, sum(len(i) for i in ids)
+
+    def _fit(self, tokens: list[Tokens], options: tei.EmbedOptions) -> list[list[int]]:
+        limit = self.backend.max_input_length
+        truncate = self.settings.auto_truncate if options.truncate is None else options.truncate
+        fitted = []
+        for encoded in tokens:
+            tok = encoded
+            if len(tok) > limit:
+                if not truncate:
+                    raise ApiError(
+                        tei.ErrorType.VALIDATION,
+                        f"Input validation error: `inputs` must have less than {limit} tokens. Given: {len(tok)}",
+                    )
+                tok = tok.truncated(limit, options.truncation_direction)
+            fitted.append(tok.ids)
+        return fitted
+
+    def _shape(self, vectors: np.ndarray, options: tei.EmbedOptions) -> np.ndarray:
+        if options.dimensions is not None:
+            if not 0 < options.dimensions <= vectors.shape[1]:
+                raise ApiError(
+                    tei.ErrorType.VALIDATION,
+                    f"Input validation error: `dimensions` must be between 1 and {vectors.shape[1]}",
+                )
+            vectors = vectors[:, : options.dimensions]
+        return normalized(vectors) if options.normalize else vectors
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _authorize(self, request: Request) -> None:
+        key = self.settings.api_key
+        if key and request.headers.get("authorization") != f"Bearer {key}":
+            raise _PlainError(401, "")
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.settings.payload_limit
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise _PlainError(413, "Failed to buffer the request body: length limit exceeded")
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _PlainError(
+                        413, "Failed to buffer the request body: length limit exceeded"
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect as exc:
+            raise _Gone from exc
+        raw = b"".join(chunks)
+        try:
+            orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise _PlainError(400, f"Failed to parse the request body as JSON: {exc}") from exc
+        return raw
+
+    def _error(self, exc: ApiError, *, openai: bool) -> Response:
+        self.metrics.failure.labels(str(exc.error_type).lower()).inc()
+        body = (
+            tei.encode_openai_error(exc.error_type, exc.message)
+            if openai
+            else tei.encode_error(exc.error_type, exc.message)
+        )
+        return Response(body, status_code=exc.error_type.status, media_type="application/json")
+
+    def _ok(self, payload: bytes, started: float, tokens: int, texts: list[str]) -> Response:
+        total_ms = (time.perf_counter() - started) * 1000
+        self.metrics.success.labels("embed").inc()
+        self.metrics.duration.observe(total_ms / 1000)
+        headers = {
+            tei.HEADER_COMPUTE_TOKENS: str(tokens),
+            tei.HEADER_COMPUTE_CHARACTERS: str(sum(len(t) for t in texts)),
+            tei.HEADER_COMPUTE_TIME: f"{total_ms:.0f}",
+            tei.HEADER_TOTAL_TIME: f"{total_ms:.0f}",
+        }
+        return Response(payload, media_type="application/json", headers=headers)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """Await ``work`` unless the client disconnects first; then cancel it (freeing its inputs)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise _Gone
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

