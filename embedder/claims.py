@@ -88,16 +88,16 @@ def plan_claim(candidates: Sequence[Any], leases: Sequence[Lease]) -> ClaimPlan:
     """
     if not candidates:
         raise ValueError("plan_claim needs at least one candidate")
-    bounds = sorted((sort_key(lease.lo), lease) for lease in leases)
+    starts = [sort_key(lease.lo) for lease in leases]
     run: list[Any] = []
     start = 0
     for position, doc_id in enumerate(candidates):
-        if any(lease.covers(doc_id) for _, lease in bounds):
+        if any(lease.covers(doc_id) for lease in leases):
             if run:
                 break
             start = position + 1
             continue
-        if run and any(sort_key(run[0]) < lo <= sort_key(doc_id) for lo, _ in bounds):
+        if run and any(sort_key(run[0]) < lo <= sort_key(doc_id) for lo in starts):
             break
         run.append(doc_id)
     return ClaimPlan(start, run, run[-1] if run else candidates[-1])

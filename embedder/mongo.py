@@ -18,17 +18,17 @@ _SECRET_PARAMS = re.compile(r"(?i)((?:password|tlsCertificateKeyFilePassword|sec
 
 def redact_uri(uri: str) -> str:
     """The URI with its password and secret parameters replaced, safe for logs and errors."""
+    return _SECRET_PARAMS.sub(r"\1***", _USERINFO.sub(_hide_password, uri))
 
-    def hide(match: re.Match[str]) -> str:
-        user = match.group("userinfo").split(":", 1)[0]
-        return f"{match.group('scheme')}{user}:***@"
 
-    return _SECRET_PARAMS.sub(r"\1***", _USERINFO.sub(hide, uri))
+def _hide_password(match: re.Match[str]) -> str:
+    user = match.group("userinfo").split(":", 1)[0]
+    return f"{match.group('scheme')}{user}:***@"
 
 
 def scrub(message: str, *secrets: str | None) -> str:
-    """A message with any URI redacted and any given secret removed."""
-    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", message)
+    """A message with every URI in it redacted and every given secret removed."""
+    text = redact_uri(message)
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
@@ -37,7 +37,9 @@ def scrub(message: str, *secrets: str | None) -> str:
 
 def connect(uri: str, **options: Any) -> AsyncMongoClient[dict[str, Any]]:
     """A client for ``uri``; TLS and auth options in the URI or ``options`` go to pymongo as-is."""
-    options.setdefault("serverSelectionTimeoutMS", 15_000)
+    if "serverselectiontimeoutms" not in uri.lower():
+        # pymongo lets keyword options override the URI's, so defaults only fill gaps.
+        options.setdefault("serverSelectionTimeoutMS", 15_000)
     return AsyncMongoClient(uri, tz_aware=True, appname="embedder", **options)
 
 

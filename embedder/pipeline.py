@@ -209,25 +209,24 @@ class Worker:
 
     async def _sink_loop(self) -> None:
         while True:
-            timeout = (
-                self._shards.seconds_until_due()
-                if self._shards.rows
-                else self._settings.poll_interval_s
-            )
+            # An idle pipeline commits what it holds: leases are released only once their
+            # docs are marked, and other workers (and --once) wait for those leases.
+            timeout = min(self._shards.seconds_until_due(), self._settings.poll_interval_s)
             try:
                 outcome = await asyncio.wait_for(self._outcomes.get(), timeout=max(timeout, 0.01))
             except TimeoutError:
-                outcome = Outcome()
+                await self._commit()
+                continue
             if outcome is _END:
                 await self._commit()
                 return
             if outcome.done and outcome.vectors is not None:
                 ids = [doc.id for doc, _ in outcome.done]
-                vectors = outcome.vectors
-                await asyncio.to_thread(self._shards.append, ids, vectors, dt.datetime.now(dt.UTC))
+                now = dt.datetime.now(dt.UTC)
+                await asyncio.to_thread(self._shards.append, ids, outcome.vectors, now)
                 self._unmarked_done.extend(outcome.done)
             self._unmarked_failed.extend(outcome.failed)
-            if self._shards.due() or (self._unmarked_failed and not self._shards.rows):
+            if self._shards.due():
                 await self._commit()
 
     async def _commit(self) -> None:

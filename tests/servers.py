@@ -85,3 +85,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def run_python(args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python <args>`` from the repository root to completion; the caller checks the code."""
+    return subprocess.run(
+        [sys.executable, *args],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

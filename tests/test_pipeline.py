@@ -95,7 +95,9 @@ async def test_two_workers_share_one_queue_without_overlap(
     corpus = corpora.tweets(500)
     queue = await seed(mongo, ws.database, corpus)
 
-    extra = ("--once", "--claim-size", "40", "--shard-rows", "100")
+    # Shards larger than the corpus: each worker ends holding leases whose docs sit in an
+    # open shard, which it must commit when idle or both --once workers wait forever.
+    extra = ("--once", "--claim-size", "40", "--shard-rows", "10000")
     first = ws.popen([tei.url], *extra, log="a.log", summary="a.json")
     second = ws.popen([tei.url], *extra, log="b.log", summary="b.json")
     codes = await asyncio.to_thread(lambda: (first.wait(180), second.wait(180)))

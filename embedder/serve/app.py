@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedder import __version__
 from embedder import tei_protocol as tei
@@ -139,7 +141,10 @@ class TeiServer:
             Route("/health", self._health, methods=["GET"]),
             Route("/metrics", self._metrics, methods=["GET"]),
         ]
-        return Starlette(routes=routes, lifespan=self._lifespan)
+        app = Starlette(routes=routes, lifespan=self._lifespan)
+        if self.settings.api_key:
+            app.add_middleware(_RequireApiKey, api_key=self.settings.api_key)
+        return app
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -155,7 +160,6 @@ class TeiServer:
         started = time.perf_counter()
         self.metrics.count.labels("embed").inc()
         try:
-            self._authorize(request)
             embed = tei.decode_embed_request(await self._body(request))
             vectors, tokens = await self._infer(request, embed.inputs, embed.options)
         except ApiError as exc:
@@ -174,7 +178,6 @@ class TeiServer:
         started = time.perf_counter()
         self.metrics.count.labels("openai").inc()
         try:
-            self._authorize(request)
             body = tei.decode_openai_request(await self._body(request))
             options = tei.EmbedOptions(normalize=True, dimensions=body.dimensions)
             vectors, tokens = await self._infer(request, body.inputs, options)
@@ -198,7 +201,6 @@ class TeiServer:
 
     async def _tokenize(self, request: Request) -> Response:
         try:
-            self._authorize(request)
             texts, add_special = tei.decode_tokenize_request(await self._body(request))
             if not texts:
                 raise ApiError(
@@ -229,11 +231,7 @@ class TeiServer:
         ]
         return Response(orjson.dumps(answer), media_type="application/json")
 
-    async def _info(self, request: Request) -> Response:
-        try:
-            self._authorize(request)
-        except ApiError as exc:
-            return self._error(exc, openai=False)
+    async def _info(self, _request: Request) -> Response:
         return Response(orjson.dumps(self.info().to_json()), media_type="application/json")
 
     async def _health(self, _request: Request) -> Response:
@@ -300,11 +298,6 @@ class TeiServer:
 
     # --- plumbing ----------------------------------------------------------------------------
 
-    def _authorize(self, request: Request) -> None:
-        key = self.settings.api_key
-        if key and request.headers.get("authorization") != f"Bearer {key}":
-            raise _PlainError(401, "")
-
     async def _body(self, request: Request) -> bytes:
         limit = self.settings.payload_limit
         declared = request.headers.get("content-length")
@@ -348,6 +341,31 @@ class TeiServer:
             tei.HEADER_TOTAL_TIME: f"{total_ms:.0f}",
         }
         return Response(payload, media_type="application/json", headers=headers)
+
+
+class _RequireApiKey:
+    """TEI's --api-key: every route but /health and /metrics needs the bearer key; else a bare 401."""
+
+    _OPEN = frozenset({"/health", "/metrics"})
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self._OPEN:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-length", b"0")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b""})
+                return
+        await self.app(scope, receive, send)
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:

@@ -1,0 +1,189 @@
+"""The work queue against a real MongoDB server protocol: index use, leases, marking."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure
+
+from embedder import mongo as mongo_setup
+from embedder.errors import ConfigurationError
+from embedder.queue import DoneMark, MongoWorkQueue
+from embedder.queue_spec import QueueSpec
+from tests import corpus as corpora
+from tests.servers import ROOT, run_python
+from tests.worker import seed
+
+Client = AsyncMongoClient[dict[str, Any]]
+
+
+def _uses_index(plan: Any, name: str) -> bool:
+    """Whether an explain() answer names the index as the one the query runs on.
+
+    MongoDB reports it as ``indexName`` of an IXSCAN stage in the winning plan; mongoeco
+    reports the index it planned with as ``hinted_index``. Both are searched for.
+    """
+    if isinstance(plan, dict):
+        if plan.get("indexName") == name or plan.get("hinted_index") == name:
+            return True
+        return any(_uses_index(v, name) for k, v in plan.items() if k != "rejectedPlans")
+    if isinstance(plan, list):
+        return any(_uses_index(v, name) for v in plan)
+    return False
+
+
+async def test_queue_queries_run_on_the_partial_index(mongo: Client, db_name: str) -> None:
+    spec = await seed(mongo, db_name, corpora.tweets(50))
+    docs = mongo[db_name]["tweets"]
+
+    for query in (
+        spec.pending_query(),
+        spec.pending_query({"$gt": 10}),
+        spec.pending_query({"$gte": 1, "$lte": 9}),
+    ):
+        plan = await docs.find(query).sort("_id", 1).hint(spec.index_name).explain()
+        assert _uses_index(plan, spec.index_name), plan
+
+    # The server refuses a hint to a partial index the query does not imply; our queries
+    # pass that check because they carry the partial filter's predicates verbatim.
+    without_partial = {k: v for k, v in spec.pending_query().items() if k != spec.target_field}
+    with pytest.raises(OperationFailure):
+        await docs.find(without_partial).hint(spec.index_name).to_list()
+
+
+async def test_indexes_are_created_idempotently_from_the_cli(
+    mongo_uri: str, mongo: Client, db_name: str
+) -> None:
+    args = [
+        "-m",
+        "embedder.cli",
+        "indexes",
+        "--collection",
+        "tweets",
+        "--mongo-uri",
+        mongo_uri,
+        "--database",
+        db_name,
+    ]
+    for _ in range(2):
+        done = await asyncio.to_thread(run_python, args)
+        assert done.returncode == 0, done.stderr
+    info = await mongo[db_name]["tweets"].index_information()
+    queue = info["embedding_work_queue"]
+    assert [tuple(k) for k in queue["key"]] == [("lang", 1), ("classified", 1), ("_id", 1)]
+    assert dict(queue["partialFilterExpression"]) == {"retweeted": None, "gemma_embedded_768": None}
+    assert info["embedding_done"]["sparse"] is True
+
+
+def test_indexes_js_defines_the_same_indexes_as_python() -> None:
+    script = (ROOT / "mongo" / "indexes.js").read_text()
+    spec = QueueSpec(collection="tweets")
+    assert f'"{spec.index_name}"' in script and f'"{spec.done_index_name}"' in script
+    assert "{ lang: 1, classified: 1 }" in script and "_id: 1" in script
+    assert "{ retweeted: null }" in script and "partialFilterExpression" in script
+    assert re.search(r'targetField \+ "\.status"', script)
+
+
+async def test_missing_index_is_a_clear_configuration_error(mongo: Client, db_name: str) -> None:
+    await mongo[db_name]["tweets"].insert_one({"text": "hi"})
+    with pytest.raises(ConfigurationError, match="embedder indexes --collection tweets"):
+        await mongo_setup.check_indexes(mongo, QueueSpec(collection="tweets", database=db_name))
+
+
+async def test_index_with_another_partial_filter_is_refused(mongo: Client, db_name: str) -> None:
+    await mongo[db_name]["tweets"].create_index(
+        [("lang", 1), ("classified", 1), ("_id", 1)],
+        name="embedding_work_queue",
+        partialFilterExpression={"gemma_embedded_768": None},
+    )
+    with pytest.raises(ConfigurationError, match="does not serve this queue"):
+        await mongo_setup.check_indexes(mongo, QueueSpec(collection="tweets", database=db_name))
+
+
+def test_unreachable_mongodb_is_reported_without_the_password(tmp_path: Path) -> None:
+    uri = "mongodb://admin:hunter2secret@127.0.0.1:1/?serverSelectionTimeoutMS=500"
+    args = [
+        "embed_tweets.py",
+        "--collection",
+        "tweets",
+        "--tei-urls",
+        "http://127.0.0.1:1",
+        "--mongo-uri",
+        uri,
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--hot-dir",
+        str(tmp_path / "hot"),
+    ]
+    done = run_python(args)
+    assert done.returncode != 0
+    assert "not reachable" in done.stderr
+    assert "hunter2secret" not in done.stderr + done.stdout
+    assert "admin:***@" in done.stderr
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+async def test_leases_never_overlap_and_expired_ones_are_taken_over(
+    mongo: Client, db_name: str
+) -> None:
+    spec = await seed(mongo, db_name, corpora.tweets(100))
+    clock = _Clock()
+    alive = MongoWorkQueue(mongo, spec, claim_size=30, lease_ttl_s=10, clock=clock)
+    doomed = MongoWorkQueue(mongo, spec, claim_size=30, lease_ttl_s=10, clock=clock)
+    await alive.register()
+    await doomed.register()
+
+    lost = await doomed.claim()
+    kept = await alive.claim()
+    assert lost and kept
+    assert not {d["_id"] for d in lost.documents} & {d["_id"] for d in kept.documents}
+    assert kept.lease.lo > lost.lease.hi
+
+    # The doomed worker stops heart-beating; once its heartbeat expires, its lease moves.
+    clock.now += dt.timedelta(seconds=11)
+    await alive.heartbeat()
+    taken = await alive.claim()
+    assert taken is not None and taken.taken_over
+    assert {d["_id"] for d in taken.documents} == {d["_id"] for d in lost.documents}
+    assert taken.lease.owner == alive.owner
+
+    # Marking is idempotent: the second mark of the same docs changes nothing.
+    ids = [d["_id"] for d in taken.documents]
+    mark = DoneMark("m", None, "shard-1.parquet")
+    assert await alive.mark(ids, mark, []) == len(ids)
+    assert await alive.mark(ids, mark, []) == 0
+    await alive.release(taken.lease)
+
+
+async def test_a_pass_restarts_from_the_beginning_and_finds_new_docs(
+    mongo: Client, db_name: str
+) -> None:
+    spec = await seed(mongo, db_name, corpora.tweets(20, id_kind="int"))
+    queue = MongoWorkQueue(mongo, spec, claim_size=100)
+    await queue.register()
+    claim = await queue.claim()
+    assert claim is not None
+    ids = [d["_id"] for d in claim.documents]
+    await queue.mark(ids, DoneMark("m", None, "s"), [])
+    await queue.release(claim.lease)
+    assert await queue.claim() is None
+
+    # A doc inserted behind the cursor is found by the next pass.
+    await mongo[db_name]["tweets"].insert_one(
+        {"_id": 1, "lang": "en", "classified": True, "text": "late"}
+    )
+    late = await queue.claim()
+    assert late is not None and [d["_id"] for d in late.documents] == [1]
