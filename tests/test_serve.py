@@ -97,7 +97,9 @@ def test_embed_answers_vectors_in_order_with_timing_headers(hash_server: str) ->
 
 
 def test_each_documented_error(hash_server: str) -> None:
-    post = lambda body: httpx.post(hash_server + "/embed", json=body)  # noqa: E731
+    def post(body: object) -> httpx.Response:
+        return httpx.post(hash_server + "/embed", json=body)
+
     message = _error(post({"inputs": ["x"] * 9}), 422, "Validation")
     assert message == "batch size 9 > maximum allowed batch size 8"
     assert "cannot be empty" in _error(post({"inputs": []}), 400, "Empty")
