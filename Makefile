@@ -36,8 +36,8 @@ demo: install
 	$(BIN)/python -m embedder.demo
 
 bench: install
-	$(BIN)/python bench/pipeline_ceiling.py
-	$(BIN)/python bench/mongo_round_trips.py
+	$(BIN)/python -m bench.pipeline_ceiling
+	$(BIN)/python -m bench.mongo_round_trips
 
 clean:
 	rm -rf $(VENV) embeddings demo-data .pytest_cache .mypy_cache .ruff_cache

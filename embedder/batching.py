@@ -31,12 +31,12 @@ def estimate_tokens(text: str, limits: Limits) -> int:
     return min(guess, limits.max_input_tokens) if limits.truncating else guess
 
 
-def encoded_size(text: str) -> int:
-    return len(text.encode("utf-8")) + _PER_INPUT_OVERHEAD
+def encoded_size(doc: Doc) -> int:
+    return (doc.size or len(doc.text.encode("utf-8"))) + _PER_INPUT_OVERHEAD
 
 
 def oversized(doc: Doc, limits: Limits) -> Rejected | None:
-    size = encoded_size(doc.text) + _BODY_OVERHEAD
+    size = encoded_size(doc) + _BODY_OVERHEAD
     if size > limits.max_bytes:
         return Rejected(
             doc.id, f"text is {size} bytes, over the endpoint's payload limit of {limits.max_bytes}"
@@ -55,7 +55,7 @@ def plan_batches(docs: Sequence[Doc], limits: Limits) -> Iterator[list[Doc]]:
     size = _BODY_OVERHEAD
     for doc in docs:
         doc_tokens = estimate_tokens(doc.text, limits)
-        doc_size = encoded_size(doc.text)
+        doc_size = encoded_size(doc)
         if batch and (
             len(batch) >= limits.max_inputs
             or tokens + doc_tokens > limits.max_tokens

@@ -84,20 +84,25 @@ def plan_claim(candidates: Sequence[Any], leases: Sequence[Lease]) -> ClaimPlan:
     """The run of ``candidates`` (sorted by ``_id``) that no lease covers or spans.
 
     Leading candidates inside leases are skipped; the run then ends before the first
-    candidate that a lease covers or that lies beyond the start of another lease.
+    candidate that a lease covers or that lies beyond the start of another lease. When every
+    candidate is leased, the cursor jumps to the end of the furthest lease that covered one,
+    so a scan passes a leased range in one step rather than page by page.
     """
     if not candidates:
         raise ValueError("plan_claim needs at least one candidate")
     starts = [sort_key(lease.lo) for lease in leases]
     run: list[Any] = []
     start = 0
+    skip_to = candidates[-1]
     for position, doc_id in enumerate(candidates):
-        if any(lease.covers(doc_id) for lease in leases):
+        covering = [lease for lease in leases if lease.covers(doc_id)]
+        if covering:
             if run:
                 break
             start = position + 1
+            skip_to = max([skip_to, *(lease.hi for lease in covering)], key=sort_key)
             continue
         if run and any(sort_key(run[0]) < lo <= sort_key(doc_id) for lo in starts):
             break
         run.append(doc_id)
-    return ClaimPlan(start, run, run[-1] if run else candidates[-1])
+    return ClaimPlan(start, run, run[-1] if run else skip_to)

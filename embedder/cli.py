@@ -437,12 +437,20 @@ def dev_mongo(host: str, port: int, sqlite: Path | None) -> None:
 
 def _run[T](coroutine: Coroutine[Any, Any, T], *secrets: str | None) -> T:
     try:
-        result: T = asyncio.run(coroutine)
+        result: T = _event_loop_runner()(coroutine)
     except ConfigurationError as exc:
         raise click.ClickException("configuration: " + mongo.scrub(str(exc), *secrets)) from None
     except EmbedderError as exc:
         raise click.ClickException(mongo.scrub(str(exc), *secrets)) from None
     return result
+
+
+def _event_loop_runner() -> Any:
+    try:
+        import uvloop
+    except ImportError:  # Windows, or a minimal install
+        return asyncio.run
+    return uvloop.run
 
 
 def _summary_lines(summary: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ class Doc:
 
     id: Any
     text: str
+    size: int = 0  # bytes of the text as UTF-8
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +47,8 @@ def to_doc(document: Mapping[str, Any], text_field: str) -> Doc | Rejected:
         )
     if not value.strip():
         return Rejected(doc_id, f"text field {text_field!r} is empty")
-    if _has_lone_surrogate(value):
-        return Rejected(doc_id, f"text field {text_field!r} is not valid Unicode")
-    return Doc(doc_id, value)
-
-
-def _has_lone_surrogate(text: str) -> bool:
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates cannot be sent as JSON text
+        return Rejected(doc_id, f"text field {text_field!r} is not valid Unicode")
+    return Doc(doc_id, value, size)

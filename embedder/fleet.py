@@ -87,10 +87,19 @@ class Endpoint:
 
 @dataclass(slots=True)
 class FleetResult:
-    """Vectors for the inputs that embedded, reasons for those that failed for good."""
+    """One row per input, in order; ``failures`` names the rows that failed for good, and why.
 
-    vectors: dict[int, np.ndarray]
+    A failed row holds zeros and must not be used.
+    """
+
+    vectors: np.ndarray
     failures: dict[int, str]
+
+    def succeeded(self) -> np.ndarray:
+        """A boolean mask of the rows that hold real vectors."""
+        mask = np.ones(len(self.vectors), dtype=bool)
+        mask[list(self.failures)] = False
+        return mask
 
 
 class Fleet:
@@ -216,7 +225,7 @@ class Fleet:
     # --- embedding ------------------------------------------------------------------------
 
     async def embed(self, texts: Sequence[str]) -> FleetResult:
-        result = FleetResult({}, {})
+        result = FleetResult(np.zeros((len(texts), self.dimension), np.float32), {})
         await self._embed_into(list(texts), list(range(len(texts))), result)
         return result
 
@@ -235,8 +244,7 @@ class Fleet:
                 raise
             await self._divide(texts, positions, result, exc, None)
             return
-        for position, vector in zip(positions, embedded.vectors, strict=True):
-            result.vectors[position] = vector
+        result.vectors[positions] = embedded.vectors
 
     async def _divide(
         self,

@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ class WorkQueue(Protocol):
     async def heartbeat(self) -> None: ...
     async def leave(self) -> None: ...
     async def claim(self) -> Claim | None: ...
-    async def release(self, lease: Lease) -> None: ...
+    async def release(self, leases: Sequence[Lease]) -> None: ...
     async def others_hold_leases(self) -> bool: ...
     async def mark(
         self, done_ids: list[Any], mark: DoneMark | None, failed: list[tuple[Any, str]]
@@ -79,6 +79,7 @@ class Outcome:
 
 
 _END = None  # sentinel through the stage queues
+_APPEND_ROWS = 2048  # rows handed to the shard writer at a time
 
 
 class Worker:
@@ -105,6 +106,9 @@ class Worker:
         # Marked later, with the next shard's marks: docs the sink has finished with.
         self._unmarked_done: list[tuple[Doc, LeaseTracker]] = []
         self._unmarked_failed: list[tuple[Any, str, LeaseTracker]] = []
+        # Embedded rows not yet handed to the shard writer.
+        self._rows: list[Outcome] = []
+        self._buffered = 0
 
     @property
     def summary(self) -> Summary:
@@ -193,16 +197,20 @@ class Worker:
     async def _embed_loop(self) -> None:
         while (batch := await self._batches.get()) is not _END:
             result = await self._fleet.embed([d.text for d in batch.docs])
-            outcome = Outcome()
-            rows = []
-            for position, (doc, tracker) in enumerate(zip(batch.docs, batch.trackers, strict=True)):
-                if position in result.failures:
-                    outcome.failed.append((doc.id, result.failures[position], tracker))
-                else:
-                    outcome.done.append((doc, tracker))
-                    rows.append(result.vectors[position])
-            if rows:
-                outcome.vectors = np.stack(rows)
+            pairs = list(zip(batch.docs, batch.trackers, strict=True))
+            if not result.failures:
+                await self._outcomes.put(Outcome(done=pairs, vectors=result.vectors))
+                continue
+            ok = result.succeeded()
+            outcome = Outcome(
+                done=[pair for pair, keep in zip(pairs, ok, strict=True) if keep],
+                vectors=result.vectors[ok],
+                failed=[
+                    (doc.id, result.failures[i], tracker)
+                    for i, (doc, tracker) in enumerate(pairs)
+                    if not ok[i]
+                ],
+            )
             await self._outcomes.put(outcome)
 
     # --- shard, mark, release -----------------------------------------------------------------
@@ -221,16 +229,28 @@ class Worker:
                 await self._commit()
                 return
             if outcome.done and outcome.vectors is not None:
-                ids = [doc.id for doc, _ in outcome.done]
-                now = dt.datetime.now(dt.UTC)
-                await asyncio.to_thread(self._shards.append, ids, outcome.vectors, now)
-                self._unmarked_done.extend(outcome.done)
+                self._rows.append(outcome)
+                self._buffered += len(outcome.done)
             self._unmarked_failed.extend(outcome.failed)
+            if self._buffered >= min(_APPEND_ROWS, self._shards.room):
+                await self._append_buffered()
             if self._shards.due():
                 await self._commit()
 
+    async def _append_buffered(self) -> None:
+        """Hand buffered rows to the shard writer in one call: one thread hop per chunk."""
+        if not self._rows:
+            return
+        outcomes, self._rows, self._buffered = self._rows, [], 0
+        ids = [doc.id for outcome in outcomes for doc, _ in outcome.done]
+        vectors = np.concatenate([o.vectors for o in outcomes if o.vectors is not None])
+        await asyncio.to_thread(self._shards.append, ids, vectors, dt.datetime.now(dt.UTC))
+        for outcome in outcomes:
+            self._unmarked_done.extend(outcome.done)
+
     async def _commit(self) -> None:
         """Make the open shard durable, then mark its docs and the failures, then release."""
+        await self._append_buffered()
         receipt: ShardReceipt | None = await asyncio.to_thread(self._shards.roll)
         if receipt is not None:
             self._telemetry.shard_written(receipt.bytes)
@@ -259,10 +279,9 @@ class Worker:
     async def _settle(self, trackers: list[LeaseTracker]) -> None:
         for tracker in trackers:
             tracker.outstanding -= 1
-        for tracker in {id(t): t for t in trackers}.values():
-            if tracker.outstanding == 0:
-                await self._queue.release(tracker.lease)
-                self._telemetry.leases.dec()
+        finished = [t.lease for t in {id(t): t for t in trackers}.values() if t.outstanding == 0]
+        await self._queue.release(finished)
+        self._telemetry.leases.dec(len(finished))
 
     # --- background ---------------------------------------------------------------------------
 

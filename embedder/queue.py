@@ -119,41 +119,57 @@ class MongoWorkQueue:
     # --- claiming ---------------------------------------------------------------------------
 
     async def claim(self) -> Claim | None:
-        """The next run of pending docs under a new lease, or None when none is free now."""
-        wrapped = False
+        """The next run of pending docs under a new lease, or None when none is free now.
+
+        The scan position is local until a claim succeeds: passing leased ranges and the end
+        of a pass writes nothing, and the claim's compare-and-set records where it got to.
+        """
+        view = self._view or await self._read_control()
+        self._view = None
+        if view.paused:
+            return None
+        for lease in view.expired_leases(self._clock()):
+            taken = await self._take_over(lease)
+            if taken is not None:
+                return taken
+        position, wrapped = view.cursor, False
         for _ in range(10_000):
-            view = self._view or await self._read_control()
-            self._view = None
-            if view.paused:
-                return None
-            for lease in view.expired_leases(self._clock()):
-                claim = await self._take_over(lease)
-                if claim is not None:
-                    return claim
-            candidates = await self._pending_after(view.cursor)
+            candidates = await self._pending_after(position)
             if not candidates:
-                if view.cursor is None or wrapped:
+                if position is None or wrapped:
                     return None
                 # End of a pass: start again from the beginning (cheap; the index holds
                 # pending docs only). Docs inserted behind the cursor are found this way.
-                await self._compare_and_set(view, {"$set": {"cursor": None}, "$inc": {"passes": 1}})
-                wrapped = True
+                position, wrapped = None, True
                 continue
             plan = plan_claim([d["_id"] for d in candidates], view.leases)
-            claim = await self._try_claim(view, plan, candidates)
-            if claim is not None:
-                return claim
+            if not plan.ids:
+                position = plan.cursor
+                continue
+            claimed = await self._try_claim(view, plan, candidates, new_pass=wrapped)
+            if claimed is not None:
+                return claimed
+            # Another worker changed the control document first: start from its state.
+            view = await self._read_control()
+            position, wrapped = view.cursor, False
         raise QueueError("claim made no progress after 10,000 attempts")
 
     async def _try_claim(
-        self, view: ControlView, plan: ClaimPlan, candidates: list[dict[str, Any]]
+        self,
+        view: ControlView,
+        plan: ClaimPlan,
+        candidates: list[dict[str, Any]],
+        *,
+        new_pass: bool,
     ) -> Claim | None:
-        update: dict[str, Any] = {"$set": {"cursor": plan.cursor}}
-        lease = None
-        if plan.ids:
-            lease = Lease(uuid.uuid4().hex, plan.ids[0], plan.ids[-1], self.owner)
-            update["$push"] = {"leases": lease.to_bson()}
-        if not await self._compare_and_set(view, update) or lease is None:
+        lease = Lease(uuid.uuid4().hex, plan.ids[0], plan.ids[-1], self.owner)
+        update: dict[str, Any] = {
+            "$set": {"cursor": plan.cursor},
+            "$push": {"leases": lease.to_bson()},
+        }
+        if new_pass:
+            update["$inc"] = {"passes": 1}
+        if not await self._compare_and_set(view, update):
             return None
         return Claim(lease, candidates[plan.start : plan.start + len(plan.ids)], taken_over=False)
 
@@ -184,7 +200,7 @@ class MongoWorkQueue:
             len(documents),
         )
         if not documents:
-            await self.release(mine)
+            await self.release([mine])
             return None
         return Claim(mine, documents, taken_over=True)
 
@@ -202,8 +218,13 @@ class MongoWorkQueue:
         except PyMongoError as exc:
             raise QueueError(f"reading pending docs failed: {exc}") from exc
 
-    async def release(self, lease: Lease) -> None:
-        await self._update_control({"$pull": {"leases": {"id": lease.id, "owner": self.owner}}})
+    async def release(self, leases: Sequence[Lease]) -> None:
+        """Drop finished leases, all in one write."""
+        if leases:
+            ids = [lease.id for lease in leases]
+            await self._update_control(
+                {"$pull": {"leases": {"id": {"$in": ids}, "owner": self.owner}}}
+            )
 
     async def others_hold_leases(self) -> bool:
         view = await self._read_control()

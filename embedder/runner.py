@@ -6,7 +6,9 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import start_http_server
 
@@ -33,6 +35,7 @@ class EmbedJob:
     poll_interval_s: float = 5.0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    mongo_options: Mapping[str, Any] = field(default_factory=dict)  # passed to pymongo as-is
 
 
 async def run_embed(job: EmbedJob) -> Summary:
@@ -40,7 +43,7 @@ async def run_embed(job: EmbedJob) -> Summary:
     if job.metrics_port is not None:
         start_http_server(job.metrics_port, addr=job.metrics_host, registry=telemetry.registry)
         log.info("metrics on http://%s:%d/metrics", job.metrics_host, job.metrics_port)
-    client = mongo.connect(job.mongo_uri)
+    client = mongo.connect(job.mongo_uri, **job.mongo_options)
     try:
         await mongo.check_reachable(client, job.mongo_uri)
         await mongo.check_indexes(client, job.queue)

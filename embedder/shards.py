@@ -30,6 +30,13 @@ from embedder.ids import encode_id
 log = logging.getLogger(__name__)
 
 SHARD_SUFFIX = ".parquet"
+# Vectors are near-random floats: dictionary encoding only costs CPU, and byte-stream-split
+# before zstd compresses them best. The id and metadata columns are small either way.
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": ["_id_kind", "model"],
+    "use_byte_stream_split": ["embedding.list.element"],
+}
 _ROW_GROUP_ROWS = 8192
 
 
@@ -133,6 +140,11 @@ class ShardWriter:
         if self._pending_rows >= _ROW_GROUP_ROWS:
             self._flush_pending()
 
+    @property
+    def room(self) -> int:
+        """Rows the open shard takes before it is due."""
+        return max(0, self.settings.max_rows - self.rows)
+
     def due(self) -> bool:
         if self.rows == 0:
             return False
@@ -179,7 +191,7 @@ class ShardWriter:
         name = f"{self.settings.prefix}-{stamp}-{self._owner}-{self._seq:06d}{SHARD_SUFFIX}"
         self._hot_path = self._hot / f".{name}.tmp"
         try:
-            self._writer = pq.ParquetWriter(str(self._hot_path), self._schema, compression="zstd")
+            self._writer = pq.ParquetWriter(str(self._hot_path), self._schema, **PARQUET_OPTIONS)
         except (OSError, pa.ArrowException) as exc:
             raise StorageError(f"cannot create a shard in {self._hot}: {exc}") from exc
         self.opened_at = time.monotonic()

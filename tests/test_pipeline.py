@@ -92,12 +92,14 @@ async def test_two_workers_share_one_queue_without_overlap(
     ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
 ) -> None:
     tei = tei_factory("--dimension", str(DIM))
+    # Slow answers and little prefetch: the run outlasts a worker's start-up, so both take part.
+    tei.set_faults(delay_s=0.1)
     corpus = corpora.tweets(500)
     queue = await seed(mongo, ws.database, corpus)
 
     # Shards larger than the corpus: each worker ends holding leases whose docs sit in an
     # open shard, which it must commit when idle or both --once workers wait forever.
-    extra = ("--once", "--claim-size", "40", "--shard-rows", "10000")
+    extra = ("--once", "--claim-size", "20", "--concurrency", "1", "--shard-rows", "10000")
     first = ws.popen([tei.url], *extra, log="a.log", summary="a.json")
     second = ws.popen([tei.url], *extra, log="b.log", summary="b.json")
     codes = await asyncio.to_thread(lambda: (first.wait(180), second.wait(180)))

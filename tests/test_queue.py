@@ -165,7 +165,7 @@ async def test_leases_never_overlap_and_expired_ones_are_taken_over(
     mark = DoneMark("m", None, "shard-1.parquet")
     assert await alive.mark(ids, mark, []) == len(ids)
     assert await alive.mark(ids, mark, []) == 0
-    await alive.release(taken.lease)
+    await alive.release([taken.lease])
 
 
 async def test_a_pass_restarts_from_the_beginning_and_finds_new_docs(
@@ -178,7 +178,7 @@ async def test_a_pass_restarts_from_the_beginning_and_finds_new_docs(
     assert claim is not None
     ids = [d["_id"] for d in claim.documents]
     await queue.mark(ids, DoneMark("m", None, "s"), [])
-    await queue.release(claim.lease)
+    await queue.release([claim.lease])
     assert await queue.claim() is None
 
     # A doc inserted behind the cursor is found by the next pass.

@@ -1,0 +1,51 @@
+"""A work queue in memory, for benchmarks that must not measure MongoDB."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from embedder.claims import Lease
+from embedder.queue import Claim, DoneMark
+
+
+class MemoryWorkQueue:
+    def __init__(self, texts: Sequence[str], claim_size: int = 1000) -> None:
+        self.owner = uuid.uuid4().hex
+        self._docs = [{"_id": i, "text": t} for i, t in enumerate(texts)]
+        self._next = 0
+        self._claim_size = claim_size
+        self._leases: set[str] = set()
+        self.marked = 0
+
+    async def register(self) -> None:
+        return None
+
+    async def heartbeat(self) -> None:
+        return None
+
+    async def leave(self) -> None:
+        return None
+
+    async def claim(self) -> Claim | None:
+        if self._next >= len(self._docs):
+            return None
+        docs = self._docs[self._next : self._next + self._claim_size]
+        self._next += len(docs)
+        lease = Lease(uuid.uuid4().hex, docs[0]["_id"], docs[-1]["_id"], self.owner)
+        self._leases.add(lease.id)
+        return Claim(lease, docs, taken_over=False)
+
+    async def release(self, leases: Sequence[Lease]) -> None:
+        for lease in leases:
+            self._leases.discard(lease.id)
+
+    async def others_hold_leases(self) -> bool:
+        return False
+
+    async def mark(
+        self, done_ids: list[Any], mark: DoneMark | None, failed: list[tuple[Any, str]]
+    ) -> int:
+        self.marked += len(done_ids) + len(failed)
+        return len(done_ids) + len(failed)

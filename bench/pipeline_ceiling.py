@@ -1,0 +1,103 @@
+"""The client side's ceiling: how many docs/s one worker process moves when neither a GPU
+nor MongoDB is the limit.
+
+An instant TEI-compatible server (precomputed 768-d vectors in TEI's JSON, its own process)
+and an in-memory queue stand in for the fleet and MongoDB; the shards are real Parquet on
+local disk. The baseline, measured in the same run, is the HTTP client alone (Fleet.embed on
+the same batches at the same concurrency), so the ratio is what the pipeline costs on top.
+
+    python -m bench.pipeline_ceiling [--docs 100000] [--batch-size 32] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from bench.memory_queue import MemoryWorkQueue
+from embedder.fleet import Fleet, FleetSettings
+from embedder.pipeline import Worker, WorkerSettings
+from embedder.samples import generate
+from embedder.shards import ShardSettings, ShardWriter
+from embedder.telemetry import Telemetry
+from tests.servers import start
+
+
+async def client_alone(settings: FleetSettings, texts: list[str]) -> float:
+    fleet = await Fleet.connect(settings, Telemetry())
+    batches = [texts[i : i + fleet.batch_size] for i in range(0, len(texts), fleet.batch_size)]
+    pending = iter(batches)
+
+    async def drain() -> None:
+        for batch in pending:
+            await fleet.embed(batch)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(drain() for _ in range(settings.concurrency)))
+    elapsed = time.perf_counter() - started
+    await fleet.close()
+    return len(texts) / elapsed
+
+
+async def whole_pipeline(settings: FleetSettings, texts: list[str], out: Path) -> tuple[float, int]:
+    telemetry = Telemetry()
+    fleet = await Fleet.connect(settings, telemetry)
+    queue = MemoryWorkQueue(texts)
+    shards = ShardWriter(
+        ShardSettings(cold_uri=str(out / "shards"), hot_dir=out / "hot", max_rows=50_000),
+        owner=queue.owner,
+        dimension=fleet.dimension,
+        metadata={"model_id": fleet.info.model_id},
+    )
+    worker = Worker(queue, fleet, shards, telemetry, WorkerSettings(once=True, poll_interval_s=0.2))
+    started = time.perf_counter()
+    summary = await worker.run()
+    elapsed = time.perf_counter() - started
+    await fleet.close()
+    assert summary.embedded == len(texts) == queue.marked, summary
+    return len(texts) / elapsed, summary.shards
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    texts = [s.text for s in generate(args.docs, seed=1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start(
+            ["-m", "bench.instant_tei", "--port", "0", "--dimension", "768"],
+            Path(tmp) / "server.log",
+        )
+        try:
+            settings = FleetSettings(
+                urls=(server.address,), batch_size=args.batch_size, concurrency=args.concurrency
+            )
+            baseline = await client_alone(settings, texts)
+            pipeline, shards = await whole_pipeline(settings, texts, Path(tmp))
+        finally:
+            server.stop()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"docs: {args.docs}, 768-d, batch {args.batch_size}, {args.concurrency} requests in flight"
+    )
+    print(f"{'':28}{'docs/s':>10}")
+    print(f"{'HTTP client alone':28}{baseline:>10,.0f}")
+    print(f"{'whole pipeline (+shards)':28}{pipeline:>10,.0f}   ({shards} shards)")
+    print(f"pipeline / client alone: {pipeline / baseline:.2f}")
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(main())
