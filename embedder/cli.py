@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,19 @@ log = logging.getLogger("embedder")
 DEFAULT_MONGO_URI = "mongodb://localhost:27017"
 DEFAULT_OUTPUT_DIR = "embeddings/shards"
 DEFAULT_HOT_DIR = "embeddings/hot"
+DEFAULT_CONSOLIDATED_DIR = "embeddings/consolidated"
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(_ctx: click.Context, _param: click.Parameter, value: str | int) -> int:
+    """'1G', '512MiB', '200MB' or a plain number of bytes (units are powers of 1024)."""
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    number = text[: len(text) - len(unit)]
+    try:
+        return int(float(number) * _SIZE_UNITS[unit])
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a size such as 1G or 512M") from exc
 
 
 def _json_object(
@@ -337,6 +352,166 @@ def indexes(
 
     names = _run(create(), mongo_uri, None)
     click.echo(f"indexes ready on {database}.{collection}: {', '.join(names)}")
+
+
+def consolidation_dirs(func: Any) -> Any:
+    func = click.option(
+        "--consolidated-dir",
+        default=DEFAULT_CONSOLIDATED_DIR,
+        show_default=True,
+        envvar="EMBEDDER_CONSOLIDATED_DIR",
+        help="Where the large files go: a path or a pyarrow.fs URI.",
+    )(func)
+    return click.option(
+        "--shards-dir",
+        default=DEFAULT_OUTPUT_DIR,
+        show_default=True,
+        envvar=["EMBEDDER_SHARDS_DIR", "EMBEDDER_OUTPUT_DIR"],
+        help="The shards the embedder wrote.",
+    )(func)
+
+
+@cli.command()
+@consolidation_dirs
+@click.option(
+    "--target-file-size",
+    default="1G",
+    show_default=True,
+    callback=_size,
+    envvar="EMBEDDER_TARGET_FILE_SIZE",
+    help="Size of each output file.",
+)
+@click.option(
+    "--memory-limit",
+    default="512M",
+    show_default=True,
+    callback=_size,
+    envvar="EMBEDDER_MEMORY_LIMIT",
+    help="Peak memory for de-duplication and copying, whatever the input size.",
+)
+@click.option(
+    "--retire",
+    type=click.Choice(["delete", "move"]),
+    default="delete",
+    show_default=True,
+    envvar="EMBEDDER_RETIRE",
+    help="Merged shards: delete them, or move them to <shards-dir>/.retired.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="EMBEDDER_WORK_DIR",
+    help="Local scratch space for spill files. [default: the system temp dir]",
+)
+@click.option(
+    "--watch", is_flag=True, help="Keep consolidating new shards every --interval seconds."
+)
+@click.option(
+    "--interval", default=300.0, show_default=True, envvar="EMBEDDER_CONSOLIDATE_INTERVAL"
+)
+@click.option(
+    "--report-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the run report here.",
+)
+def consolidate(
+    shards_dir: str,
+    consolidated_dir: str,
+    target_file_size: int,
+    memory_limit: int,
+    retire: str,
+    work_dir: Path | None,
+    watch: bool,
+    interval: float,
+    report_json: Path | None,
+) -> None:
+    """Merge shards into large, de-duplicated, verified Parquet files with a manifest."""
+    from embedder.consolidate import ConsolidateSettings, Consolidator
+
+    try:
+        settings = ConsolidateSettings(
+            shards_uri=shards_dir,
+            output_uri=consolidated_dir,
+            target_file_bytes=target_file_size,
+            memory_limit_bytes=memory_limit,
+            retire="move" if retire == "move" else "delete",
+            work_dir=work_dir,
+        )
+    except ConfigurationError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+    stop = _stop_flag() if watch else None
+    while True:
+        try:
+            report = Consolidator(settings).run()
+        except EmbedderError as exc:
+            raise click.ClickException(str(exc)) from None
+        if report_json:
+            report_json.write_text(json.dumps(report.as_dict(), indent=2))
+        click.echo(
+            f"consolidated {len(report.sources)} shards: {report.rows_in} rows in, {report.rows_out} out, "
+            f"{report.duplicates_dropped} duplicates dropped, {len(report.files)} files written "
+            f"({report.elapsed_s}s)",
+            err=True,
+        )
+        for name, reason in report.bad_shards.items():
+            click.echo(f"  left in place: {name}: {reason}", err=True)
+        if stop is None or stop.wait(interval):
+            break
+    if report.bad_shards and not watch:
+        sys.exit(3)
+
+
+@cli.command()
+@queue_options
+@consolidation_dirs
+@click.option(
+    "--memory-limit",
+    default="512M",
+    show_default=True,
+    callback=_size,
+    envvar="EMBEDDER_MEMORY_LIMIT",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(
+    collection: str,
+    mongo_uri: str,
+    database: str,
+    queue_filter: dict[str, Any] | None,
+    exclude: dict[str, Any] | None,
+    text_field: str,
+    target_field: str,
+    shards_dir: str,
+    consolidated_dir: str,
+    memory_limit: int,
+    as_json: bool,
+) -> None:
+    """Check the consolidated output against MongoDB; exit 1 on any discrepancy."""
+    from embedder.verify import verify as run_verify
+
+    spec = _spec(collection, database, queue_filter, exclude, text_field, target_field)
+
+    async def check() -> Any:
+        client = mongo.connect(mongo_uri)
+        try:
+            await mongo.check_reachable(client, mongo_uri)
+            return await run_verify(
+                client, spec, consolidated_dir, shards_uri=shards_dir, memory_limit=memory_limit
+            )
+        finally:
+            await client.close()
+
+    report = _run(check(), mongo_uri)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
+    if not report.ok:
+        sys.exit(1)
+
+
+def _stop_flag() -> threading.Event:
+    """Set by SIGINT/SIGTERM, so --watch finishes its current run and exits 0."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 @cli.command()

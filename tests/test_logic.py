@@ -90,7 +90,9 @@ def test_a_claim_never_covers_or_spans_a_lease(
         # Every candidate is leased: the cursor may jump past them, but only across ids
         # that some lease covers, so no claimable doc is ever skipped.
         assert plan.cursor >= candidates[-1]
-        assert all(any(le.covers(x) for le in leases) for x in range(candidates[-1] + 1, plan.cursor + 1))
+        assert all(
+            any(le.covers(x) for le in leases) for x in range(candidates[-1] + 1, plan.cursor + 1)
+        )
     # Every candidate skipped before the run is inside a lease.
     assert all(any(le.covers(c) for le in leases) for c in candidates[: plan.start])
 

@@ -1,0 +1,279 @@
+"""The consolidator: de-duplication, crash safety, damaged shards, readers, verification."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedder import manifest as mf
+from embedder.consolidate import ConsolidateSettings, Consolidator
+from embedder.shards import ShardSettings, ShardWriter
+from tests.servers import ROOT
+
+DIM = 16
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def vectors_for(ids: list[int], version: int) -> np.ndarray:
+    """Unit vectors that encode (id, version), so a test can tell which copy survived."""
+    out = np.stack([np.random.default_rng([version, i]).standard_normal(DIM) for i in ids]).astype(
+        np.float32
+    )
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def write_shard(shards: Path, ids: list[int], version: int, hot: Path | None = None) -> str:
+    settings = ShardSettings(
+        cold_uri=str(shards), hot_dir=hot or shards.parent / "hot", max_rows=10**9
+    )
+    writer = ShardWriter(
+        settings,
+        owner=uuid.uuid4().hex,
+        dimension=DIM,
+        metadata={"model_id": "test/model", "dimension": str(DIM), "normalize": "true"},
+    )
+    writer.append(ids, vectors_for(ids, version), T0 + dt.timedelta(minutes=version))
+    receipt = writer.roll()
+    assert receipt is not None
+    return receipt.name
+
+
+def output_rows(out: Path) -> dict[str, np.ndarray]:
+    manifest = mf.load(*_local(out))
+    tables = [pq.read_table(out / f.name) for f in manifest.files]
+    assert {p.name for p in out.glob("*.parquet")} == {f.name for f in manifest.files}
+    if not tables:
+        return {}
+    table = pa.concat_tables(tables)
+    ids = table["_id"].to_pylist()
+    assert len(ids) == len(set(ids)), "an id appears twice in the output"
+    return dict(zip(ids, np.stack(table["embedding"].to_numpy(zero_copy_only=False)), strict=True))
+
+
+def _local(path: Path) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    return pafs.LocalFileSystem(), str(path)
+
+
+def survivor_version(vector: np.ndarray, doc_id: int) -> int:
+    for version in range(10):
+        expected = vectors_for([doc_id], version)[0]
+        if np.allclose(vector, expected, atol=1e-6):
+            return version
+    raise AssertionError(f"vector of {doc_id} matches no version")
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "shards", tmp_path / "consolidated"
+
+
+def settings(shards: Path, out: Path, **extra: Any) -> ConsolidateSettings:
+    return ConsolidateSettings(shards_uri=str(shards), output_uri=str(out), **extra)
+
+
+def test_duplicates_within_and_across_shards_and_runs(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    write_shard(shards, list(range(100)), version=1)
+    write_shard(shards, list(range(50, 150)), version=2)
+    write_shard(shards, [5, 5, 7], version=3)  # a duplicate inside one shard, and newer
+
+    first = Consolidator(settings(shards, out)).run()
+
+    assert first.rows_in == 203 and first.duplicates_dropped == 53 and first.rows_out == 150
+    rows = output_rows(out)
+    assert set(rows) == {str(i) for i in range(150)}
+    assert survivor_version(rows["20"], 20) == 1
+    assert survivor_version(rows["60"], 60) == 2
+    assert survivor_version(rows["5"], 5) == 3 and survivor_version(rows["7"], 7) == 3
+    assert not list(shards.glob("*.parquet")), "merged shards should be retired"
+
+    write_shard(shards, list(range(140, 160)), version=4)  # newer than rows already consolidated
+    write_shard(shards, [0], version=0)  # older than the consolidated copy: must lose
+    second = Consolidator(settings(shards, out)).run()
+
+    rows = output_rows(out)
+    assert set(rows) == {str(i) for i in range(160)}
+    assert survivor_version(rows["145"], 145) == 4 and survivor_version(rows["0"], 0) == 1
+    assert second.rewritten, "the output file holding the older copies should be rewritten"
+    manifest = mf.load(*_local(out))
+    assert (
+        manifest.total_rows == 160
+        and manifest.dimension == DIM
+        and manifest.model_id == "test/model"
+    )
+    assert len(manifest.runs) == 2 and all(len(f.sha256) == 64 for f in manifest.files)
+
+
+def test_output_files_respect_the_target_size(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    for start in range(0, 100_000, 10_000):
+        write_shard(shards, list(range(start, start + 10_000)), version=1)
+    report = Consolidator(settings(shards, out, target_file_bytes=1 << 20)).run()
+    assert report.rows_out == 100_000
+    sizes = [f.bytes for f in report.files]
+    assert len(sizes) >= 5
+    assert all(0.7 * (1 << 20) < size < 1.3 * (1 << 20) for size in sizes[:-1]), sizes
+
+
+def test_output_reads_back_in_pyarrow_and_duckdb(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    write_shard(shards, list(range(300)), version=1)
+    Consolidator(settings(shards, out)).run()
+
+    table = pq.read_table(out)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), DIM)
+    assert table.num_rows == 300
+    con = duckdb.connect()
+    count, shortest, longest = con.execute(
+        f"SELECT count(*), min(len(embedding)), max(len(embedding)) FROM read_parquet('{out}/*.parquet')"
+    ).fetchone() or (0, 0, 0)
+    assert (count, shortest, longest) == (300, DIM, DIM)
+    # Parquet has no fixed-size list: DuckDB sees FLOAT[] and casts to its array type cleanly.
+    kind = con.execute(
+        f"SELECT typeof(embedding::FLOAT[{DIM}]) FROM read_parquet('{out}/*.parquet') LIMIT 1"
+    ).fetchone()
+    assert kind == (f"FLOAT[{DIM}]",)
+
+
+def test_damaged_shards_are_reported_by_name_and_left_in_place(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    good = write_shard(shards, list(range(100)), version=1)
+    truncated = write_shard(shards, list(range(100, 200)), version=1)
+    corrupted = write_shard(shards, list(range(200, 300)), version=1)
+    data = (shards / truncated).read_bytes()
+    (shards / truncated).write_bytes(data[: len(data) // 2])
+    raw = bytearray((shards / corrupted).read_bytes())
+    raw[200:4200] = bytes(4000)  # inside the vector pages, footer intact
+    (shards / corrupted).write_bytes(bytes(raw))
+
+    report = Consolidator(settings(shards, out)).run()
+
+    assert set(report.bad_shards) == {truncated, corrupted}
+    assert report.sources == [good]
+    assert set(output_rows(out)) == {str(i) for i in range(100)}
+    assert (shards / truncated).exists() and (shards / corrupted).exists()
+    assert not (shards / good).exists()
+
+
+def test_shards_being_written_are_never_read(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    write_shard(shards, [1, 2, 3], version=1)
+    (shards / ".shard-in-progress.parquet.tmp").write_bytes(b"PAR1 half written")
+    (shards / ".hidden.parquet").write_bytes(b"not yet")
+    report = Consolidator(settings(shards, out)).run()
+    assert report.rows_out == 3 and not report.bad_shards
+    assert (shards / ".shard-in-progress.parquet.tmp").exists() and (
+        shards / ".hidden.parquet"
+    ).exists()
+
+
+def test_merged_shards_can_be_moved_aside(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    name = write_shard(shards, [1, 2], version=1)
+    Consolidator(settings(shards, out, retire="move")).run()
+    assert (shards / ".retired" / name).exists() and not (shards / name).exists()
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "consolidate.mid-copy",
+        "consolidate.before-commit",
+        "consolidate.after-commit-record",
+        "consolidate.mid-publish",
+        "consolidate.before-manifest",
+        "consolidate.mid-retire",
+    ],
+)
+def test_a_kill_at_any_point_then_a_rerun_gives_the_same_output(tmp_path: Path, point: str) -> None:
+    reference_shards, reference_out = tmp_path / "ref-shards", tmp_path / "ref-out"
+    shards, out = tmp_path / "shards", tmp_path / "out"
+    for target in (reference_shards, shards):
+        write_shard(target, list(range(0, 400)), version=1, hot=tmp_path / "hot")
+        write_shard(target, list(range(300, 700)), version=2, hot=tmp_path / "hot")
+    # A first consolidation, so the killed run also rewrites earlier output.
+    for pair in ((reference_shards, reference_out), (shards, out)):
+        _consolidate_cli(*pair)
+        write_shard(pair[0], list(range(650, 900)), version=3, hot=tmp_path / "hot")
+        write_shard(pair[0], list(range(850, 1000)), version=4, hot=tmp_path / "hot")
+    _consolidate_cli(reference_shards, reference_out)
+
+    killed = _consolidate_cli(shards, out, env={"EMBEDDER_FAILPOINT": point}, target_size="16K")
+    assert killed.returncode == -9, killed.stderr
+    rerun = _consolidate_cli(shards, out)
+    assert rerun.returncode == 0, rerun.stderr
+
+    expected = output_rows(reference_out)
+    got = output_rows(out)
+    assert sorted(got) == sorted(expected) == sorted(str(i) for i in range(1000))
+    for doc_id, vector in expected.items():
+        np.testing.assert_array_equal(got[doc_id], vector)
+    assert not list(shards.glob("*.parquet")), (
+        "every merged shard should be retired after the rerun"
+    )
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], (
+        "staging or commit files were left"
+    )
+
+
+def _consolidate_cli(
+    shards: Path, out: Path, env: dict[str, str] | None = None, target_size: str = "1G"
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        sys.executable,
+        "consolidate_embeddings.py",
+        "--shards-dir",
+        str(shards),
+        "--consolidated-dir",
+        str(out),
+        "--target-file-size",
+        target_size,
+    ]
+    return subprocess.run(
+        args,
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_consolidated_dir_must_differ_from_the_shards_dir(tmp_path: Path) -> None:
+    from embedder.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        ConsolidateSettings(shards_uri=str(tmp_path), output_uri=str(tmp_path) + "/")
+
+
+def test_a_shard_of_another_model_is_left_in_place(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    write_shard(shards, [1], version=1)
+    Consolidator(settings(shards, out)).run()
+    other = ShardWriter(
+        ShardSettings(cold_uri=str(shards), hot_dir=shards.parent / "hot"),
+        owner="x" * 32,
+        dimension=DIM,
+        metadata={"model_id": "other/model", "normalize": "true"},
+    )
+    other.append([2], vectors_for([2], 1), T0)
+    receipt = other.roll()
+    assert receipt is not None
+    report = Consolidator(settings(shards, out)).run()
+    assert "other/model" in report.bad_shards[receipt.name]
+    shutil.rmtree(shards.parent / "hot", ignore_errors=True)
