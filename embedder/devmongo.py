@@ -7,6 +7,7 @@ It needs Python 3.13+ and the ``demo`` extra; production runs use a real MongoDB
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -38,5 +39,6 @@ async def run(host: str, port: int, sqlite_path: Path | None) -> None:
     try:
         await stop.wait()
     finally:
-        await server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.close(), timeout=5)
     print("embedder dev-mongo: stopped", file=sys.stderr, flush=True)

@@ -22,6 +22,7 @@ from embedder.batching import oversized, plan_batches
 from embedder.claims import Lease
 from embedder.documents import Doc, Rejected, to_doc
 from embedder.fleet import Fleet
+from embedder.progress import Progress, Silent
 from embedder.queue import Claim, DoneMark
 from embedder.shards import ShardReceipt, ShardWriter
 from embedder.telemetry import Summary, Telemetry
@@ -90,8 +91,11 @@ class Worker:
         shards: ShardWriter,
         telemetry: Telemetry,
         settings: WorkerSettings,
+        *,
+        progress: Progress | None = None,
     ) -> None:
         self._queue = queue
+        self._progress: Progress = progress or Silent()
         self._fleet = fleet
         self._shards = shards
         self._telemetry = telemetry
@@ -109,6 +113,7 @@ class Worker:
         # Embedded rows not yet handed to the shard writer.
         self._rows: list[Outcome] = []
         self._buffered = 0
+        self._tokens_reported = 0
 
     @property
     def summary(self) -> Summary:
@@ -147,6 +152,7 @@ class Worker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+        self._progress.close()
         await self._queue.leave()
         log.info("run finished: %s", self.summary.as_dict())
         return self.summary
@@ -269,6 +275,10 @@ class Worker:
         )
         self._telemetry.mark_seconds.observe(time.perf_counter() - started)
         self._telemetry.embedded(len(done))
+        self._progress.advance(
+            len(done), len(failed), self._telemetry.summary.tokens - self._tokens_reported
+        )
+        self._tokens_reported = self._telemetry.summary.tokens
         for doc_id, reason, _ in failed:
             log.warning("doc %r failed for good: %s", doc_id, reason)
             self._telemetry.failed(reason)

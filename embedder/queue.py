@@ -226,6 +226,17 @@ class MongoWorkQueue:
                 {"$pull": {"leases": {"id": {"$in": ids}, "owner": self.owner}}}
             )
 
+    async def pending_count(self) -> int:
+        """Docs waiting, counted on the work-queue index (no collection scan)."""
+        try:
+            return int(
+                await self._docs.count_documents(
+                    self.spec.pending_query(), hint=self.spec.index_name
+                )
+            )
+        except PyMongoError as exc:
+            raise QueueError(f"counting pending docs failed: {exc}") from exc
+
     async def others_hold_leases(self) -> bool:
         view = await self._read_control()
         return bool(view.leases_of_others(self.owner))

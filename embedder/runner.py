@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 from embedder import __version__, mongo
 from embedder.fleet import Fleet, FleetSettings
 from embedder.pipeline import Worker, WorkerSettings
+from embedder.progress import for_stream
 from embedder.queue import MongoWorkQueue
 from embedder.queue_spec import QueueSpec
 from embedder.shards import ShardSettings, ShardWriter
@@ -36,6 +37,7 @@ class EmbedJob:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     mongo_options: Mapping[str, Any] = field(default_factory=dict)  # passed to pymongo as-is
+    progress_bar: bool | None = None  # None: a bar when stderr is a terminal
 
 
 async def run_embed(job: EmbedJob) -> Summary:
@@ -64,7 +66,8 @@ async def run_embed(job: EmbedJob) -> Summary:
                 poll_interval_s=job.poll_interval_s,
                 heartbeat_interval_s=job.lease_ttl_s / 3,
             )
-            worker = Worker(queue, fleet, writer, telemetry, settings)
+            progress = for_stream(await queue.pending_count(), enabled=job.progress_bar)
+            worker = Worker(queue, fleet, writer, telemetry, settings, progress=progress)
             log.info(
                 "embedding %s.%s into %r with %s (dim %d) on %d endpoint(s); shards to %s",
                 job.queue.database,
