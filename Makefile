@@ -38,6 +38,8 @@ demo: install
 bench: install
 	$(BIN)/python -m bench.pipeline_ceiling
 	$(BIN)/python -m bench.mongo_round_trips
+	$(BIN)/python -m bench.serve_throughput
+	$(BIN)/python -m bench.consolidate_1m
 
 clean:
 	rm -rf $(VENV) embeddings demo-data .pytest_cache .mypy_cache .ruff_cache

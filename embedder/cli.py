@@ -517,7 +517,7 @@ def _stop_flag() -> threading.Event:
 @cli.command()
 @click.option(
     "--backend",
-    type=click.Choice(["onnx", "hash"]),
+    type=click.Choice(["onnx", "hash", "torch"]),
     default="onnx",
     show_default=True,
     envvar="EMBEDDER_SERVE_BACKEND",
@@ -537,6 +537,16 @@ def _stop_flag() -> threading.Event:
     help="A tokenizer.json in place of the packaged one.",
 )
 @click.option("--threads", default=0, show_default=True, help="Model threads (0: one per core).")
+@click.option(
+    "--model-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    envvar="EMBEDDER_SERVE_MODEL_DIR",
+    help="torch backend: a local sentence-transformers model directory.",
+)
+@click.option("--device", help="torch backend: cuda, cuda:1, cpu... [default: cuda when present]")
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="torch backend weights."
+)
 @click.option(
     "--hostname", default="127.0.0.1", show_default=True, envvar="EMBEDDER_SERVE_HOSTNAME"
 )
@@ -562,6 +572,9 @@ def serve(
     model_file: Path | None,
     tokenizer_file: Path | None,
     threads: int,
+    model_dir: Path | None,
+    device: str | None,
+    dtype: str | None,
     hostname: str,
     port: int,
     max_concurrent_requests: int,
@@ -576,13 +589,19 @@ def serve(
     from embedder.serve.main import ServerSettings, TeiServer, make_backend
     from embedder.serve.main import serve as run_server
 
-    model = make_backend(
-        backend,
-        dimension=dimension,
-        model_file=model_file,
-        tokenizer_file=tokenizer_file,
-        threads=threads,
-    )
+    try:
+        model = make_backend(
+            backend,
+            dimension=dimension,
+            model_file=model_file,
+            tokenizer_file=tokenizer_file,
+            threads=threads,
+            model_dir=model_dir,
+            device=device,
+            dtype=dtype,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
     settings = ServerSettings(
         max_concurrent_requests=max_concurrent_requests,
         max_batch_tokens=max_batch_tokens,

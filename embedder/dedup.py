@@ -13,11 +13,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from embedder.workdb import open_work_db
 
 KEY_COLUMNS = ["_id", "_id_kind", "embedded_at"]
 _KEY_SCHEMA = pa.schema(
@@ -58,12 +59,8 @@ def find_losers(
 ) -> Losers:
     """``files`` are (filesystem, path) pairs, so one pass spans shards and output."""
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="dedup-") as tmp:
-        con = duckdb.connect(str(Path(tmp) / "keys.duckdb"))
+        con = open_work_db(Path(tmp), memory_limit)
         try:
-            con.execute(f"SET memory_limit = '{max(memory_limit // (1 << 20), 64)}MB'")
-            con.execute(f"SET temp_directory = '{Path(tmp) / 'spill'}'")
-            con.execute("SET preserve_insertion_order = false")
-            con.execute("SET threads = 2")
             unreadable: dict[int, str] = {}
             stream = pa.RecordBatchReader.from_batches(_KEY_SCHEMA, _key_batches(files, unreadable))
             con.register("key_stream", stream)

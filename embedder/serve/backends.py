@@ -109,6 +109,7 @@ class OnnxMiniLM:
     dimension = 384
     # sentence-transformers trained and serves this model at 256 tokens.
     max_input_length = 256
+    chunk = 32
 
     def __init__(
         self, model_file: Path | None = None, tokenizer_file: Path | None = None, threads: int = 0
@@ -142,6 +143,19 @@ class OnnxMiniLM:
         ]
 
     def embed(self, batch: list[list[int]]) -> np.ndarray:
+        """Vectors in input order; run in length-sorted chunks of ``chunk`` inputs.
+
+        On a CPU this model is fastest around 16-32 inputs a run and loses a quarter of its
+        throughput at 256, and sorting by length keeps padding (wasted attention) small.
+        """
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
+        out = np.empty((len(batch), self.dimension), np.float32)
+        for start in range(0, len(order), self.chunk):
+            rows = order[start : start + self.chunk]
+            out[rows] = self._run([batch[i] for i in rows])
+        return out
+
+    def _run(self, batch: list[list[int]]) -> np.ndarray:
         width = max(len(ids) for ids in batch)
         input_ids = np.zeros((len(batch), width), np.int64)
         mask = np.zeros((len(batch), width), np.int64)

@@ -15,12 +15,30 @@ from embedder.serve.backends import Backend, HashBackend, OnnxMiniLM
 
 
 def make_backend(
-    name: str, *, dimension: int, model_file: Path | None, tokenizer_file: Path | None, threads: int
+    name: str,
+    *,
+    dimension: int = 384,
+    model_file: Path | None = None,
+    tokenizer_file: Path | None = None,
+    threads: int = 0,
+    model_dir: Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> Backend:
     if name == "hash":
         return HashBackend(dimension)
     if name == "onnx":
         return OnnxMiniLM(model_file, tokenizer_file, threads)
+    if name == "torch":
+        if model_dir is None:
+            raise ValueError(
+                "the torch backend needs --model-dir (a sentence-transformers model directory)"
+            )
+        try:
+            from embedder.serve.torch_backend import SentenceTransformersBackend
+        except ImportError as exc:
+            raise ValueError("the torch backend needs `pip install embedder[torch]`") from exc
+        return SentenceTransformersBackend(model_dir, device=device, dtype=dtype)
     raise ValueError(f"unknown backend {name!r}")
 
 
