@@ -51,6 +51,8 @@ class ConsolidateSettings:
     retire: Literal["delete", "move"] = "delete"
     work_dir: Path | None = None  # local scratch for the de-duplication's spill files
     norm_tolerance: float = 1e-3
+    shards_filesystem: pafs.FileSystem | None = None  # configured pyarrow.fs instances, if any
+    output_filesystem: pafs.FileSystem | None = None
 
     def __post_init__(self) -> None:
         if self.shards_uri.rstrip("/") == self.output_uri.rstrip("/"):
@@ -101,8 +103,12 @@ class _BadSource(Exception):
 class Consolidator:
     def __init__(self, settings: ConsolidateSettings) -> None:
         self.settings = settings
-        self.fs_in, self.root_in = storage.open_root(settings.shards_uri)
-        self.fs_out, self.root_out = storage.open_root(settings.output_uri)
+        self.fs_in, self.root_in = storage.open_root(
+            settings.shards_uri, filesystem=settings.shards_filesystem
+        )
+        self.fs_out, self.root_out = storage.open_root(
+            settings.output_uri, filesystem=settings.output_filesystem
+        )
 
     def run(self) -> Report:
         started = time.monotonic()

@@ -68,6 +68,7 @@ class ShardSettings:
     max_rows: int = 50_000
     max_age_s: float = 300.0
     prefix: str = "shard"
+    filesystem: pafs.FileSystem | None = None  # a configured pyarrow.fs for cold_uri
 
     def __post_init__(self) -> None:
         if self.max_rows < 1 or self.max_age_s <= 0:
@@ -84,7 +85,9 @@ class ShardWriter:
         self._schema = shard_schema(dimension, metadata)
         self._dimension = dimension
         self._model = metadata.get("model_id", "")
-        self._cold_fs, self._cold_root = storage.open_root(settings.cold_uri)
+        self._cold_fs, self._cold_root = storage.open_root(
+            settings.cold_uri, filesystem=settings.filesystem
+        )
         self._hot = _own_hot_dir(settings.hot_dir, owner)
         self._owner = owner[:8]
         self._seq = 0

@@ -22,9 +22,20 @@ def is_local(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.LocalFileSystem)
 
 
-def open_root(uri: str, *, create: bool = True) -> tuple[pafs.FileSystem, str]:
-    """A filesystem and base path for a local path or a ``pyarrow.fs`` URI (s3://, gs://)."""
+def open_root(
+    uri: str, *, create: bool = True, filesystem: pafs.FileSystem | None = None
+) -> tuple[pafs.FileSystem, str]:
+    """A filesystem and base path for a local path or a ``pyarrow.fs`` URI (s3://, gs://).
+
+    With ``filesystem`` (an ``S3FileSystem`` with its credentials and endpoint, say), ``uri``
+    is a path inside it.
+    """
     try:
+        if filesystem is not None:
+            root = uri.split("://", 1)[-1].rstrip("/")
+            if create:
+                filesystem.create_dir(root, recursive=True)
+            return filesystem, root
         if "://" not in uri:
             path = Path(uri).resolve()
             if create:

@@ -202,8 +202,15 @@ def main() -> None:
         "--model-seed", type=int, default=0, help="another seed serves 'another model'"
     )
     parser.add_argument("--faults", default="{}", help="initial faults as JSON")
+    parser.add_argument("--batch-seconds", type=float, default=0.0, help="model time per batch")
+    parser.add_argument("--token-seconds", type=float, default=0.0, help="model time per token")
     args = parser.parse_args()
-    backend = HashBackend(args.dimension, seed=args.model_seed)
+    backend = HashBackend(
+        args.dimension,
+        seed=args.model_seed,
+        seconds_per_batch=args.batch_seconds,
+        seconds_per_token=args.token_seconds,
+    )
     server = TeiServer(
         backend,
         ServerSettings(

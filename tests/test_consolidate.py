@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -277,3 +280,89 @@ def test_a_shard_of_another_model_is_left_in_place(dirs: tuple[Path, Path]) -> N
     report = Consolidator(settings(shards, out)).run()
     assert "other/model" in report.bad_shards[receipt.name]
     shutil.rmtree(shards.parent / "hot", ignore_errors=True)
+
+
+def test_object_store_paths_through_pyarrow_fs(tmp_path: Path) -> None:
+    """The same code on a non-local pyarrow filesystem (in memory here; S3 and GCS alike):
+    shards are uploaded whole, and the consolidator commits without renames on disk."""
+    import pyarrow.fs as pafs
+
+    bucket = pafs._MockFileSystem()
+    shard_settings = ShardSettings(
+        cold_uri="mock:///bucket/shards", hot_dir=tmp_path / "hot", filesystem=bucket
+    )
+    for version, ids in ((1, list(range(100))), (2, list(range(50, 120)))):
+        writer = ShardWriter(
+            shard_settings,
+            owner=uuid.uuid4().hex,
+            dimension=DIM,
+            metadata={"model_id": "test/model", "normalize": "true"},
+        )
+        writer.append(ids, vectors_for(ids, version), T0 + dt.timedelta(minutes=version))
+        assert writer.roll() is not None
+    assert len(bucket.get_file_info(pafs.FileSelector("bucket/shards"))) == 2
+
+    report = Consolidator(
+        ConsolidateSettings(
+            shards_uri="mock:///bucket/shards",
+            output_uri="mock:///bucket/consolidated",
+            shards_filesystem=bucket,
+            output_filesystem=bucket,
+        )
+    ).run()
+
+    assert report.rows_out == 120 and report.duplicates_dropped == 50
+    manifest = mf.load(bucket, "bucket/consolidated")
+    tables = [
+        pq.read_table(f"bucket/consolidated/{f.name}", filesystem=bucket) for f in manifest.files
+    ]
+    ids = pa.concat_tables(tables)["_id"].to_pylist()
+    assert sorted(ids, key=int) == [str(i) for i in range(120)]
+    assert not [
+        i
+        for i in bucket.get_file_info(pafs.FileSelector("bucket/shards"))
+        if i.base_name.endswith(".parquet")
+    ]
+
+
+def test_watch_mode_consolidates_new_shards_until_told_to_stop(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    write_shard(shards, list(range(50)), version=1)
+    args = [
+        sys.executable,
+        "consolidate_embeddings.py",
+        "--shards-dir",
+        str(shards),
+        "--consolidated-dir",
+        str(out),
+        "--watch",
+        "--interval",
+        "0.3",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_until(lambda: mf.load(*_local(out)).total_rows == 50, proc)
+        write_shard(shards, list(range(40, 90)), version=2)  # arrives while the watcher runs
+        _wait_until(lambda: mf.load(*_local(out)).total_rows == 90, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    rows = output_rows(out)
+    assert len(rows) == 90 and survivor_version(rows["45"], 45) == 2
+
+
+def _wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(proc.communicate()[1])
+        try:
+            if condition():
+                return
+        except (OSError, ValueError):  # the manifest may be mid-replace
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the watcher did not consolidate in time")

@@ -228,3 +228,42 @@ async def _wait_for_shards(ws: Workspace, count: int, proc: Any) -> None:
         assert proc.poll() is None, ws.log()
         await asyncio.sleep(0.05)
     raise AssertionError("no shard appeared in time")
+
+
+async def test_a_second_signal_exits_at_once_and_a_rerun_finishes(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory("--dimension", str(DIM))
+    tei.set_faults(delay_s=2.0)  # requests in flight for a long time
+    corpus = corpora.tweets(200)
+    queue = await seed(mongo, ws.database, corpus)
+
+    proc = ws.popen([tei.url], "--claim-size", "50", "--lease-ttl", "2", log="twice.log")
+    await _wait_for_log(ws, "twice.log", "embedding", proc)
+    await asyncio.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(proc.wait, 10)
+
+    assert code == 128 + signal.SIGTERM, ws.log("twice.log")
+    assert time.monotonic() - started < 2.0, (
+        "the second signal should not wait for requests in flight"
+    )
+    tei.set_faults()
+    assert (
+        await asyncio.to_thread(ws.run, [tei.url], "--once", "--lease-ttl", "2", log="rerun.log")
+        == 0
+    )
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+
+
+async def _wait_for_log(ws: Workspace, name: str, needle: str, proc: Any) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (ws.root / name).exists() and needle in ws.log(name):
+            return
+        assert proc.poll() is None, ws.log(name)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{needle!r} never appeared in {name}")

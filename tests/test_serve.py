@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import concurrent.futures
+import signal
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -13,7 +16,7 @@ import pytest
 from embedder import tei_protocol as tei
 from embedder.fleet import Fleet, FleetSettings
 from embedder.telemetry import Telemetry
-from tests.servers import Process, start
+from tests.servers import FaultTei, Process, start
 
 
 def _serve(tmp: Path, *flags: str) -> Process:
@@ -255,3 +258,29 @@ def test_torch_backend_serves_a_local_sentence_transformers_model(tmp_path: Path
     assert np.min(np.sum(served * reference, axis=1)) > 0.97  # int8 quantisation costs a little
     similarity = served @ served.T
     assert similarity[0, 1] > 0.6 > similarity[0, 2] + 0.4
+
+
+def test_a_client_that_disconnects_frees_its_permits(tei_factory: Callable[..., FaultTei]) -> None:
+    # Eight permits and a model that takes 1.5 s a batch: a request holding all eight permits
+    # whose client goes away must give them back, or the next request is refused with 429.
+    tei = tei_factory("--max-concurrent-requests", "8", "--batch-seconds", "1.5")
+    texts = [f"text {i}" for i in range(8)]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(tei.url + "/embed", json={"inputs": texts}, timeout=0.3)
+    time.sleep(0.3)
+    retried = httpx.post(tei.url + "/embed", json={"inputs": texts}, timeout=10)
+    assert retried.status_code == 200, retried.text
+
+
+def test_sigterm_lets_requests_in_flight_finish(tei_factory: Callable[..., FaultTei]) -> None:
+    tei = tei_factory("--batch-seconds", "1.0")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            httpx.post, tei.url + "/embed", json={"inputs": ["a", "b"]}, timeout=10
+        )
+        time.sleep(0.4)
+        tei.process.proc.send_signal(signal.SIGTERM)
+        answer = pending.result()
+    assert answer.status_code == 200 and len(answer.json()) == 2
+    # uvicorn re-raises the signal once it has shut down gracefully, so the status says SIGTERM.
+    assert tei.process.proc.wait(10) in (0, -signal.SIGTERM)

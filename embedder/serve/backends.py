@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -64,7 +66,19 @@ class HashBackend:
     _WORDS = re.compile(r"\w+|[^\w\s]", re.UNICODE)
     _VOCAB = 8192
 
-    def __init__(self, dimension: int = 384, max_input_length: int = 512, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dimension: int = 384,
+        max_input_length: int = 512,
+        seed: int = 0,
+        *,
+        seconds_per_batch: float = 0.0,
+        seconds_per_token: float = 0.0,
+    ) -> None:
+        # A service time per batch that grows with its tokens, like a GPU's forward pass:
+        # tests and benchmarks use it to model a slow or loaded server.
+        self.seconds_per_batch = seconds_per_batch
+        self.seconds_per_token = seconds_per_token
         self.dimension = dimension
         self.max_input_length = max_input_length
         self.model_id = f"embedder/hash-{dimension}"
@@ -89,6 +103,9 @@ class HashBackend:
         return Tokens(ids, words, offsets, special)
 
     def embed(self, batch: list[list[int]]) -> np.ndarray:
+        busy = self.seconds_per_batch + self.seconds_per_token * sum(len(ids) for ids in batch)
+        if busy > 0:
+            time.sleep(busy)  # runs in the model thread, as a forward pass would
         out = np.empty((len(batch), self.dimension), np.float32)
         for row, ids in enumerate(batch):
             words = ids[1:-1] or ids
@@ -148,12 +165,7 @@ class OnnxMiniLM:
         On a CPU this model is fastest around 16-32 inputs a run and loses a quarter of its
         throughput at 256, and sorting by length keeps padding (wasted attention) small.
         """
-        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
-        out = np.empty((len(batch), self.dimension), np.float32)
-        for start in range(0, len(order), self.chunk):
-            rows = order[start : start + self.chunk]
-            out[rows] = self._run([batch[i] for i in rows])
-        return out
+        return in_sorted_chunks(batch, self.chunk, self.dimension, self._run)
 
     def _run(self, batch: list[list[int]]) -> np.ndarray:
         width = max(len(ids) for ids in batch)
@@ -173,6 +185,18 @@ class OnnxMiniLM:
         weights = mask[..., None].astype(np.float32)
         pooled: np.ndarray = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
         return pooled.astype(np.float32)
+
+
+def in_sorted_chunks(
+    batch: list[list[int]], chunk: int, dimension: int, run: Callable[[list[list[int]]], np.ndarray]
+) -> np.ndarray:
+    """``run`` over length-sorted chunks of ``batch`` (little padding); rows in input order."""
+    order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
+    out = np.empty((len(batch), dimension), np.float32)
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        out[rows] = run([batch[i] for i in rows])
+    return out
 
 
 def normalized(vectors: np.ndarray) -> np.ndarray:

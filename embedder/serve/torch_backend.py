@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from embedder.serve.backends import Tokens
+from embedder.serve.backends import Tokens, in_sorted_chunks
 
 
 class SentenceTransformersBackend:
@@ -72,12 +72,7 @@ class SentenceTransformersBackend:
         return result
 
     def embed(self, batch: list[list[int]]) -> np.ndarray:
-        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
-        out = np.empty((len(batch), self.dimension), np.float32)
-        for start in range(0, len(order), self.chunk):
-            rows = order[start : start + self.chunk]
-            out[rows] = self._run([batch[i] for i in rows])
-        return out
+        return in_sorted_chunks(batch, self.chunk, self.dimension, self._run)
 
     def _run(self, batch: list[list[int]]) -> np.ndarray:
         features = self._tokenizer.pad({"input_ids": batch}, return_tensors="pt")
