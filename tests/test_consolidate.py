@@ -233,10 +233,8 @@ def test_a_kill_at_any_point_then_a_rerun_gives_the_same_output(tmp_path: Path, 
     )
 
 
-def _consolidate_cli(
-    shards: Path, out: Path, env: dict[str, str] | None = None, target_size: str = "1G"
-) -> subprocess.CompletedProcess[str]:
-    args = [
+def _consolidate_args(shards: Path, out: Path, target_size: str = "1G") -> list[str]:
+    return [
         sys.executable,
         "consolidate_embeddings.py",
         "--shards-dir",
@@ -246,8 +244,13 @@ def _consolidate_cli(
         "--target-file-size",
         target_size,
     ]
+
+
+def _consolidate_cli(
+    shards: Path, out: Path, env: dict[str, str] | None = None, target_size: str = "1G"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        args,
+        _consolidate_args(shards, out, target_size),
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -328,17 +331,7 @@ def test_object_store_paths_through_pyarrow_fs(tmp_path: Path) -> None:
 def test_watch_mode_consolidates_new_shards_until_told_to_stop(dirs: tuple[Path, Path]) -> None:
     shards, out = dirs
     write_shard(shards, list(range(50)), version=1)
-    args = [
-        sys.executable,
-        "consolidate_embeddings.py",
-        "--shards-dir",
-        str(shards),
-        "--consolidated-dir",
-        str(out),
-        "--watch",
-        "--interval",
-        "0.3",
-    ]
+    args = [*_consolidate_args(shards, out), "--watch", "--interval", "0.3"]
     proc = subprocess.Popen(
         args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
