@@ -254,6 +254,13 @@ def cli(log_level: str, log_json: bool) -> None:
     help="Seconds the worker waits out a fleet outage before exiting non-zero.",
 )
 @click.option(
+    "--mongo-outage-timeout",
+    default=600.0,
+    show_default=True,
+    envvar="EMBEDDER_MONGO_OUTAGE_TIMEOUT",
+    help="Seconds the worker waits for MongoDB to come back before exiting non-zero.",
+)
+@click.option(
     "--metrics-port", type=int, envvar="EMBEDDER_METRICS_PORT", help="Serve Prometheus metrics."
 )
 @click.option(
@@ -290,6 +297,7 @@ def embed(
     poll_interval: float,
     request_timeout: float,
     outage_timeout: float,
+    mongo_outage_timeout: float,
     metrics_port: int | None,
     metrics_host: str,
     summary_json: Path | None,
@@ -321,6 +329,7 @@ def embed(
         poll_interval_s=poll_interval,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        mongo_outage_timeout_s=mongo_outage_timeout,
     )
     summary = _run(run_embed(job), mongo_uri, api_key).as_dict()
     if summary_json:

@@ -8,6 +8,7 @@ document to claim it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -19,10 +20,11 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError
 
 from embedder.claims import ClaimPlan, ControlView, Lease, plan_claim
 from embedder.errors import QueueError
+from embedder.mongo_retry import MongoRetry
 from embedder.queue_spec import QueueSpec
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class MongoWorkQueue:
         lease_ttl_s: float = 60.0,
         clock: Clock = utc_now,
         owner: str | None = None,
+        retry: MongoRetry | None = None,
     ) -> None:
         self.spec = spec
         db = client[spec.database]
@@ -80,26 +83,27 @@ class MongoWorkQueue:
         self._clock = clock
         self.owner = owner or uuid.uuid4().hex
         self._view: ControlView | None = None
+        self._retry = retry or MongoRetry()
+        self._held: set[str] = set()  # ids of the leases this worker knows it holds
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def register(self) -> None:
         """Create the control document if needed and announce this worker."""
-        try:
-            await self._control.insert_one(
-                {
-                    "_id": self.spec.key,
-                    "version": 0,
-                    "cursor": None,
-                    "passes": 0,
-                    "leases": [],
-                    "workers": {},
-                }
-            )
-        except DuplicateKeyError:
-            pass
-        except PyMongoError as exc:
-            raise QueueError(f"cannot write the control collection: {exc}") from exc
+        fresh = {
+            "_id": self.spec.key,
+            "version": 0,
+            "cursor": None,
+            "passes": 0,
+            "leases": [],
+            "workers": {},
+        }
+
+        async def create() -> None:
+            with contextlib.suppress(DuplicateKeyError):
+                await self._control.insert_one(dict(fresh))
+
+        await self._retry("creating the control document", create)
         await self.heartbeat()
 
     async def heartbeat(self) -> None:
@@ -132,6 +136,12 @@ class MongoWorkQueue:
             taken = await self._take_over(lease)
             if taken is not None:
                 return taken
+        for lease in view.leases:
+            # Ours but unknown: a claim whose answer was lost to a connection failure.
+            if lease.owner == self.owner and lease.id not in self._held:
+                adopted = await self._adopt(lease)
+                if adopted is not None:
+                    return adopted
         position, wrapped = view.cursor, False
         for _ in range(10_000):
             candidates = await self._pending_after(position)
@@ -171,6 +181,7 @@ class MongoWorkQueue:
             update["$inc"] = {"passes": 1}
         if not await self._compare_and_set(view, update):
             return None
+        self._held.add(lease.id)
         return Claim(lease, candidates[plan.start : plan.start + len(plan.ids)], taken_over=False)
 
     async def _take_over(self, lease: Lease) -> Claim | None:
@@ -187,22 +198,24 @@ class MongoWorkQueue:
         won = await self._find_and_update(query, {"$set": {"leases.$.owner": self.owner}})
         if won is None:
             return None  # another worker took it first, or its owner came back
-        mine = Lease(lease.id, lease.lo, lease.hi, self.owner)
+        log.warning(
+            "taking over lease %s [%r..%r] of worker %s", lease.id, lease.lo, lease.hi, dead
+        )
+        return await self._adopt(Lease(lease.id, lease.lo, lease.hi, self.owner))
+
+    async def _adopt(self, lease: Lease) -> Claim | None:
+        """Work on a lease now ours: only its docs still pending are redone."""
+        self._held.add(lease.id)
         documents = await self._find(
             self.spec.pending_query({"$gte": lease.lo, "$lte": lease.hi}), limit=0
         )
-        log.warning(
-            "took over lease %s [%r..%r] of worker %s: %d docs still pending",
-            lease.id,
-            lease.lo,
-            lease.hi,
-            dead,
-            len(documents),
+        log.info(
+            "lease %s [%r..%r]: %d docs still pending", lease.id, lease.lo, lease.hi, len(documents)
         )
         if not documents:
-            await self.release([mine])
+            await self.release([lease])
             return None
-        return Claim(mine, documents, taken_over=True)
+        return Claim(lease, documents, taken_over=True)
 
     async def _pending_after(self, cursor: Any) -> list[dict[str, Any]]:
         id_range = None if cursor is None else {"$gt": cursor}
@@ -210,13 +223,12 @@ class MongoWorkQueue:
 
     async def _find(self, query: Mapping[str, Any], *, limit: int) -> list[dict[str, Any]]:
         projection = {"_id": 1, self.spec.text_field: 1}
-        try:
+
+        async def read() -> list[dict[str, Any]]:
             cursor = self._docs.find(query, projection).sort("_id", 1).hint(self.spec.index_name)
-            if limit:
-                cursor = cursor.limit(limit)
-            return await cursor.to_list()
-        except PyMongoError as exc:
-            raise QueueError(f"reading pending docs failed: {exc}") from exc
+            return await (cursor.limit(limit) if limit else cursor).to_list()
+
+        return await self._retry("reading pending docs", read)
 
     async def release(self, leases: Sequence[Lease]) -> None:
         """Drop finished leases, all in one write."""
@@ -225,17 +237,17 @@ class MongoWorkQueue:
             await self._update_control(
                 {"$pull": {"leases": {"id": {"$in": ids}, "owner": self.owner}}}
             )
+            self._held.difference_update(ids)
 
     async def pending_count(self) -> int:
         """Docs waiting, counted on the work-queue index (no collection scan)."""
-        try:
-            return int(
-                await self._docs.count_documents(
-                    self.spec.pending_query(), hint=self.spec.index_name
-                )
-            )
-        except PyMongoError as exc:
-            raise QueueError(f"counting pending docs failed: {exc}") from exc
+        count = await self._retry(
+            "counting pending docs",
+            lambda: self._docs.count_documents(
+                self.spec.pending_query(), hint=self.spec.index_name
+            ),
+        )
+        return int(count)
 
     async def others_hold_leases(self) -> bool:
         view = await self._read_control()
@@ -267,21 +279,16 @@ class MongoWorkQueue:
             ops.append(UpdateOne({"_id": doc_id, target: None}, {"$set": {target: failure}}))
         if not ops:
             return 0
-        try:
-            result = await self._docs.bulk_write(ops, ordered=False)
-        except PyMongoError as exc:
-            raise QueueError(
-                f"marking {len(done_ids)} done and {len(failed)} failed docs failed: {exc}"
-            ) from exc
+        what = f"marking {len(done_ids)} done and {len(failed)} failed docs"
+        result = await self._retry(what, lambda: self._docs.bulk_write(ops, ordered=False))
         return result.modified_count
 
     # --- control document ---------------------------------------------------------------------
 
     async def _read_control(self) -> ControlView:
-        try:
-            raw = await self._control.find_one({"_id": self.spec.key})
-        except PyMongoError as exc:
-            raise QueueError(f"reading the control document failed: {exc}") from exc
+        raw = await self._retry(
+            "reading the control document", lambda: self._control.find_one({"_id": self.spec.key})
+        )
         if raw is None:
             raise QueueError(f"control document {self.spec.key!r} is missing; was the queue reset?")
         return ControlView.from_bson(raw)
@@ -298,15 +305,15 @@ class MongoWorkQueue:
     async def _find_and_update(
         self, query: Mapping[str, Any], update: Mapping[str, Any]
     ) -> Mapping[str, Any] | None:
-        try:
-            return await self._control.find_one_and_update(
+        return await self._retry(
+            "updating the control document",
+            lambda: self._control.find_one_and_update(
                 query, update, return_document=ReturnDocument.AFTER
-            )
-        except PyMongoError as exc:
-            raise QueueError(f"updating the control document failed: {exc}") from exc
+            ),
+        )
 
     async def _update_control(self, update: Mapping[str, Any]) -> None:
-        try:
-            await self._control.update_one({"_id": self.spec.key}, update)
-        except PyMongoError as exc:
-            raise QueueError(f"updating the control document failed: {exc}") from exc
+        await self._retry(
+            "updating the control document",
+            lambda: self._control.update_one({"_id": self.spec.key}, update),
+        )

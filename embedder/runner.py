@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 
 from embedder import __version__, mongo
 from embedder.fleet import Fleet, FleetSettings
+from embedder.mongo_retry import MongoRetry
 from embedder.pipeline import Worker, WorkerSettings
 from embedder.progress import for_stream
 from embedder.queue import MongoWorkQueue
@@ -38,6 +39,7 @@ class EmbedJob:
     metrics_host: str = "127.0.0.1"
     mongo_options: Mapping[str, Any] = field(default_factory=dict)  # passed to pymongo as-is
     progress_bar: bool | None = None  # None: a bar when stderr is a terminal
+    mongo_outage_timeout_s: float = 600.0
 
 
 async def run_embed(job: EmbedJob) -> Summary:
@@ -50,7 +52,11 @@ async def run_embed(job: EmbedJob) -> Summary:
         await mongo.check_reachable(client, job.mongo_uri)
         await mongo.check_indexes(client, job.queue)
         queue = MongoWorkQueue(
-            client, job.queue, claim_size=job.claim_size, lease_ttl_s=job.lease_ttl_s
+            client,
+            job.queue,
+            claim_size=job.claim_size,
+            lease_ttl_s=job.lease_ttl_s,
+            retry=MongoRetry(job.mongo_outage_timeout_s),
         )
         fleet = await Fleet.connect(job.fleet, telemetry)
         try:

@@ -16,6 +16,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from tests.servers import FaultTei, Process, start
+from tests.worker import Workspace
 
 REAL_MONGO = os.environ.get("EMBEDDER_TEST_MONGODB_URI")
 
@@ -63,3 +64,9 @@ def tei_factory(tmp_path: Path) -> Iterator[Callable[..., FaultTei]]:
 @pytest.fixture
 def tei(tei_factory: Callable[..., FaultTei]) -> FaultTei:
     return tei_factory()
+
+
+@pytest.fixture
+def ws(mongo_uri: str, db_name: str, tmp_path: Path) -> Workspace:
+    """Where a test's worker runs: its database, and shard directories under tmp_path."""
+    return Workspace(mongo_uri, db_name, tmp_path)

@@ -10,6 +10,7 @@ on demand. Tests steer it over HTTP: ``POST /_faults`` sets the faults (JSON bel
     {"garbage": "nan" | "count" | "dim" | "json" | "truncated"}
     {"reject_containing": "POISON"}         422 Validation for any batch holding that text
     {"unhealthy": true}                     /health answers 503
+    {"after": 1, ...}                       the first request (a client's start-up probe) is spared
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Faults:
     garbage: str | None = None
     reject_containing: str | None = None
     unhealthy: bool = False
+    after: int = 0
 
 
 @dataclass
@@ -91,8 +93,8 @@ class FaultInjector:
         await self._embed(scope, body, receive, send)
 
     async def _embed(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-        f = self.faults
         self.stats.requests += 1
+        f = self.faults if self.stats.requests > self.faults.after else Faults()
         try:
             inputs = tei.decode_embed_request(body).inputs
         except tei.ProtocolError:

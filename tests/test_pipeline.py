@@ -6,46 +6,16 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from pymongo import AsyncMongoClient
 
 from tests import corpus as corpora
 from tests.servers import FaultTei, free_port
-from tests.worker import Workspace, marks, seed
+from tests.worker import Workspace, assert_complete, marks, seed
 
 DIM = 64
-
-
-@pytest.fixture
-def ws(mongo_uri: str, db_name: str, tmp_path: Path) -> Workspace:
-    return Workspace(mongo_uri, db_name, tmp_path)
-
-
-def assert_complete(
-    rows: dict[Any, np.ndarray], state: dict[Any, Any], corpus: corpora.Corpus
-) -> None:
-    """Every eligible doc marked done once with its vector in a shard; the rest as expected."""
-    assert set(rows) == set(corpus.eligible)
-    ids = list(corpus.eligible)
-    expected = corpora.expected_vectors([corpus.eligible[i] for i in ids], DIM)
-    got = np.stack([rows[i] for i in ids])
-    assert got.shape == (len(ids), DIM)
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    for doc_id in corpus.eligible:
-        assert state[doc_id]["status"] == "done", state[doc_id]
-        assert state[doc_id]["model"] == f"embedder/hash-{DIM}"
-        assert state[doc_id]["shard"].endswith(".parquet")
-    for doc_id, reason in corpus.bad.items():
-        assert state[doc_id]["status"] == "failed" and reason in state[doc_id]["reason"], state[
-            doc_id
-        ]
-    for doc_id in corpus.ineligible:
-        assert state[doc_id] is None
 
 
 @pytest.mark.parametrize("id_kind", ["int", "objectid", "string"])

@@ -19,6 +19,7 @@ from pymongo import AsyncMongoClient
 from embedder import mongo
 from embedder.ids import decode_id
 from embedder.queue_spec import QueueSpec
+from tests import corpus as corpora
 from tests.corpus import Corpus
 from tests.servers import ROOT
 
@@ -93,6 +94,22 @@ class Workspace:
             return pa.table({"_id": pa.array([], pa.string())})
         return pa.concat_tables(pq.read_table(f) for f in files)
 
+    def rows_allowing_repeats(self) -> dict[Any, np.ndarray]:
+        """Shard rows by id, where a doc may appear more than once (at-least-once before
+        consolidation); every copy of a doc must hold the same vector."""
+        table = self.table()
+        rows: dict[Any, np.ndarray] = {}
+        if table.num_rows == 0:
+            return rows
+        kinds = table["_id_kind"].to_pylist()
+        vectors = table["embedding"].to_numpy(zero_copy_only=False)
+        for text, kind, vector in zip(table["_id"].to_pylist(), kinds, vectors, strict=True):
+            doc_id = decode_id(text, kind)
+            if doc_id in rows:
+                np.testing.assert_array_equal(rows[doc_id], vector)
+            rows[doc_id] = np.asarray(vector)
+        return rows
+
     def rows(self) -> dict[Any, np.ndarray]:
         """Shard rows by decoded id; raises if an id appears twice."""
         table = self.table()
@@ -123,3 +140,26 @@ async def seed(
 async def marks(client: AsyncMongoClient[dict[str, Any]], queue: QueueSpec) -> dict[Any, Any]:
     docs = client[queue.database][queue.collection].find({}, {queue.target_field: 1})
     return {d["_id"]: d.get(queue.target_field) async for d in docs}
+
+
+def assert_complete(
+    rows: dict[Any, np.ndarray], state: dict[Any, Any], corpus: corpora.Corpus, dim: int = 64
+) -> None:
+    """Every eligible doc marked done once with its vector in a shard; the rest as expected."""
+    assert set(rows) == set(corpus.eligible)
+    ids = list(corpus.eligible)
+    expected = corpora.expected_vectors([corpus.eligible[i] for i in ids], dim)
+    got = np.stack([rows[i] for i in ids])
+    assert got.shape == (len(ids), dim)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    for doc_id in corpus.eligible:
+        assert state[doc_id]["status"] == "done", state[doc_id]
+        assert state[doc_id]["model"] == f"embedder/hash-{dim}"
+        assert state[doc_id]["shard"].endswith(".parquet")
+    for doc_id, reason in corpus.bad.items():
+        assert state[doc_id]["status"] == "failed" and reason in state[doc_id]["reason"], state[
+            doc_id
+        ]
+    for doc_id in corpus.ineligible:
+        assert state[doc_id] is None

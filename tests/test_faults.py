@@ -1,0 +1,245 @@
+"""Faults during a run (issue 7): MongoDB and endpoints going away, hanging, talking garbage.
+
+Each test runs the whole pipeline (``embed_tweets.py``) against real servers on loopback and
+checks the promise: every eligible doc ends embedded exactly once, or listed with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from tests import corpus as corpora
+from tests.conftest import REAL_MONGO
+from tests.servers import FaultTei, Process, free_port, start
+from tests.worker import Workspace, assert_complete, marks, seed
+
+DIM = 64
+needs_own_mongo = pytest.mark.skipif(
+    bool(REAL_MONGO),
+    reason="stops and restarts its own MongoDB (mongoeco); a shared server cannot be",
+)
+
+
+class RestartableMongo:
+    """An embedded MongoDB on a fixed port, with data on disk so it survives a restart."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self._root = root
+        self.process: Process | None = None
+
+    @property
+    def uri(self) -> str:
+        # A short server-selection timeout: the worker notices an outage within a second.
+        return f"mongodb://127.0.0.1:{self.port}/?serverSelectionTimeoutMS=1000"
+
+    def start(self) -> None:
+        args = [
+            "-m",
+            "embedder.cli",
+            "dev-mongo",
+            "--port",
+            str(self.port),
+            "--sqlite",
+            str(self._root / "db.sqlite"),
+        ]
+        self.process = start(args, self._root / f"mongo-{time.monotonic_ns()}.log")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+@pytest.fixture
+async def own_mongo(tmp_path: Path) -> AsyncIterator[RestartableMongo]:
+    server = RestartableMongo(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _client_marks(uri: str, queue: Any) -> dict[Any, Any]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
+    try:
+        return await marks(client, queue)
+    finally:
+        await client.close()
+
+
+async def _seeded(uri: str, corpus: corpora.Corpus) -> Any:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, tz_aware=True)
+    try:
+        return await seed(client, "faults", corpus)
+    finally:
+        await client.close()
+
+
+async def _wait_for_shard(ws: Workspace, proc: Any) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(not p.name.startswith(".") for p in ws.shards.glob("*.parquet")):
+            return
+        assert proc.poll() is None, ws.log()
+        await asyncio.sleep(0.05)
+    raise AssertionError("no shard appeared")
+
+
+@dataclass
+class SlowRun:
+    """150 docs on a restartable MongoDB and a slow endpoint: long enough to break in on."""
+
+    mongo: RestartableMongo
+    tei: FaultTei
+    corpus: corpora.Corpus
+    queue: Any
+    ws: Workspace
+    args: tuple[str, ...] = (
+        "--once",
+        "--claim-size",
+        "10",
+        "--shard-rows",
+        "20",
+        "--concurrency",
+        "1",
+    )
+
+    async def marks(self) -> dict[Any, Any]:
+        return await _client_marks(self.mongo.uri, self.queue)
+
+
+@pytest.fixture
+async def slow_run(
+    own_mongo: RestartableMongo, tmp_path: Path, tei_factory: Callable[..., FaultTei]
+) -> SlowRun:
+    tei = tei_factory("--dimension", str(DIM))
+    tei.set_faults(delay_s=0.3)
+    corpus = corpora.tweets(
+        150, id_kind="string"
+    )  # mongoeco's SQLite engine is slow with huge ints
+    queue = await _seeded(own_mongo.uri, corpus)
+    return SlowRun(own_mongo, tei, corpus, queue, Workspace(own_mongo.uri, "faults", tmp_path))
+
+
+@needs_own_mongo
+async def test_mongodb_restart_mid_run_is_waited_out(slow_run: SlowRun) -> None:
+    run = slow_run
+    proc = run.ws.popen([run.tei.url], *run.args)
+    await _wait_for_shard(run.ws, proc)
+    run.mongo.stop()
+    await asyncio.sleep(3)
+    run.mongo.start()
+    code = await asyncio.to_thread(proc.wait, 180)
+
+    assert code == 0, run.ws.log()
+    assert "MongoDB unreachable" in run.ws.log() and "MongoDB reachable again" in run.ws.log()
+    assert_complete(run.ws.rows(), await run.marks(), run.corpus)
+
+
+@needs_own_mongo
+async def test_mongodb_gone_too_long_exits_non_zero_and_a_later_run_finishes(
+    slow_run: SlowRun,
+) -> None:
+    run = slow_run
+    args = (*run.args, "--lease-ttl", "2")
+    proc = run.ws.popen([run.tei.url], *args, "--mongo-outage-timeout", "2", log="gone.log")
+    await _wait_for_shard(run.ws, proc)
+    run.mongo.stop()
+    code = await asyncio.to_thread(proc.wait, 60)
+    assert code != 0
+    assert "MongoDB unreachable for more than 2s" in run.ws.log("gone.log")
+
+    run.mongo.start()
+    run.tei.set_faults()
+    assert await asyncio.to_thread(run.ws.run, [run.tei.url], *args, log="later.log") == 0, (
+        run.ws.log("later.log")
+    )
+    assert_complete(run.ws.rows_allowing_repeats(), await run.marks(), run.corpus)
+
+
+async def test_a_hanging_endpoint_is_routed_around(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+) -> None:
+    healthy = tei_factory("--dimension", str(DIM))
+    hanging = tei_factory("--dimension", str(DIM))
+    corpus = corpora.tweets(200)
+    queue = await seed(mongo, ws.database, corpus)
+    hanging.set_faults(hang=True, after=1)  # the client's start-up probe gets through
+
+    code = await asyncio.to_thread(
+        ws.run, [hanging.url, healthy.url], "--once", "--request-timeout", "1"
+    )
+
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+    assert ws.summary()["errors_by_kind"].get("timeout", 0) >= 1
+
+
+@pytest.mark.parametrize("garbage", ["nan", "count", "dim", "json", "truncated"])
+async def test_garbage_answers_never_reach_a_shard(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+    garbage: str,
+) -> None:
+    healthy = tei_factory("--dimension", str(DIM))
+    broken = tei_factory("--dimension", str(DIM))
+    corpus = corpora.tweets(150)
+    queue = await seed(mongo, ws.database, corpus)
+    broken.set_faults(garbage=garbage, after=1)  # the client's start-up probe gets through
+
+    code = await asyncio.to_thread(ws.run, [broken.url, healthy.url], "--once")
+
+    assert code == 0, ws.log()
+    assert broken.stats()["faults_injected"] >= 1
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)  # vectors compared exactly
+
+
+async def test_a_whole_fleet_outage_is_held_not_failed(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+) -> None:
+    port = free_port()
+    args = [
+        "-m",
+        "tests.fault_tei",
+        "--port",
+        str(port),
+        "--dimension",
+        str(DIM),
+        "--faults",
+        '{"delay_s": 0.2}',
+    ]
+    server = start(args, ws.root / "tei-1.log")
+    corpus = corpora.tweets(200)
+    queue = await seed(mongo, ws.database, corpus)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc = ws.popen(
+            [url], "--once", "--claim-size", "20", "--shard-rows", "20", "--concurrency", "1"
+        )
+        await _wait_for_shard(ws, proc)
+        server.stop()
+        await asyncio.sleep(3)
+        state = await marks(mongo, queue)
+        assert not [
+            v for v in state.values() if v and v["status"] == "failed" and "rejected" in v["reason"]
+        ]
+        assert proc.poll() is None, "the worker should hold during the outage, not exit"
+        server = start(args, ws.root / "tei-2.log")
+        code = await asyncio.to_thread(proc.wait, 120)
+    finally:
+        server.stop()
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+    assert "back in rotation" in ws.log()
