@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -631,11 +632,17 @@ def serve(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Keep data in this SQLite file (default: in memory).",
 )
-def dev_mongo(host: str, port: int, sqlite: Path | None) -> None:
+@click.option(
+    "--user", help="Require this user (SCRAM-SHA-256); password in EMBEDDER_DEV_MONGO_PASSWORD."
+)
+def dev_mongo(host: str, port: int, sqlite: Path | None, user: str | None) -> None:
     """Run an embedded MongoDB-compatible server (mongoeco) for demos and tests."""
     from embedder import devmongo
 
-    asyncio.run(devmongo.run(host, port, sqlite))
+    password = os.environ.get("EMBEDDER_DEV_MONGO_PASSWORD")
+    if user and not password:
+        raise click.UsageError("--user needs its password in EMBEDDER_DEV_MONGO_PASSWORD")
+    asyncio.run(devmongo.run(host, port, sqlite, user, password))
 
 
 def _run[T](coroutine: Coroutine[Any, Any, T], *secrets: str | None) -> T:

@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 
 
-async def run(host: str, port: int, sqlite_path: Path | None) -> None:
+async def run(
+    host: str,
+    port: int,
+    sqlite_path: Path | None,
+    user: str | None = None,
+    password: str | None = None,
+) -> None:
     try:
         from mongoeco.wire import AsyncMongoEcoProxyServer
     except ImportError as exc:  # pragma: no cover - depends on the interpreter
@@ -29,7 +35,12 @@ async def run(host: str, port: int, sqlite_path: Path | None) -> None:
 
         sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         engine = SQLiteEngine(str(sqlite_path))
-    server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port)
+    users: tuple[object, ...] = ()
+    if user:
+        from mongoeco.wire import WireAuthUser
+
+        users = (WireAuthUser(user, password, mechanisms=("SCRAM-SHA-256",)),)
+    server = AsyncMongoEcoProxyServer(engine=engine, host=host, port=port, auth_users=users)
     address = await server.start()
     print(f"embedder dev-mongo: listening on mongodb://{address.host}:{address.port}", flush=True)
     stop = asyncio.Event()

@@ -76,6 +76,32 @@ async def ensure_indexes(client: AsyncMongoClient[dict[str, Any]], spec: QueueSp
     return [queue, done]
 
 
+async def check_target_field(client: AsyncMongoClient[dict[str, Any]], spec: QueueSpec) -> None:
+    """Refuse a target field that already holds values embedder did not write (the seed's
+    ``true``, say): such docs would look done to the queue and unknown to status and verify.
+
+    A random sample, not a scan: cheap on any collection size.
+    """
+    pipeline: list[dict[str, Any]] = [
+        {"$sample": {"size": 1000}},
+        {"$match": {spec.target_field: {"$exists": True}}},
+        {"$project": {spec.target_field: 1}},
+        {"$limit": 50},
+    ]
+    try:
+        sample = await (await collection(client, spec).aggregate(pipeline)).to_list()
+    except PyMongoError as exc:
+        raise ConfigurationError(f"cannot sample {spec.collection}: {scrub(str(exc))}") from exc
+    for doc in sample:
+        value = doc.get(spec.target_field)
+        if not (isinstance(value, dict) and value.get("status") in ("done", "failed")):
+            raise ConfigurationError(
+                f"the target field {spec.target_field!r} of {spec.collection} already holds values embedder "
+                f"did not write (doc {doc['_id']!r}: {type(value).__name__} {str(value)[:40]}); choose another "
+                "--target-field, or clear it (`$unset`) on the docs that should be embedded"
+            )
+
+
 async def check_indexes(client: AsyncMongoClient[dict[str, Any]], spec: QueueSpec) -> None:
     """Refuse to start without the work-queue index: every queue query would scan."""
     try:

@@ -51,6 +51,7 @@ async def run_embed(job: EmbedJob) -> Summary:
     try:
         await mongo.check_reachable(client, job.mongo_uri)
         await mongo.check_indexes(client, job.queue)
+        await mongo.check_target_field(client, job.queue)
         queue = MongoWorkQueue(
             client,
             job.queue,

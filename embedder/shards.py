@@ -89,6 +89,9 @@ class ShardWriter:
             settings.cold_uri, filesystem=settings.filesystem
         )
         self._hot = _own_hot_dir(settings.hot_dir, owner)
+        # A read-only or full disk fails here, naming the path, before anything is claimed.
+        storage.check_writable(self._cold_fs, self._cold_root)
+        storage.check_writable(pafs.LocalFileSystem(), str(self._hot))
         self._owner = owner[:8]
         self._seq = 0
         self._writer: pq.ParquetWriter | None = None
@@ -222,7 +225,10 @@ def _own_hot_dir(root: Path, owner: str) -> Path:
 
     Their shards were never published, so their docs were never marked and will be redone.
     """
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the hot directory {root}: {exc}") from exc
     host = socket.gethostname()
     for stale in root.glob(f"{host}-*"):
         pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""

@@ -49,6 +49,17 @@ def open_root(
         raise StorageError(f"cannot open {uri!r}: {exc}") from exc
 
 
+def check_writable(fs: pafs.FileSystem, root: str) -> None:
+    """Write and delete a small probe, so a read-only or full target fails before any work."""
+    probe = f"{root}/.write-probe-{os.getpid()}"
+    try:
+        with fs.open_output_stream(probe) as sink:
+            sink.write(b"probe")
+        fs.delete_file(probe)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot write to {root}: {exc}") from exc
+
+
 def list_parquet(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
     """Complete Parquet files directly under ``root``; names starting with '.' or '_' are
     work in progress or bookkeeping and are never listed."""

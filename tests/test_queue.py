@@ -187,3 +187,30 @@ async def test_a_pass_restarts_from_the_beginning_and_finds_new_docs(
     )
     late = await queue.claim()
     assert late is not None and [d["_id"] for d in late.documents] == [1]
+
+
+async def test_a_target_field_holding_foreign_values_is_refused(
+    mongo: Client, db_name: str
+) -> None:
+    spec = QueueSpec(collection="tweets", database=db_name)
+    docs = mongo[db_name]["tweets"]
+    await docs.insert_many([{"_id": i, "gemma_embedded_768": {"status": "done"}} for i in range(5)])
+    await mongo_setup.check_target_field(mongo, spec)  # our own marks are fine
+    await docs.insert_one({"_id": 99, "gemma_embedded_768": True})  # what the seed script wrote
+    with pytest.raises(ConfigurationError, match="already holds values embedder did not write"):
+        await mongo_setup.check_target_field(mongo, spec)
+
+
+async def test_an_unwritable_output_dir_fails_before_any_claim(
+    ws: Any, mongo: Client, tei: Any
+) -> None:
+    queue = await seed(mongo, ws.database, corpora.tweets(20))
+    blocker = ws.root / "not-a-dir"
+    blocker.write_text("a file where the output dir should be")
+    args = ws.args([tei.url], "--once")
+    args[args.index("--output-dir") + 1] = str(blocker / "shards")
+    done = await asyncio.to_thread(run_python, args)
+    assert done.returncode != 0
+    assert str(blocker) in done.stderr
+    control = await mongo[ws.database]["embedder_control"].find_one({"_id": queue.key})
+    assert control is None, "nothing should have been claimed"

@@ -84,6 +84,10 @@ class Workspace:
     def log(self, name: str = "worker.log") -> str:
         return (self.root / name).read_text(errors="replace")
 
+    def summary_text(self, name: str = "summary.json") -> str:
+        path = self.root / name
+        return path.read_text() if path.exists() else ""
+
     def summary(self, name: str = "summary.json") -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads((self.root / name).read_text())
         return loaded
