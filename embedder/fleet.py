@@ -328,11 +328,7 @@ class Fleet:
                     )
 
     def _pick(self, inputs: int, avoid: set[str]) -> Endpoint | None:
-        ready = [e for e in self._endpoints if e.up and e.has_room(inputs)]
-        if not ready:
-            return None
-        fresh = [e for e in ready if e.name not in avoid]
-        return min(fresh or ready, key=lambda e: (e.inflight_requests, e.inflight_inputs))
+        return choose_endpoint(self._endpoints, inputs, avoid)
 
     def _check_outage(self) -> None:
         if any(e.up for e in self._endpoints):
@@ -399,6 +395,16 @@ class Fleet:
                 return
             log.info("endpoint %s is back in rotation", endpoint.name)
             self._changed.notify_all()
+
+
+def choose_endpoint(endpoints: Sequence[Endpoint], inputs: int, avoid: set[str]) -> Endpoint | None:
+    """The healthy endpoint with room for ``inputs`` and the fewest requests in flight,
+    preferring one this request has not failed on yet; None when none has room."""
+    ready = [e for e in endpoints if e.up and e.has_room(inputs)]
+    if not ready:
+        return None
+    fresh = [e for e in ready if e.name not in avoid]
+    return min(fresh or ready, key=lambda e: (e.inflight_requests, e.inflight_inputs))
 
 
 def _worth_retrying(exc: BaseException) -> bool:

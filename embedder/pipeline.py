@@ -101,6 +101,7 @@ class Worker:
         self._telemetry = telemetry
         self._settings = settings
         self._embedders = max(1, fleet.total_input_limit // fleet.batch_size)
+        self._embedders_running = self._embedders
         self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self._embedders * 2)
         self._outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=self._embedders * 2)
         self._stopping = asyncio.Event()
@@ -127,27 +128,20 @@ class Worker:
 
     async def run(self) -> Summary:
         await self._queue.register()
-        tasks = [
-            asyncio.create_task(self._claim_loop(), name="claim"),
-            *(
-                asyncio.create_task(self._embed_loop(), name=f"embed-{i}")
-                for i in range(self._embedders)
-            ),
-        ]
-        sink = asyncio.create_task(self._sink_loop(), name="sink")
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._log_loop(), name="progress"),
         ]
         try:
-            await asyncio.gather(*tasks)
-            await self._outcomes.put(_END)
-            await sink
-        except BaseException:
-            for task in [*tasks, sink]:
-                task.cancel()
-            await asyncio.gather(*tasks, sink, return_exceptions=True)
-            raise
+            # One group: a stage that fails (the sink on a full disk, say) cancels the others,
+            # which would otherwise wait forever on queues nobody drains.
+            async with asyncio.TaskGroup() as stages:
+                stages.create_task(self._claim_loop(), name="claim")
+                for i in range(self._embedders):
+                    stages.create_task(self._embed_loop(), name=f"embed-{i}")
+                stages.create_task(self._sink_loop(), name="sink")
+        except BaseExceptionGroup as failed:
+            raise _first_cause(failed) from failed
         finally:
             for task in background:
                 task.cancel()
@@ -160,20 +154,19 @@ class Worker:
     # --- claim ------------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                claim = await self._queue.claim()
-                if claim is None:
-                    if self._settings.once and not await self._queue.others_hold_leases():
-                        return
-                    # Nothing free now: new docs may arrive, or another worker's lease may
-                    # expire (a dead worker) and be taken over.
-                    await self._pause(self._settings.poll_interval_s)
-                    continue
-                await self._dispatch(claim)
-        finally:
-            for _ in range(self._embedders):
-                await self._batches.put(_END)
+        while not self._stopping.is_set():
+            claim = await self._queue.claim()
+            if claim is None:
+                if self._settings.once and not await self._queue.others_hold_leases():
+                    break
+                # Nothing free now: new docs may arrive, or another worker's lease may
+                # expire (a dead worker) and be taken over.
+                await self._pause(self._settings.poll_interval_s)
+                continue
+            await self._dispatch(claim)
+        # Only on a normal finish: a cancelled stage must not wait on a queue.
+        for _ in range(self._embedders):
+            await self._batches.put(_END)
 
     async def _dispatch(self, claim: Claim) -> None:
         self._telemetry.claimed(len(claim.documents))
@@ -201,6 +194,12 @@ class Worker:
     # --- embed ------------------------------------------------------------------------------
 
     async def _embed_loop(self) -> None:
+        await self._embed_batches()
+        self._embedders_running -= 1
+        if self._embedders_running == 0:  # the last one tells the sink
+            await self._outcomes.put(_END)
+
+    async def _embed_batches(self) -> None:
         while (batch := await self._batches.get()) is not _END:
             result = await self._fleet.embed([d.text for d in batch.docs])
             pairs = list(zip(batch.docs, batch.trackers, strict=True))
@@ -317,6 +316,16 @@ class Worker:
                 self.summary.shards,
             )
             last, last_at = done, now
+
+
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that stopped the stages, not the cancellations it caused."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_cause(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
 
 
 def _checked(raw: Mapping[str, Any], text_field: str, limits: Any) -> Doc | Rejected:

@@ -7,18 +7,21 @@ checks the promise: every eligible doc ends embedded exactly once, or listed wit
 from __future__ import annotations
 
 import asyncio
+import random
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from pymongo import AsyncMongoClient
 
 from tests import corpus as corpora
 from tests.conftest import REAL_MONGO
-from tests.servers import FaultTei, Process, free_port, start
+from tests.servers import ROOT, FaultTei, Process, free_port, run_python, start
 from tests.worker import Workspace, assert_complete, marks, seed
 
 DIM = 64
@@ -243,3 +246,91 @@ async def test_a_whole_fleet_outage_is_held_not_failed(
     assert code == 0, ws.log()
     assert_complete(ws.rows(), await marks(mongo, queue), corpus)
     assert "back in rotation" in ws.log()
+
+
+async def test_cold_storage_failing_mid_run_marks_nothing_and_names_the_path(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory("--dimension", str(DIM))
+    tei.set_faults(delay_s=0.2)
+    corpus = corpora.tweets(200)
+    queue = await seed(mongo, ws.database, corpus)
+    proc = ws.popen(
+        [tei.url], "--once", "--claim-size", "20", "--shard-rows", "20", "--concurrency", "1"
+    )
+    await _wait_for_shard(ws, proc)
+    # The cold directory becomes unusable (a file where the directory was: as root, a
+    # permission change would not stop a write).
+    ws.shards.rename(ws.root / "shards-before")
+    ws.shards.write_text("not a directory")
+    code = await asyncio.to_thread(proc.wait, 60)
+
+    assert code != 0
+    assert str(ws.shards) in ws.log()
+    state = await marks(mongo, queue)
+    written = {
+        p.name for p in (ws.root / "shards-before").glob("*.parquet") if not p.name.startswith(".")
+    }
+    for value in state.values():
+        if value and value["status"] == "done":
+            assert value["shard"] in written, "a doc was marked done with its shard not on disk"
+    assert not [p for p in (ws.root / "shards-before").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+async def test_twenty_kills_of_the_worker_and_the_consolidator_lose_nothing(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory("--dimension", str(DIM))
+    tei.set_faults(delay_s=0.05)
+    corpus = corpora.tweets(300)
+    queue = await seed(mongo, ws.database, corpus)
+    out = ws.root / "consolidated"
+    rng = random.Random(7)
+    extra = ("--claim-size", "15", "--shard-rows", "15", "--lease-ttl", "1", "--concurrency", "2")
+    for round_ in range(20):
+        proc = ws.popen([tei.url], *extra, log=f"kill-{round_}.log")
+        await asyncio.sleep(rng.uniform(0.8, 2.0))
+        proc.kill()
+        proc.wait(10)
+        if round_ % 4 == 3:  # the consolidator, killed part-way as well
+            consolidator = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "consolidate_embeddings.py",
+                "--shards-dir",
+                str(ws.shards),
+                "--consolidated-dir",
+                str(out),
+                "--target-file-size",
+                "16K",
+                cwd=ROOT,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await asyncio.sleep(rng.uniform(0.5, 1.5))
+            if consolidator.returncode is None:
+                consolidator.kill()
+            await consolidator.wait()
+    tei.set_faults()
+    assert (
+        await asyncio.to_thread(ws.run, [tei.url], "--once", "--lease-ttl", "1", log="final.log")
+        == 0
+    )
+    final = await asyncio.to_thread(
+        run_python,
+        [
+            "consolidate_embeddings.py",
+            "--shards-dir",
+            str(ws.shards),
+            "--consolidated-dir",
+            str(out),
+        ],
+    )
+    assert final.returncode == 0, final.stderr
+
+    table = pq.read_table(out)
+    ids = table["_id"].to_pylist()
+    assert len(ids) == len(set(ids)), "a doc appears twice in the consolidated output"
+    assert set(ids) == {str(i) for i in corpus.eligible}
+    state = await marks(mongo, queue)
+    assert all(state[i]["status"] == "done" for i in corpus.eligible)

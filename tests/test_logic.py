@@ -176,3 +176,44 @@ def test_uris_are_redacted(uri: str, visible: str, hidden: str) -> None:
 def test_token_estimate_is_capped_when_the_server_truncates() -> None:
     assert estimate_tokens("x " * 100_000, LIMITS) == 512
     assert math.isclose(estimate_tokens("abcd" * 10, LIMITS), 12)
+
+
+endpoint_states = st.lists(
+    st.tuples(st.booleans(), st.integers(0, 300), st.integers(0, 20), st.integers(1, 256)),
+    min_size=1,
+    max_size=6,
+)
+
+
+@given(endpoint_states, st.integers(1, 64), st.sets(st.integers(0, 5)))
+def test_routing_picks_the_least_loaded_healthy_endpoint_with_room(
+    states: list[tuple[bool, int, int, int]], inputs: int, avoided: set[int]
+) -> None:
+    import httpx
+
+    from embedder.fleet import Endpoint, choose_endpoint
+    from embedder.tei_client import EndpointClient
+
+    http = httpx.AsyncClient()
+    endpoints = [
+        Endpoint(
+            EndpointClient(f"http://e{i}", http),
+            input_limit=limit,
+            inflight_inputs=busy,
+            inflight_requests=requests,
+            up=up,
+        )
+        for i, (up, busy, requests, limit) in enumerate(states)
+    ]
+    avoid = {f"http://e{i}" for i in avoided}
+    chosen = choose_endpoint(endpoints, inputs, avoid)
+    ready = [e for e in endpoints if e.up and e.has_room(inputs)]
+    if not ready:
+        assert chosen is None
+        return
+    assert chosen is not None and chosen.up and chosen.has_room(inputs)
+    pool = [e for e in ready if e.name not in avoid] or ready
+    assert chosen in pool
+    assert (chosen.inflight_requests, chosen.inflight_inputs) == min(
+        (e.inflight_requests, e.inflight_inputs) for e in pool
+    )

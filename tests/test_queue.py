@@ -214,3 +214,55 @@ async def test_an_unwritable_output_dir_fails_before_any_claim(
     assert str(blocker) in done.stderr
     control = await mongo[ws.database]["embedder_control"].find_one({"_id": queue.key})
     assert control is None, "nothing should have been claimed"
+
+
+class _SkewedClock:
+    def __init__(self, base: _Clock, skew_s: float) -> None:
+        self._base, self._skew = base, dt.timedelta(seconds=skew_s)
+
+    def __call__(self) -> dt.datetime:
+        return self._base() + self._skew
+
+
+@pytest.mark.parametrize(("skew_s", "taken_over"), [(15.0, False), (-15.0, False), (35.0, True)])
+async def test_clock_skew_within_the_bound_never_moves_a_live_lease(
+    mongo: Client, db_name: str, skew_s: float, taken_over: bool
+) -> None:
+    # TTL 30 s, heartbeats every 10 s (the worker beats at TTL/3). A live worker's lease can be
+    # taken only by a worker whose clock runs ahead by more than TTL - 10 s = 20 s: the bound.
+    spec = await seed(mongo, db_name, corpora.tweets(40))
+    clock = _Clock()
+    holder = MongoWorkQueue(mongo, spec, claim_size=20, lease_ttl_s=30, clock=clock)
+    other = MongoWorkQueue(
+        mongo, spec, claim_size=20, lease_ttl_s=30, clock=_SkewedClock(clock, skew_s)
+    )
+    await holder.register()
+    await other.register()
+    held = await holder.claim()
+    assert held is not None
+    for _ in range(3):  # three heartbeat intervals pass, the holder beating on time
+        clock.now += dt.timedelta(seconds=10)
+        await holder.heartbeat()
+        await other.heartbeat()
+    claimed = await other.claim()
+    moved = claimed is not None and claimed.taken_over
+    assert moved is taken_over
+    if not taken_over and claimed is not None:
+        assert not {d["_id"] for d in claimed.documents} & {d["_id"] for d in held.documents}
+
+
+async def test_a_filter_the_index_cannot_serve_is_refused(mongo: Client, db_name: str) -> None:
+    await seed(mongo, db_name, corpora.tweets(5))
+    spec = QueueSpec(collection="tweets", database=db_name, filter={"country": "fr"})
+    with pytest.raises(ConfigurationError, match="does not serve this queue"):
+        await mongo_setup.check_indexes(mongo, spec)
+
+
+async def test_endpoints_serving_different_models_are_refused(
+    ws: Any, mongo: Client, tei_factory: Any
+) -> None:
+    await seed(mongo, ws.database, corpora.tweets(10))
+    one = tei_factory("--dimension", "64")
+    other = tei_factory("--dimension", "64", "--model-seed", "1")  # same name, other weights
+    done = await asyncio.to_thread(run_python, ws.args([one.url, other.url], "--once"))
+    assert done.returncode != 0 and "endpoints serve different models" in done.stderr
