@@ -21,7 +21,7 @@ from pymongo import AsyncMongoClient
 
 from tests import corpus as corpora
 from tests.conftest import REAL_MONGO
-from tests.servers import ROOT, FaultTei, Process, free_port, run_python, start
+from tests.servers import ROOT, FaultTei, Process, free_port, start
 from tests.worker import Workspace, assert_complete, marks, seed
 
 DIM = 64
@@ -316,16 +316,7 @@ async def test_twenty_kills_of_the_worker_and_the_consolidator_lose_nothing(
         await asyncio.to_thread(ws.run, [tei.url], "--once", "--lease-ttl", "1", log="final.log")
         == 0
     )
-    final = await asyncio.to_thread(
-        run_python,
-        [
-            "consolidate_embeddings.py",
-            "--shards-dir",
-            str(ws.shards),
-            "--consolidated-dir",
-            str(out),
-        ],
-    )
+    final = await asyncio.to_thread(ws.consolidate, out)
     assert final.returncode == 0, final.stderr
 
     table = pq.read_table(out)

@@ -113,11 +113,16 @@ def test_unembeddable_docs_are_rejected_with_a_reason(raw: dict[str, Any], reaso
     assert isinstance(result, Rejected) and reason in result.reason
 
 
-@given(texts)
+# Every code point, lone surrogates and control characters included.
+any_text = st.text(st.characters(exclude_categories=()), max_size=3000)
+
+
+@given(any_text)
 def test_any_text_is_either_a_doc_or_rejected(text: str) -> None:
     result = to_doc({"_id": 1, "a": {"b": text}}, "a.b")
     if isinstance(result, Doc):
         assert result.text == text and text.strip()
+        assert result.size == len(text.encode("utf-8"))  # what goes on the wire is valid UTF-8
     else:
         assert not text.strip() or "Unicode" in result.reason
 

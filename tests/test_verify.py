@@ -50,16 +50,7 @@ async def test_embed_consolidate_verify(
     assert await asyncio.to_thread(ws.run, [tei.url], "--once", "--shard-rows", "50") == 0, ws.log()
     out = tmp_path / "consolidated"
 
-    consolidated = await asyncio.to_thread(
-        run_python,
-        [
-            "consolidate_embeddings.py",
-            "--shards-dir",
-            str(ws.shards),
-            "--consolidated-dir",
-            str(out),
-        ],
-    )
+    consolidated = await asyncio.to_thread(ws.consolidate, out)
     assert consolidated.returncode == 0, consolidated.stderr
     assert pq.read_table(out).num_rows == len(corpus.eligible)
 

@@ -21,7 +21,7 @@ from embedder.ids import decode_id
 from embedder.queue_spec import QueueSpec
 from tests import corpus as corpora
 from tests.corpus import Corpus
-from tests.servers import ROOT
+from tests.servers import ROOT, run_python
 
 
 @dataclass
@@ -80,6 +80,18 @@ class Workspace:
     ) -> int:
         proc = self.popen(urls, *extra, log=log)
         return proc.wait(timeout)
+
+    def consolidate(self, out: Path) -> subprocess.CompletedProcess[str]:
+        """``python consolidate_embeddings.py`` from this workspace's shards into ``out``."""
+        return run_python(
+            [
+                "consolidate_embeddings.py",
+                "--shards-dir",
+                str(self.shards),
+                "--consolidated-dir",
+                str(out),
+            ]
+        )
 
     def log(self, name: str = "worker.log") -> str:
         return (self.root / name).read_text(errors="replace")
