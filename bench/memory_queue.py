@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from embedder.claims import Lease
@@ -22,7 +22,7 @@ class MemoryWorkQueue:
     async def register(self) -> None:
         return None
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None:
         return None
 
     async def leave(self) -> None:
@@ -43,6 +43,12 @@ class MemoryWorkQueue:
 
     async def others_hold_leases(self) -> bool:
         return False
+
+    async def pending_count(self) -> int:
+        return len(self._docs) - self._next
+
+    async def done_count(self) -> int:
+        return self.marked
 
     async def mark(
         self, done_ids: list[Any], mark: DoneMark | None, failed: list[tuple[Any, str]]

@@ -516,6 +516,52 @@ def verify(
         sys.exit(1)
 
 
+@cli.command()
+@queue_options
+@consolidation_dirs
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option(
+    "--watch", "watch_s", type=float, default=None, help="Refresh every N seconds until Ctrl-C."
+)
+def status(
+    collection: str,
+    mongo_uri: str,
+    database: str,
+    queue_filter: dict[str, Any] | None,
+    exclude: dict[str, Any] | None,
+    text_field: str,
+    target_field: str,
+    shards_dir: str,
+    consolidated_dir: str,
+    as_json: bool,
+    watch_s: float | None,
+) -> None:
+    """Pending, done and failed docs, rate and ETA, workers and leases, consolidation."""
+    from embedder.status import collect
+
+    spec = _spec(collection, database, queue_filter, exclude, text_field, target_field)
+
+    async def look() -> Any:
+        client = mongo.connect(mongo_uri)
+        try:
+            await mongo.check_reachable(client, mongo_uri)
+            return await collect(
+                client, spec, consolidated_uri=consolidated_dir, shards_uri=shards_dir
+            )
+        finally:
+            await client.close()
+
+    stop = _stop_flag() if watch_s else None
+    while True:
+        current = _run(look(), mongo_uri)
+        text = json.dumps(current.as_dict(), indent=2) if as_json else "\n".join(current.lines())
+        if stop is not None and not as_json:
+            click.clear()
+        click.echo(text)
+        if stop is None or watch_s is None or stop.wait(watch_s):
+            break
+
+
 def _stop_flag() -> threading.Event:
     """Set by SIGINT/SIGTERM, so --watch finishes its current run and exits 0."""
     stop = threading.Event()

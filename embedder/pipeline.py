@@ -36,11 +36,13 @@ class WorkQueue(Protocol):
     owner: str
 
     async def register(self) -> None: ...
-    async def heartbeat(self) -> None: ...
+    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None: ...
     async def leave(self) -> None: ...
     async def claim(self) -> Claim | None: ...
     async def release(self, leases: Sequence[Lease]) -> None: ...
     async def others_hold_leases(self) -> bool: ...
+    async def pending_count(self) -> int: ...
+    async def done_count(self) -> int: ...
     async def mark(
         self, done_ids: list[Any], mark: DoneMark | None, failed: list[tuple[Any, str]]
     ) -> int: ...
@@ -54,6 +56,7 @@ class WorkerSettings:
     heartbeat_interval_s: float = 20.0
     drain_timeout_s: float = 120.0
     log_interval_s: float = 10.0
+    gauge_interval_s: float = 60.0
 
 
 @dataclass(slots=True)
@@ -115,6 +118,9 @@ class Worker:
         self._rows: list[Outcome] = []
         self._buffered = 0
         self._tokens_reported = 0
+        self._rate = 0.0  # docs/s over the last log interval
+        self._leases_held = 0
+        self._last_shard = ""
 
     @property
     def summary(self) -> Summary:
@@ -131,6 +137,7 @@ class Worker:
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._log_loop(), name="progress"),
+            asyncio.create_task(self._queue_gauges_loop(), name="queue-gauges"),
         ]
         try:
             # One group: a stage that fails (the sink on a full disk, say) cancels the others,
@@ -171,6 +178,7 @@ class Worker:
     async def _dispatch(self, claim: Claim) -> None:
         self._telemetry.claimed(len(claim.documents))
         self._telemetry.leases.inc()
+        self._leases_held += 1
         if claim.taken_over:
             self._telemetry.lease_taken_over()
         tracker = LeaseTracker(claim.lease, len(claim.documents))
@@ -258,6 +266,7 @@ class Worker:
         await self._append_buffered()
         receipt: ShardReceipt | None = await asyncio.to_thread(self._shards.roll)
         if receipt is not None:
+            self._last_shard = receipt.name
             self._telemetry.shard_written(receipt.bytes)
             log.info(
                 "shard %s durable: %d rows, %d bytes", receipt.name, receipt.rows, receipt.bytes
@@ -291,16 +300,35 @@ class Worker:
         finished = [t.lease for t in {id(t): t for t in trackers}.values() if t.outstanding == 0]
         await self._queue.release(finished)
         self._telemetry.leases.dec(len(finished))
+        self._leases_held -= len(finished)
 
     # --- background ---------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
+            summary = self.summary
+            progress = {
+                "embedded": summary.embedded,
+                "failed": summary.failed,
+                "rate_docs_per_s": round(self._rate, 1),
+                "leases": self._leases_held,
+                "last_shard": self._last_shard,
+            }
             try:
-                await self._queue.heartbeat()
+                await self._queue.heartbeat(progress)
             except Exception as exc:  # a missed beat is retried; the lease TTL has headroom
                 log.warning("heartbeat failed: %s", exc)
+
+    async def _queue_gauges_loop(self) -> None:
+        """Pending and done counts for /metrics, from the two indexes, once a minute."""
+        while True:
+            try:
+                self._telemetry.queue_pending.set(await self._queue.pending_count())
+                self._telemetry.queue_done.set(await self._queue.done_count())
+            except Exception as exc:  # the gauges may lag; the run goes on
+                log.warning("counting the queue failed: %s", exc)
+            await asyncio.sleep(self._settings.gauge_interval_s)
 
     async def _log_loop(self) -> None:
         last, last_at = 0, time.monotonic()
@@ -315,6 +343,7 @@ class Worker:
                 self.summary.retries,
                 self.summary.shards,
             )
+            self._rate = (done - last) / (now - last_at)
             last, last_at = done, now
 
 

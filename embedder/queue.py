@@ -106,9 +106,11 @@ class MongoWorkQueue:
         await self._retry("creating the control document", create)
         await self.heartbeat()
 
-    async def heartbeat(self) -> None:
+    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None:
+        """Keep this worker's leases alive; ``progress`` is shown by ``embedder status``."""
         now = self._clock()
         worker = {
+            **(progress or {}),
             "expires_at": now + self._ttl,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -245,6 +247,16 @@ class MongoWorkQueue:
             "counting pending docs",
             lambda: self._docs.count_documents(
                 self.spec.pending_query(), hint=self.spec.index_name
+            ),
+        )
+        return int(count)
+
+    async def done_count(self) -> int:
+        """Docs marked done, counted on the monitoring index."""
+        count = await self._retry(
+            "counting done docs",
+            lambda: self._docs.count_documents(
+                {self.spec.status_path: "done"}, hint=self.spec.done_index_name
             ),
         )
         return int(count)
