@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYENV_VERSION ?= 3.13.0
 
-.PHONY: install test lint typecheck demo bench clean
+.PHONY: install system-deps test lint typecheck demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-test: install
+# The tests run a real Prometheus and check the compose files with docker-compose: Debian's
+# packages, installed when missing (as root; otherwise install them yourself).
+system-deps:
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      prometheus docker-compose >/dev/null; \
+	  else echo "please install Debian's prometheus and docker-compose packages" >&2; exit 1; fi; \
+	fi
+
+test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q

@@ -112,6 +112,7 @@ class Fleet:
         self._endpoints = [
             Endpoint(EndpointClient(u, http, api_key=settings.api_key)) for u in settings.urls
         ]
+        telemetry.prepare([e.name for e in self._endpoints])
         self._changed = asyncio.Condition()
         self._info: tei.Info | None = None
         self._batch_cap = settings.batch_size

@@ -136,6 +136,21 @@ class Telemetry:
             "embedder_queue_done", "Docs marked done in the target field.", registry=r
         )
 
+    def prepare(self, endpoints: list[str]) -> None:
+        """Create every labelled series at zero, so they exist (and rate() works) from the
+        first scrape rather than from the first event of their kind."""
+        for cause in FAILURE_CAUSES:
+            self.docs_failed.labels(cause=cause)
+        for kind in ERROR_KINDS:
+            self.retries.labels(kind)
+            for endpoint in endpoints:
+                self.errors.labels(endpoint, kind)
+        for endpoint in endpoints:
+            for outcome in ("ok", "error"):
+                self.requests.labels(endpoint, outcome)
+            self.inflight_requests.labels(endpoint)
+            self.inflight_inputs.labels(endpoint)
+
     # Each method below is one event, recorded in the summary and in Prometheus.
 
     def claimed(self, count: int) -> None:
@@ -179,16 +194,31 @@ class Telemetry:
         self.summary.leases_taken_over += 1
 
 
+_CAUSES = (
+    ("missing text", "missing_text"),
+    ("not a string", "not_string"),
+    ("is empty", "empty_text"),
+    ("unicode", "invalid_unicode"),
+    ("payload limit", "too_large"),
+)
+FAILURE_CAUSES = (*(cause for _, cause in _CAUSES), "rejected_by_server")
+ERROR_KINDS = (
+    "connection",
+    "timeout",
+    "overloaded",
+    "unhealthy",
+    "server_error",
+    "backend",
+    "garbage",
+    "too_large",
+    "rejected",
+)
+
+
 def failure_cause(reason: str) -> str:
     """A short, bounded label for a failure reason (reasons themselves are unbounded)."""
     lowered = reason.lower()
-    for needle, cause in (
-        ("missing text", "missing_text"),
-        ("not a string", "not_string"),
-        ("is empty", "empty_text"),
-        ("unicode", "invalid_unicode"),
-        ("payload limit", "too_large"),
-    ):
+    for needle, cause in _CAUSES:
         if needle in lowered:
             return cause
     return "rejected_by_server"

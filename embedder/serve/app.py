@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +15,11 @@ import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Gauge,
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
@@ -65,12 +65,41 @@ class _Gone(Exception):
     """The client disconnected before its answer was ready."""
 
 
+class _TeiCounters:
+    """Counters under TEI's exact names: TEI's exporter writes ``te_request_success``, while
+    prometheus_client's Counter would write ``te_request_success_total``, and dashboards built
+    for TEI would miss it."""
+
+    def __init__(self, registry: CollectorRegistry, help_by_name: dict[str, str]) -> None:
+        self._help = help_by_name
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        registry.register(self)
+
+    def inc(self, name: str, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        self._values[key] = self._values.get(key, 0.0) + 1.0
+
+    def collect(self) -> Iterator[Metric]:
+        for name, text in self._help.items():
+            metric = Metric(name, text, "counter")
+            for (sample, labels), value in self._values.items():
+                if sample == name:
+                    metric.add_sample(name, dict(labels), value)
+            yield metric
+
+
 class _ServerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.count = Counter("te_request_count", "Requests received.", ["method"], registry=r)
-        self.success = Counter("te_request_success", "Successful requests.", ["method"], registry=r)
-        self.failure = Counter("te_request_failure", "Failed requests.", ["err"], registry=r)
+        self.counters = _TeiCounters(
+            r,
+            {
+                "te_request_count": "Requests received.",
+                "te_request_success": "Successful requests.",
+                "te_request_failure": "Failed requests.",
+                "te_embed_count": "Inputs embedded.",
+            },
+        )
         self.queue_size = Gauge("te_queue_size", "Inputs waiting for a batch.", registry=r)
         self.duration = Histogram("te_request_duration", "Request duration (s).", registry=r)
         self.queue_duration = Histogram(
@@ -91,14 +120,14 @@ class _ServerMetrics:
             buckets=(64, 256, 1024, 2048, 4096, 8192, 16384, 32768),
             registry=r,
         )
-        self.embed_count = Counter("te_embed_count", "Inputs embedded.", registry=r)
 
     def on_batch(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.size)
         self.batch_tokens.observe(stats.tokens)
         self.queue_duration.observe(stats.queue_s)
         self.inference_duration.observe(stats.inference_s)
-        self.embed_count.inc(stats.size)
+        for _ in range(stats.size):
+            self.counters.inc("te_embed_count")
 
 
 class TeiServer:
@@ -163,7 +192,7 @@ class TeiServer:
             vectors, tokens = await self._infer(request, embed.inputs, embed.options)
             return self._ok(tei.encode_embed_response(vectors), started, tokens, embed.inputs)
 
-        self.metrics.count.labels("embed").inc()
+        self.metrics.counters.inc("te_request_count", method="embed")
         return await self._answering(answer, openai=False)
 
     async def _openai(self, request: Request) -> Response:
@@ -180,7 +209,7 @@ class TeiServer:
             )
             return self._ok(payload, started, tokens, body.inputs)
 
-        self.metrics.count.labels("openai").inc()
+        self.metrics.counters.inc("te_request_count", method="openai")
         return await self._answering(answer, openai=True)
 
     async def _tokenize(self, request: Request) -> Response:
@@ -317,7 +346,7 @@ class TeiServer:
         return raw
 
     def _error(self, exc: ApiError, *, openai: bool) -> Response:
-        self.metrics.failure.labels(str(exc.error_type).lower()).inc()
+        self.metrics.counters.inc("te_request_failure", err=str(exc.error_type).lower())
         body = (
             tei.encode_openai_error(exc.error_type, exc.message)
             if openai
@@ -327,7 +356,7 @@ class TeiServer:
 
     def _ok(self, payload: bytes, started: float, tokens: int, texts: list[str]) -> Response:
         total_ms = (time.perf_counter() - started) * 1000
-        self.metrics.success.labels("embed").inc()
+        self.metrics.counters.inc("te_request_success", method="embed")
         self.metrics.duration.observe(total_ms / 1000)
         headers = {
             tei.HEADER_COMPUTE_TOKENS: str(tokens),
