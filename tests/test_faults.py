@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 from tests import corpus as corpora
 from tests.conftest import REAL_MONGO
 from tests.servers import ROOT, FaultTei, Process, free_port, start
-from tests.worker import Workspace, assert_complete, marks, seed
+from tests.worker import Workspace, assert_complete, marks, seed, wait_until
 
 DIM = 64
 needs_own_mongo = pytest.mark.skipif(
@@ -138,7 +138,9 @@ async def test_mongodb_restart_mid_run_is_waited_out(slow_run: SlowRun) -> None:
     proc = run.ws.popen([run.tei.url], *run.args)
     await _wait_for_shard(run.ws, proc)
     run.mongo.stop()
-    await asyncio.sleep(3)
+    await wait_until(
+        lambda: "MongoDB unreachable" in run.ws.log(), what="the worker to notice the outage"
+    )
     run.mongo.start()
     code = await asyncio.to_thread(proc.wait, 180)
 
@@ -233,7 +235,7 @@ async def test_a_whole_fleet_outage_is_held_not_failed(
         )
         await _wait_for_shard(ws, proc)
         server.stop()
-        await asyncio.sleep(3)
+        await wait_until(lambda: "ejected" in ws.log(), what="the endpoint to leave rotation")
         state = await marks(mongo, queue)
         assert not [
             v for v in state.values() if v and v["status"] == "failed" and "rejected" in v["reason"]

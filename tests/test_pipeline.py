@@ -13,7 +13,7 @@ from pymongo import AsyncMongoClient
 
 from tests import corpus as corpora
 from tests.servers import FaultTei, free_port
-from tests.worker import Workspace, assert_complete, marks, seed
+from tests.worker import Workspace, assert_complete, marks, seed, wait_until
 
 DIM = 64
 
@@ -210,9 +210,11 @@ async def test_a_second_signal_exits_at_once_and_a_rerun_finishes(
 
     proc = ws.popen([tei.url], "--claim-size", "50", "--lease-ttl", "2", log="twice.log")
     await _wait_for_log(ws, "twice.log", "embedding", proc)
-    await asyncio.sleep(0.5)
+    await wait_until(
+        lambda: tei.stats()["requests"] >= 2, what="a request in flight"
+    )  # after the probe
     proc.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.3)
+    await _wait_for_log(ws, "twice.log", "SIGTERM received", proc)
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(proc.wait, 10)

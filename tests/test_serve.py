@@ -267,6 +267,8 @@ def test_a_client_that_disconnects_frees_its_permits(tei_factory: Callable[..., 
     texts = [f"text {i}" for i in range(8)]
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(tei.url + "/embed", json={"inputs": texts}, timeout=0.3)
+    # No condition to wait on: the permits come back when uvicorn reads the closed socket, a
+    # moment after the client left. If they did not, the request below would get a 429.
     time.sleep(0.3)
     retried = httpx.post(tei.url + "/embed", json={"inputs": texts}, timeout=10)
     assert retried.status_code == 200, retried.text
@@ -278,7 +280,10 @@ def test_sigterm_lets_requests_in_flight_finish(tei_factory: Callable[..., Fault
         pending = pool.submit(
             httpx.post, tei.url + "/embed", json={"inputs": ["a", "b"]}, timeout=10
         )
-        time.sleep(0.4)
+        deadline = time.monotonic() + 10
+        while "te_request_count{" not in httpx.get(tei.url + "/metrics").text:  # the request is in
+            assert time.monotonic() < deadline, "the request never reached the server"
+            time.sleep(0.02)
         tei.process.proc.send_signal(signal.SIGTERM)
         answer = pending.result()
     assert answer.status_code == 200 and len(answer.json()) == 2
