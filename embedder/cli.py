@@ -13,11 +13,12 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
+from pymongo import AsyncMongoClient
 
 from embedder import __version__, logs, mongo, tei_protocol
 from embedder.errors import ConfigurationError, EmbedderError
@@ -352,15 +353,9 @@ def indexes(
     """Create the work-queue and monitoring indexes (idempotent)."""
     spec = _spec(collection, database, queue_filter, exclude, text_field, target_field)
 
-    async def create() -> list[str]:
-        client = mongo.connect(mongo_uri)
-        try:
-            await mongo.check_reachable(client, mongo_uri)
-            return await mongo.ensure_indexes(client, spec)
-        finally:
-            await client.close()
-
-    names = _run(create(), mongo_uri, None)
+    names = _run(
+        _with_mongo(mongo_uri, lambda client: mongo.ensure_indexes(client, spec)), mongo_uri
+    )
     click.echo(f"indexes ready on {database}.{collection}: {', '.join(names)}")
 
 
@@ -500,17 +495,15 @@ def verify(
 
     spec = _spec(collection, database, queue_filter, exclude, text_field, target_field)
 
-    async def check() -> Any:
-        client = mongo.connect(mongo_uri)
-        try:
-            await mongo.check_reachable(client, mongo_uri)
-            return await run_verify(
+    report = _run(
+        _with_mongo(
+            mongo_uri,
+            lambda client: run_verify(
                 client, spec, consolidated_dir, shards_uri=shards_dir, memory_limit=memory_limit
-            )
-        finally:
-            await client.close()
-
-    report = _run(check(), mongo_uri)
+            ),
+        ),
+        mongo_uri,
+    )
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
     if not report.ok:
         sys.exit(1)
@@ -541,19 +534,17 @@ def status(
 
     spec = _spec(collection, database, queue_filter, exclude, text_field, target_field)
 
-    async def look() -> Any:
-        client = mongo.connect(mongo_uri)
-        try:
-            await mongo.check_reachable(client, mongo_uri)
-            return await collect(
-                client, spec, consolidated_uri=consolidated_dir, shards_uri=shards_dir
-            )
-        finally:
-            await client.close()
-
     stop = _stop_flag() if watch_s else None
     while True:
-        current = _run(look(), mongo_uri)
+        current = _run(
+            _with_mongo(
+                mongo_uri,
+                lambda client: collect(
+                    client, spec, consolidated_uri=consolidated_dir, shards_uri=shards_dir
+                ),
+            ),
+            mongo_uri,
+        )
         text = json.dumps(current.as_dict(), indent=2) if as_json else "\n".join(current.lines())
         if stop is not None and not as_json:
             click.clear()
@@ -689,6 +680,18 @@ def dev_mongo(host: str, port: int, sqlite: Path | None, user: str | None) -> No
     if user and not password:
         raise click.UsageError("--user needs its password in EMBEDDER_DEV_MONGO_PASSWORD")
     asyncio.run(devmongo.run(host, port, sqlite, user, password))
+
+
+async def _with_mongo[T](
+    mongo_uri: str, action: Callable[[AsyncMongoClient[dict[str, Any]]], Awaitable[T]]
+) -> T:
+    """Connect, check MongoDB answers, run ``action`` with the client, close."""
+    client = mongo.connect(mongo_uri)
+    try:
+        await mongo.check_reachable(client, mongo_uri)
+        return await action(client)
+    finally:
+        await client.close()
 
 
 def _run[T](coroutine: Coroutine[Any, Any, T], *secrets: str | None) -> T:

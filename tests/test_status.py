@@ -89,22 +89,7 @@ async def test_status_shows_live_workers_with_their_progress(
     await seed(mongo, ws.database, corpora.tweets(200))
     proc = ws.popen([tei.url], "--lease-ttl", "1.5", "--shard-rows", "50")  # continuous: stays up
     try:
-        args = [
-            "-m",
-            "embedder.cli",
-            "status",
-            "--collection",
-            "tweets",
-            "--mongo-uri",
-            ws.mongo_uri,
-            "--database",
-            ws.database,
-            "--shards-dir",
-            str(ws.shards),
-            "--consolidated-dir",
-            str(ws.root / "none"),
-            "--json",
-        ]
+        args = ws.command("status", "--consolidated-dir", str(ws.root / "none"), "--json")
         for _ in range(100):
             answer = await asyncio.to_thread(run_python, args)
             assert answer.returncode == 0, answer.stderr

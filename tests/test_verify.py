@@ -17,23 +17,7 @@ from tests.worker import Workspace, seed
 
 
 def _verify(ws: Workspace, out: Path) -> Any:
-    return run_python(
-        [
-            "-m",
-            "embedder.cli",
-            "verify",
-            "--collection",
-            "tweets",
-            "--mongo-uri",
-            ws.mongo_uri,
-            "--database",
-            ws.database,
-            "--shards-dir",
-            str(ws.shards),
-            "--consolidated-dir",
-            str(out),
-        ]
-    )
+    return run_python(ws.command("verify", "--consolidated-dir", str(out)))
 
 
 async def test_embed_consolidate_verify(

@@ -61,6 +61,23 @@ class Workspace:
             *extra,
         ]
 
+    def command(self, name: str, *extra: str) -> list[str]:
+        """``python -m embedder.cli <name>`` on this workspace's queue and directories."""
+        return [
+            "-m",
+            "embedder.cli",
+            name,
+            "--collection",
+            self.collection,
+            "--mongo-uri",
+            self.mongo_uri,
+            "--database",
+            self.database,
+            "--shards-dir",
+            str(self.shards),
+            *extra,
+        ]
+
     def popen(
         self,
         urls: Sequence[str],
