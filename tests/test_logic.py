@@ -139,6 +139,11 @@ def test_embed_answers_are_checked_before_use() -> None:
         (b'[["x", 1.0]]', 1),
         (b"[[]]", 1),
         (b"[[1.0, 2.0], [1.0, 2.0", 2),
+        (b"[[[1.0]]]", 1),
+        (b"[[1.0, null]]", 1),
+        (b"[[Infinity, 1.0]]", 1),
+        (b"[[1e400, 1.0]]", 1),
+        (b"[[1, 2, 3], [4]]", 2),
     ]:
         with pytest.raises(tei.ProtocolError):
             tei.decode_embed_response(raw, count)
