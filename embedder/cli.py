@@ -7,6 +7,7 @@ URI's password, the TEI API key) can come from the environment or a file, not on
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -68,8 +69,20 @@ def _json_object(
     return parsed
 
 
+_QUEUE_PARAMS = ("collection", "database", "queue_filter", "exclude", "text_field", "target_field")
+
+
 def queue_options(func: Any) -> Any:
-    """Options that name a work queue; shared by every command that touches one."""
+    """Options that name a work queue; the command receives them as one ``spec: QueueSpec``."""
+
+    @functools.wraps(func)
+    def with_spec(**kwargs: Any) -> Any:
+        try:
+            spec = _spec(*(kwargs.pop(name) for name in _QUEUE_PARAMS))
+        except ConfigurationError as exc:
+            raise click.UsageError(str(exc)) from None
+        return func(spec=spec, **kwargs)
+
     options = [
         click.option(
             "--collection",
@@ -116,8 +129,8 @@ def queue_options(func: Any) -> Any:
         ),
     ]
     for option in reversed(options):
-        func = option(func)
-    return func
+        with_spec = option(with_spec)
+    return with_spec
 
 
 def _spec(
@@ -275,13 +288,8 @@ def cli(log_level: str, log_json: bool) -> None:
     help="Write the run summary as JSON here.",
 )
 def embed(
-    collection: str,
+    spec: QueueSpec,
     mongo_uri: str,
-    database: str,
-    queue_filter: dict[str, Any] | None,
-    exclude: dict[str, Any] | None,
-    text_field: str,
-    target_field: str,
     tei_urls: str,
     tei_api_key: str | None,
     tei_api_key_file: Path | None,
@@ -308,7 +316,7 @@ def embed(
     api_key = _secret(tei_api_key, tei_api_key_file, "TEI API key")
     job = EmbedJob(
         mongo_uri=mongo_uri,
-        queue=_spec(collection, database, queue_filter, exclude, text_field, target_field),
+        queue=spec,
         fleet=FleetSettings(
             urls=tuple(u for u in (x.strip() for x in tei_urls.split(",")) if u),
             options=tei_protocol.EmbedOptions(normalize=normalize, truncate=truncate),
@@ -323,7 +331,7 @@ def embed(
             hot_dir=hot_dir,
             max_rows=shard_rows,
             max_age_s=shard_age,
-            prefix=target_field,
+            prefix=spec.target_field,
         ),
         once=once,
         claim_size=claim_size,
@@ -342,21 +350,14 @@ def embed(
 @cli.command()
 @queue_options
 def indexes(
-    collection: str,
+    spec: QueueSpec,
     mongo_uri: str,
-    database: str,
-    queue_filter: dict[str, Any] | None,
-    exclude: dict[str, Any] | None,
-    text_field: str,
-    target_field: str,
 ) -> None:
     """Create the work-queue and monitoring indexes (idempotent)."""
-    spec = _spec(collection, database, queue_filter, exclude, text_field, target_field)
-
     names = _run(
         _with_mongo(mongo_uri, lambda client: mongo.ensure_indexes(client, spec)), mongo_uri
     )
-    click.echo(f"indexes ready on {database}.{collection}: {', '.join(names)}")
+    click.echo(f"indexes ready on {spec.database}.{spec.collection}: {', '.join(names)}")
 
 
 def consolidation_dirs(func: Any) -> Any:
@@ -478,13 +479,8 @@ def consolidate(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(
-    collection: str,
+    spec: QueueSpec,
     mongo_uri: str,
-    database: str,
-    queue_filter: dict[str, Any] | None,
-    exclude: dict[str, Any] | None,
-    text_field: str,
-    target_field: str,
     shards_dir: str,
     consolidated_dir: str,
     memory_limit: int,
@@ -492,8 +488,6 @@ def verify(
 ) -> None:
     """Check the consolidated output against MongoDB; exit 1 on any discrepancy."""
     from embedder.verify import verify as run_verify
-
-    spec = _spec(collection, database, queue_filter, exclude, text_field, target_field)
 
     report = _run(
         _with_mongo(
@@ -517,13 +511,8 @@ def verify(
     "--watch", "watch_s", type=float, default=None, help="Refresh every N seconds until Ctrl-C."
 )
 def status(
-    collection: str,
+    spec: QueueSpec,
     mongo_uri: str,
-    database: str,
-    queue_filter: dict[str, Any] | None,
-    exclude: dict[str, Any] | None,
-    text_field: str,
-    target_field: str,
     shards_dir: str,
     consolidated_dir: str,
     as_json: bool,
@@ -531,8 +520,6 @@ def status(
 ) -> None:
     """Pending, done and failed docs, rate and ETA, workers and leases, consolidation."""
     from embedder.status import collect
-
-    spec = _spec(collection, database, queue_filter, exclude, text_field, target_field)
 
     stop = _stop_flag() if watch_s else None
     while True:
