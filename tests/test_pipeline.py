@@ -86,7 +86,7 @@ async def test_sigkill_mid_run_then_rerun_loses_nothing(
     ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
 ) -> None:
     tei = tei_factory("--dimension", str(DIM))
-    tei.set_faults(delay_s=0.05)  # slow enough to be killed mid-run
+    tei.set_faults(delay_s=0.1)  # slow enough to be killed mid-run
     corpus = corpora.tweets(400)
     queue = await seed(mongo, ws.database, corpus)
 
@@ -101,7 +101,8 @@ async def test_sigkill_mid_run_then_rerun_loses_nothing(
         "2",
         log="killed.log",
     )
-    await _wait_for_shards(ws, 1, proc)
+    # Once some docs are marked (a shard appears a moment before its docs are marked).
+    await wait_until(lambda: _some_done(mongo, queue), what="the first marked docs")
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     state = await marks(mongo, queue)
@@ -239,3 +240,10 @@ async def _wait_for_log(ws: Workspace, name: str, needle: str, proc: Any) -> Non
         assert proc.poll() is None, ws.log(name)
         await asyncio.sleep(0.05)
     raise AssertionError(f"{needle!r} never appeared in {name}")
+
+
+async def _some_done(mongo: AsyncMongoClient[dict[str, Any]], queue: Any) -> bool:
+    return (
+        await mongo[queue.database][queue.collection].find_one({queue.status_path: "done"})
+        is not None
+    )

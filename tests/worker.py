@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,11 +201,14 @@ def assert_complete(
         assert state[doc_id] is None
 
 
-async def wait_until(condition: Callable[[], bool], *, what: str, within: float = 60) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``within`` seconds."""
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, what: str, within: float = 60
+) -> None:
+    """Poll ``condition`` (plain or async) until it holds; fail naming ``what`` after ``within`` s."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if condition():
+        held = condition()
+        if await held if inspect.isawaitable(held) else held:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
