@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from embedder.batching import oversized, plan_batches
+from embedder.batching import Limits, oversized, plan_batches
 from embedder.claims import Lease
 from embedder.documents import Doc, Rejected, to_doc
 from embedder.fleet import Fleet
@@ -177,8 +177,8 @@ class Worker:
 
     async def _dispatch(self, claim: Claim) -> None:
         self._telemetry.claimed(len(claim.documents))
-        self._telemetry.leases.inc()
         self._leases_held += 1
+        self._telemetry.leases.set(self._leases_held)
         if claim.taken_over:
             self._telemetry.lease_taken_over()
         tracker = LeaseTracker(claim.lease, len(claim.documents))
@@ -299,8 +299,8 @@ class Worker:
             tracker.outstanding -= 1
         finished = [t.lease for t in {id(t): t for t in trackers}.values() if t.outstanding == 0]
         await self._queue.release(finished)
-        self._telemetry.leases.dec(len(finished))
         self._leases_held -= len(finished)
+        self._telemetry.leases.set(self._leases_held)
 
     # --- background ---------------------------------------------------------------------------
 
@@ -357,7 +357,7 @@ def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group.exceptions[0]
 
 
-def _checked(raw: Mapping[str, Any], text_field: str, limits: Any) -> Doc | Rejected:
+def _checked(raw: Mapping[str, Any], text_field: str, limits: Limits) -> Doc | Rejected:
     item = to_doc(raw, text_field)
     if isinstance(item, Doc):
         return oversized(item, limits) or item

@@ -86,16 +86,6 @@ async def _seeded(uri: str, corpus: corpora.Corpus) -> Any:
         await client.close()
 
 
-async def _wait_for_shard(ws: Workspace, proc: Any) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if any(not p.name.startswith(".") for p in ws.shards.glob("*.parquet")):
-            return
-        assert proc.poll() is None, ws.log()
-        await asyncio.sleep(0.05)
-    raise AssertionError("no shard appeared")
-
-
 @dataclass
 class SlowRun:
     """150 docs on a restartable MongoDB and a slow endpoint: long enough to break in on."""
@@ -136,7 +126,7 @@ async def slow_run(
 async def test_mongodb_restart_mid_run_is_waited_out(slow_run: SlowRun) -> None:
     run = slow_run
     proc = run.ws.popen([run.tei.url], *run.args)
-    await _wait_for_shard(run.ws, proc)
+    await run.ws.wait_for(proc, run.ws.has_shard, "a shard")
     run.mongo.stop()
     await wait_until(
         lambda: "MongoDB unreachable" in run.ws.log(), what="the worker to notice the outage"
@@ -156,7 +146,7 @@ async def test_mongodb_gone_too_long_exits_non_zero_and_a_later_run_finishes(
     run = slow_run
     args = (*run.args, "--lease-ttl", "2")
     proc = run.ws.popen([run.tei.url], *args, "--mongo-outage-timeout", "2", log="gone.log")
-    await _wait_for_shard(run.ws, proc)
+    await run.ws.wait_for(proc, run.ws.has_shard, "a shard")
     run.mongo.stop()
     code = await asyncio.to_thread(proc.wait, 60)
     assert code != 0
@@ -233,7 +223,7 @@ async def test_a_whole_fleet_outage_is_held_not_failed(
         proc = ws.popen(
             [url], "--once", "--claim-size", "20", "--shard-rows", "20", "--concurrency", "1"
         )
-        await _wait_for_shard(ws, proc)
+        await ws.wait_for(proc, ws.has_shard, "a shard")
         server.stop()
         await wait_until(lambda: "ejected" in ws.log(), what="the endpoint to leave rotation")
         state = await marks(mongo, queue)
@@ -260,7 +250,7 @@ async def test_cold_storage_failing_mid_run_marks_nothing_and_names_the_path(
     proc = ws.popen(
         [tei.url], "--once", "--claim-size", "20", "--shard-rows", "20", "--concurrency", "1"
     )
-    await _wait_for_shard(ws, proc)
+    await ws.wait_for(proc, ws.has_shard, "a shard")
     # The cold directory becomes unusable (a file where the directory was: as root, a
     # permission change would not stop a write).
     ws.shards.rename(ws.root / "shards-before")

@@ -175,7 +175,7 @@ async def test_sigterm_drains_and_marks_nothing_without_its_vector(
     queue = await seed(mongo, ws.database, corpus)
 
     proc = ws.popen([tei.url], "--claim-size", "50", "--shard-rows", "64")
-    await _wait_for_shards(ws, 1, proc)
+    await ws.wait_for(proc, ws.has_shard, "a shard")
     proc.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(proc.wait, 60)
 
@@ -191,16 +191,6 @@ async def test_sigterm_drains_and_marks_nothing_without_its_vector(
     assert not list((ws.root / "hot").rglob("*.tmp"))
 
 
-async def _wait_for_shards(ws: Workspace, count: int, proc: Any) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if len([p for p in ws.shards.glob("*.parquet") if not p.name.startswith(".")]) >= count:
-            return
-        assert proc.poll() is None, ws.log()
-        await asyncio.sleep(0.05)
-    raise AssertionError("no shard appeared in time")
-
-
 async def test_a_second_signal_exits_at_once_and_a_rerun_finishes(
     ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
 ) -> None:
@@ -210,12 +200,16 @@ async def test_a_second_signal_exits_at_once_and_a_rerun_finishes(
     queue = await seed(mongo, ws.database, corpus)
 
     proc = ws.popen([tei.url], "--claim-size", "50", "--lease-ttl", "2", log="twice.log")
-    await _wait_for_log(ws, "twice.log", "embedding", proc)
+    await ws.wait_for(
+        proc, lambda: "embedding" in ws.log("twice.log"), "the run to start", log="twice.log"
+    )
     await wait_until(
         lambda: tei.stats()["requests"] >= 2, what="a request in flight"
     )  # after the probe
     proc.send_signal(signal.SIGTERM)
-    await _wait_for_log(ws, "twice.log", "SIGTERM received", proc)
+    await ws.wait_for(
+        proc, lambda: "SIGTERM received" in ws.log("twice.log"), "the first signal", log="twice.log"
+    )
     started = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(proc.wait, 10)
@@ -230,16 +224,6 @@ async def test_a_second_signal_exits_at_once_and_a_rerun_finishes(
         == 0
     )
     assert_complete(ws.rows(), await marks(mongo, queue), corpus)
-
-
-async def _wait_for_log(ws: Workspace, name: str, needle: str, proc: Any) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (ws.root / name).exists() and needle in ws.log(name):
-            return
-        assert proc.poll() is None, ws.log(name)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{needle!r} never appeared in {name}")
 
 
 async def _some_done(mongo: AsyncMongoClient[dict[str, Any]], queue: Any) -> bool:

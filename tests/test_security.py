@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ async def test_no_output_of_a_run_holds_a_secret(tmp_path: Path) -> None:
         env = {**os.environ, "EMBEDDER_MONGO_URI": uri, "EMBEDDER_TEI_API_KEY": TEI_SECRET}
         args = _without(ws.args([tei.address], "--metrics-port", str(metrics_port)), "--mongo-uri")
         proc = await asyncio.create_subprocess_exec(
-            os.environ.get("PYTHON", _python()),
+            sys.executable,
             *args,
             cwd=ROOT,
             env=env,
@@ -70,7 +71,7 @@ async def test_no_output_of_a_run_holds_a_secret(tmp_path: Path) -> None:
 
         # A wrong key and a wrong password fail with errors that do not repeat them either.
         wrong = await asyncio.create_subprocess_exec(
-            _python(),
+            sys.executable,
             *args,
             "--once",
             cwd=ROOT,
@@ -82,7 +83,7 @@ async def test_no_output_of_a_run_holds_a_secret(tmp_path: Path) -> None:
         assert wrong.returncode != 0 and "api-key" in wrong_output.lower()
         bad_uri = uri.replace(MONGO_SECRET, "x" + MONGO_SECRET)
         denied = await asyncio.create_subprocess_exec(
-            _python(),
+            sys.executable,
             *args,
             "--once",
             cwd=ROOT,
@@ -112,12 +113,6 @@ async def test_no_output_of_a_run_holds_a_secret(tmp_path: Path) -> None:
 def _without(args: list[str], option: str) -> list[str]:
     i = args.index(option)
     return args[:i] + args[i + 2 :]
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
 
 
 async def _scrape_when_embedded(port: int) -> str:

@@ -113,8 +113,29 @@ class Workspace:
             ]
         )
 
+    def has_shard(self) -> bool:
+        return any(not p.name.startswith(".") for p in self.shards.glob("*.parquet"))
+
+    async def wait_for(
+        self,
+        proc: subprocess.Popen[bytes],
+        condition: Callable[[], bool],
+        what: str,
+        log: str = "worker.log",
+    ) -> None:
+        """``wait_until`` for a worker: fail at once, with its log, if it exits first."""
+
+        def holds() -> bool:
+            assert proc.poll() is None, (
+                f"the worker exited while waiting for {what}:\n{self.log(log)}"
+            )
+            return condition()
+
+        await wait_until(holds, what=what)
+
     def log(self, name: str = "worker.log") -> str:
-        return (self.root / name).read_text(errors="replace")
+        path = self.root / name
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def summary_text(self, name: str = "summary.json") -> str:
         path = self.root / name
