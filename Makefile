@@ -50,6 +50,7 @@ bench: install
 	$(BIN)/python -m bench.mongo_round_trips
 	$(BIN)/python -m bench.serve_throughput
 	$(BIN)/python -m bench.consolidate_1m
+	$(BIN)/python -m bench.adaptive_fleet
 
 clean:
 	rm -rf $(VENV) embeddings demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -38,7 +38,7 @@ async def client_alone(settings: FleetSettings, texts: list[str]) -> float:
             await fleet.embed(batch)
 
     started = time.perf_counter()
-    await asyncio.gather(*(drain() for _ in range(settings.concurrency)))
+    await asyncio.gather(*(drain() for _ in range(settings.concurrency or 8)))
     elapsed = time.perf_counter() - started
     await fleet.close()
     return len(texts) / elapsed

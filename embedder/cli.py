@@ -69,6 +69,19 @@ def _json_object(
     return parsed
 
 
+def _concurrency(_ctx: click.Context, _param: click.Parameter, value: str | int) -> int | None:
+    """'auto' (None: adaptive) or a positive number of requests."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a number") from exc
+    if number < 1:
+        raise click.BadParameter("must be at least 1")
+    return number
+
+
 _QUEUE_PARAMS = ("collection", "database", "queue_filter", "exclude", "text_field", "target_field")
 
 
@@ -199,10 +212,12 @@ def cli(log_level: str, log_json: bool) -> None:
 )
 @click.option(
     "--concurrency",
-    default=8,
+    default="auto",
     show_default=True,
+    callback=_concurrency,
     envvar="EMBEDDER_CONCURRENCY",
-    help="Requests in flight per endpoint (inputs capped at half the server's permits).",
+    help="Requests in flight per endpoint: 'auto' adapts each endpoint's limit to its latency,"
+    " a number fixes it. Inputs in flight stay under half the server's permits either way.",
 )
 @click.option(
     "--output-dir",
@@ -294,7 +309,7 @@ def embed(
     tei_api_key: str | None,
     tei_api_key_file: Path | None,
     batch_size: int,
-    concurrency: int,
+    concurrency: int | None,
     output_dir: str,
     hot_dir: Path,
     normalize: bool,
@@ -540,6 +555,145 @@ def status(
             break
 
 
+def _numbers(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        numbers = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from exc
+    if not numbers or min(numbers) < 1:
+        raise click.BadParameter("give positive numbers, such as 8,16,32")
+    return numbers
+
+
+@cli.command()
+@click.option("--tei-urls", required=True, envvar="EMBEDDER_TEI_URLS", help="Comma-separated.")
+@click.option("--tei-api-key", envvar="EMBEDDER_TEI_API_KEY")
+@click.option(
+    "--tei-api-key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="EMBEDDER_TEI_API_KEY_FILE",
+)
+@click.option("--collection", envvar="EMBEDDER_COLLECTION", help="Sample texts from it.")
+@click.option(
+    "--mongo-uri", default=DEFAULT_MONGO_URI, show_default=True, envvar="EMBEDDER_MONGO_URI"
+)
+@click.option("--database", default=DEFAULT_DATABASE, show_default=True, envvar="EMBEDDER_DATABASE")
+@click.option(
+    "--text-field", default=DEFAULT_TEXT_FIELD, show_default=True, envvar="EMBEDDER_TEXT_FIELD"
+)
+@click.option(
+    "--file",
+    "texts_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Texts from a file instead: one per line, or JSON lines with --text-field.",
+)
+@click.option("--sample", default=2000, show_default=True, help="How many texts to sample.")
+@click.option("--batch-sizes", default="8,16,32", show_default=True, callback=_numbers)
+@click.option(
+    "--concurrency-levels",
+    default="1,2,4,8,16,32,64,128,256",
+    show_default=True,
+    callback=_numbers,
+    help="Requests in flight across the whole fleet.",
+)
+@click.option("--warmup", default=5.0, show_default=True, help="Seconds before each cell counts.")
+@click.option("--duration", default=20.0, show_default=True, help="Seconds measured per cell.")
+@click.option("--p95-slo", default=10.0, show_default=True, help="Seconds.")
+@click.option(
+    "--early-stop/--no-early-stop",
+    default=True,
+    show_default=True,
+    help="End a row once throughput has plateaued and latency only grows.",
+)
+@click.option(
+    "--report",
+    default="autotune-report",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Writes REPORT.json and REPORT.md.",
+)
+def autotune(
+    tei_urls: str,
+    tei_api_key: str | None,
+    tei_api_key_file: Path | None,
+    collection: str | None,
+    mongo_uri: str,
+    database: str,
+    text_field: str,
+    texts_file: Path | None,
+    sample: int,
+    batch_sizes: tuple[int, ...],
+    concurrency_levels: tuple[int, ...],
+    warmup: float,
+    duration: float,
+    p95_slo: float,
+    early_stop: bool,
+    report: Path,
+) -> None:
+    """Sweep batch size x concurrency against the fleet; name the best setting for an SLO.
+
+    Exits 1 when no setting meets the SLO without errors (the report says what to change).
+    """
+    from tqdm import tqdm
+
+    from embedder import autotune as tuning
+    from embedder.autotune_inputs import texts_from_collection, texts_from_file
+
+    api_key = _secret(tei_api_key, tei_api_key_file, "TEI API key")
+    if (texts_file is None) == (collection is None):
+        raise click.UsageError("give --collection to sample texts from, or --file")
+    try:
+        settings = tuning.SweepSettings(
+            batch_sizes=batch_sizes,
+            concurrencies=concurrency_levels,
+            warmup_s=warmup,
+            duration_s=duration,
+            p95_slo_s=p95_slo,
+            early_stop=early_stop,
+        )
+        texts = texts_from_file(texts_file, text_field, sample) if texts_file else []
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    if collection is not None:
+        texts = _run(
+            _with_mongo(
+                mongo_uri,
+                lambda client: texts_from_collection(
+                    client, database, collection, text_field, sample
+                ),
+            ),
+            mongo_uri,
+        )
+    urls = [u.strip() for u in tei_urls.split(",") if u.strip()]
+    cells = len(batch_sizes) * len(concurrency_levels)
+    with tqdm(total=cells, unit="cell", disable=not sys.stderr.isatty(), desc="autotune") as bar:
+
+        def shown(cell: tuning.Cell) -> None:
+            bar.update(1)
+            bar.set_postfix_str(
+                f"batch {cell.batch_size} x {cell.concurrency}: {cell.docs_per_s:,.0f} docs/s, "
+                f"p95 {cell.p95_s:.2f}s"
+            )
+            if bar.disable:
+                log.info(
+                    "autotune batch %d x %d: %.1f docs/s, p95 %.3f s, %d errors",
+                    cell.batch_size,
+                    cell.concurrency,
+                    cell.docs_per_s,
+                    cell.p95_s,
+                    cell.errors,
+                )
+
+        result = _run(tuning.sweep(urls, texts, settings, api_key=api_key, on_cell=shown), api_key)
+    markdown = tuning.report_markdown(result)
+    report.with_suffix(".json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    report.with_suffix(".md").write_text(markdown)
+    click.echo(markdown)
+    click.echo(f"wrote {report.with_suffix('.json')} and {report.with_suffix('.md')}")
+    if result.best is None:
+        sys.exit(1)
+
+
 def _stop_flag() -> threading.Event:
     """Set by SIGINT/SIGTERM, so --watch finishes its current run and exits 0."""
     stop = threading.Event()
@@ -559,6 +713,20 @@ def _stop_flag() -> threading.Event:
 )
 @click.option(
     "--dimension", default=384, show_default=True, help="Vector size of the hash backend."
+)
+@click.option(
+    "--simulate-batch-seconds",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="hash backend: model time per batch, to simulate a GPU (with the next option).",
+)
+@click.option(
+    "--simulate-token-seconds",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="hash backend: model time per token of a batch.",
 )
 @click.option(
     "--model-file",
@@ -603,6 +771,8 @@ def _stop_flag() -> threading.Event:
 def serve(
     backend: str,
     dimension: int,
+    simulate_batch_seconds: float,
+    simulate_token_seconds: float,
     model_file: Path | None,
     tokenizer_file: Path | None,
     threads: int,
@@ -627,6 +797,8 @@ def serve(
         model = make_backend(
             backend,
             dimension=dimension,
+            seconds_per_batch=simulate_batch_seconds,
+            seconds_per_token=simulate_token_seconds,
             model_file=model_file,
             tokenizer_file=tokenizer_file,
             threads=threads,

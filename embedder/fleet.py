@@ -22,6 +22,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from embedder import tei_protocol as tei
 from embedder.batching import Limits, halves
+from embedder.concurrency import AdaptiveLimit, AdaptiveSettings, FixedLimit, Limit
 from embedder.errors import (
     BatchTooLargeError,
     ConfigurationError,
@@ -51,7 +52,9 @@ class FleetSettings:
     urls: tuple[str, ...]
     options: tei.EmbedOptions = field(default_factory=tei.EmbedOptions)
     batch_size: int = 32
-    concurrency: int = 8  # requests in flight per endpoint
+    # Requests in flight per endpoint; None adapts each endpoint's limit to its latency.
+    concurrency: int | None = None
+    adaptive: AdaptiveSettings = field(default_factory=AdaptiveSettings)
     api_key: str | None = None
     request_timeout_s: float = 120.0
     connect_timeout_s: float = 5.0
@@ -63,7 +66,7 @@ class FleetSettings:
     def __post_init__(self) -> None:
         if not self.urls:
             raise ConfigurationError("no embedding endpoint given (--tei-urls)")
-        if self.batch_size < 1 or self.concurrency < 1:
+        if self.batch_size < 1 or (self.concurrency is not None and self.concurrency < 1):
             raise ConfigurationError("--batch-size and --concurrency must be at least 1")
 
 
@@ -71,9 +74,13 @@ class FleetSettings:
 class Endpoint:
     client: EndpointClient
     info: tei.Info | None = None
-    input_limit: int = 0
+    limit: Limit = field(default_factory=lambda: FixedLimit(0))
     inflight_inputs: int = 0
     inflight_requests: int = 0
+    # (sent at, inputs) of the requests in flight, and when the last answer came: the
+    # adaptive limit's pacing predicts from them how long a new request would wait.
+    sent: list[tuple[float, int]] = field(default_factory=list)
+    answered_at: float = 0.0
     up: bool = False
     consecutive_faults: int = 0
 
@@ -81,8 +88,28 @@ class Endpoint:
     def name(self) -> str:
         return self.client.url
 
-    def has_room(self, inputs: int) -> bool:
+    @property
+    def input_limit(self) -> int:
+        return self.limit.value
+
+    def under_limit(self, inputs: int) -> bool:
         return self.inflight_inputs == 0 or self.inflight_inputs + inputs <= self.input_limit
+
+    def has_room(self, inputs: int, now: float = 0.0) -> bool:
+        return self.under_limit(inputs) and (self.inflight_inputs == 0 or self.wait_s(now) <= 0)
+
+    def wait_s(self, now: float) -> float:
+        """How long until a new request would queue at the server no longer than the limit
+        allows, predicting that the server answers our requests in order, one service time
+        each; zero without pacing."""
+        pacing = self.limit.pacing()
+        if pacing is None or not self.sent:
+            return 0.0
+        per_input, allowed = pacing
+        finish = self.answered_at
+        for sent_at, inputs in sorted(self.sent):
+            finish = max(finish, sent_at) + per_input * inputs
+        return max(0.0, finish - now - allowed)
 
 
 @dataclass(slots=True)
@@ -164,8 +191,11 @@ class Fleet:
         # TEI refuses a whole request with 429 when its inputs find no free permit, so the
         # inputs we keep in flight stay at half the server's permits at most.
         cap = max(1, info.max_concurrent_requests // 2)
-        endpoint.input_limit = min(cap, self.settings.concurrency * self.batch_size)
-        self._telemetry.concurrency_limit.labels(endpoint.name).set(endpoint.input_limit)
+        if self.settings.concurrency is None:
+            endpoint.limit = AdaptiveLimit(self.batch_size, cap, self.settings.adaptive)
+        else:
+            endpoint.limit = FixedLimit(min(cap, self.settings.concurrency * self.batch_size))
+        self._gauge_limit(endpoint)
         self._set_up(endpoint, True)
 
     async def _learn_dimension(self) -> None:
@@ -214,8 +244,9 @@ class Fleet:
         )
 
     @property
-    def total_input_limit(self) -> int:
-        return sum(e.input_limit for e in self._endpoints if e.info)
+    def max_inputs_in_flight(self) -> int:
+        """The most inputs the fleet may ever have in flight: the sum of the ceilings."""
+        return sum(e.limit.ceiling for e in self._endpoints if e.info)
 
     async def close(self) -> None:
         if self._prober:
@@ -276,17 +307,21 @@ class Fleet:
         )
         async for attempt in retrying:
             with attempt:
-                endpoint = await self._acquire(len(texts), avoid)
+                endpoint, ticket = await self._acquire(len(texts), avoid)
+                alone = endpoint.inflight_requests == 1
                 try:
                     embedded = await endpoint.client.embed(texts, self.settings.options)
                     self._check_dimension(endpoint, embedded)
                 except EndpointError as exc:
                     avoid.add(endpoint.name)
+                    await self._release(endpoint, ticket)
                     await self._record_failure(endpoint, exc)
                     raise
-                finally:
-                    await self._release(endpoint, len(texts))
-                await self._record_success(endpoint, len(texts), embedded)
+                except BaseException:
+                    await self._release(endpoint, ticket)
+                    raise
+                await self._release(endpoint, ticket)
+                await self._record_success(endpoint, len(texts), embedded, alone=alone)
                 return embedded
         raise AssertionError("unreachable: tenacity reraises the last error")
 
@@ -313,23 +348,29 @@ class Fleet:
 
     # --- routing ---------------------------------------------------------------------------
 
-    async def _acquire(self, inputs: int, avoid: set[str]) -> Endpoint:
+    async def _acquire(self, inputs: int, avoid: set[str]) -> tuple[Endpoint, tuple[float, int]]:
         async with self._changed:
             while True:
-                endpoint = self._pick(inputs, avoid)
+                now = time.monotonic()
+                endpoint = choose_endpoint(self._endpoints, inputs, avoid, now)
                 if endpoint is not None:
+                    ticket = (now, inputs)
+                    endpoint.sent.append(ticket)
                     endpoint.inflight_inputs += inputs
                     endpoint.inflight_requests += 1
                     self._gauge_inflight(endpoint)
-                    return endpoint
+                    return endpoint, ticket
                 self._check_outage()
+                # Wake when an answer or a new limit changes things, or when the pacing of
+                # an endpoint within its limit lets the next request go.
+                timeout = self.settings.probe_interval_s
+                for held in (e for e in self._endpoints if e.up):
+                    if held.under_limit(inputs):
+                        timeout = min(timeout, held.wait_s(now) + 0.001)
+                    else:
+                        held.limit.held_back()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait(), timeout=self.settings.probe_interval_s
-                    )
-
-    def _pick(self, inputs: int, avoid: set[str]) -> Endpoint | None:
-        return choose_endpoint(self._endpoints, inputs, avoid)
+                    await asyncio.wait_for(self._changed.wait(), timeout=timeout)
 
     def _check_outage(self) -> None:
         if any(e.up for e in self._endpoints):
@@ -342,19 +383,39 @@ class Fleet:
                 f"no embedding endpoint has been healthy for {now - self._down_since:.0f}s"
             )
 
-    async def _release(self, endpoint: Endpoint, inputs: int) -> None:
+    async def _release(self, endpoint: Endpoint, ticket: tuple[float, int]) -> None:
         async with self._changed:
-            endpoint.inflight_inputs -= inputs
+            endpoint.sent.remove(ticket)
+            endpoint.answered_at = time.monotonic()
+            endpoint.inflight_inputs -= ticket[1]
             endpoint.inflight_requests -= 1
             self._gauge_inflight(endpoint)
             self._changed.notify_all()
 
-    async def _record_success(self, endpoint: Endpoint, inputs: int, embedded: Embedded) -> None:
+    async def _record_success(
+        self, endpoint: Endpoint, inputs: int, embedded: Embedded, *, alone: bool
+    ) -> None:
         endpoint.consecutive_faults = 0
         self._telemetry.request_ok(endpoint.name, inputs, embedded.seconds, embedded.tokens)
+        now = time.monotonic()
+        if endpoint.limit.answered(embedded.seconds, inputs, alone=alone, now=now):
+            await self._limit_changed(endpoint)
+
+    async def _limit_changed(self, endpoint: Endpoint) -> None:
+        self._gauge_limit(endpoint)
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _record_failure(self, endpoint: Endpoint, exc: EndpointError) -> None:
         self._telemetry.request_failed(endpoint.name, exc.kind)
+        if exc.kind in ("overloaded", "timeout") and endpoint.limit.overloaded(time.monotonic()):
+            log.info(
+                "endpoint %s answered %s: its limit is now %d inputs",
+                endpoint.name,
+                exc.kind,
+                endpoint.input_limit,
+            )
+            await self._limit_changed(endpoint)
         if exc.kind in ("connection", "timeout", "unhealthy"):
             endpoint.consecutive_faults += 1
             if endpoint.up and endpoint.consecutive_faults >= self.settings.eject_after:
@@ -368,6 +429,9 @@ class Fleet:
             endpoint.consecutive_faults = 0
             self._down_since = None
         self._telemetry.endpoint_up.labels(endpoint.name).set(1 if up else 0)
+
+    def _gauge_limit(self, endpoint: Endpoint) -> None:
+        self._telemetry.concurrency_limit.labels(endpoint.name).set(endpoint.input_limit)
 
     def _gauge_inflight(self, endpoint: Endpoint) -> None:
         self._telemetry.inflight_requests.labels(endpoint.name).set(endpoint.inflight_requests)
@@ -398,10 +462,12 @@ class Fleet:
             self._changed.notify_all()
 
 
-def choose_endpoint(endpoints: Sequence[Endpoint], inputs: int, avoid: set[str]) -> Endpoint | None:
+def choose_endpoint(
+    endpoints: Sequence[Endpoint], inputs: int, avoid: set[str], now: float = 0.0
+) -> Endpoint | None:
     """The healthy endpoint with room for ``inputs`` and the fewest requests in flight,
     preferring one this request has not failed on yet; None when none has room."""
-    ready = [e for e in endpoints if e.up and e.has_room(inputs)]
+    ready = [e for e in endpoints if e.up and e.has_room(inputs, now)]
     if not ready:
         return None
     fresh = [e for e in ready if e.name not in avoid]

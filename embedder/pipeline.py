@@ -103,7 +103,7 @@ class Worker:
         self._shards = shards
         self._telemetry = telemetry
         self._settings = settings
-        self._embedders = max(1, fleet.total_input_limit // fleet.batch_size)
+        self._embedders = max(1, fleet.max_inputs_in_flight // fleet.batch_size)
         self._embedders_running = self._embedders
         self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self._embedders * 2)
         self._outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=self._embedders * 2)

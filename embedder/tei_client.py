@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import numpy as np
+import orjson
 
 from embedder import tei_protocol as tei
 from embedder.errors import (
@@ -83,6 +84,28 @@ class EndpointClient:
             int(tokens) if tokens and tokens.isdigit() else None,
             time.perf_counter() - started,
         )
+
+    async def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens per input, from /tokenize (special tokens included, as the model sees them)."""
+        body = orjson.dumps({"inputs": texts, "add_special_tokens": True})
+        response = await self._request(
+            "POST", tei.TOKENIZE_ROUTE, content=body, kind_on_timeout="timeout"
+        )
+        if response.status_code != 200:
+            raise self._error(response)
+        try:
+            answer = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise EndpointError(
+                f"bad /tokenize answer: {exc}", endpoint=self.url, kind="garbage"
+            ) from exc
+        if not (isinstance(answer, list) and len(answer) == len(texts)):
+            raise EndpointError(
+                "bad /tokenize answer: not one token list per input",
+                endpoint=self.url,
+                kind="garbage",
+            )
+        return [len(tokens) if isinstance(tokens, list) else 0 for tokens in answer]
 
     async def _request(
         self, method: str, route: str, *, content: bytes | None = None, kind_on_timeout: str

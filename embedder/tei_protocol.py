@@ -21,6 +21,7 @@ import orjson
 import simdjson
 
 EMBED_ROUTE = "/embed"
+TOKENIZE_ROUTE = "/tokenize"
 OPENAI_ROUTES = ("/v1/embeddings", "/embeddings")
 DEFAULT_PAYLOAD_LIMIT = 2_000_000
 

@@ -2,7 +2,7 @@
 
 It is ``embedder serve``'s app with the hash backend, behind an ASGI layer that misbehaves
 on demand. Tests steer it over HTTP: ``POST /_faults`` sets the faults (JSON below),
-``GET /_stats`` counts what reached it. Faults apply to ``/embed`` only.
+``GET /_stats`` counts what reached it (and the most inputs it held at once). Faults apply to ``/embed`` only.
 
     {"fail_every": 2, "fail_status": 429}   every 2nd request answered with that TEI error
     {"hang": true}                          accept and never answer
@@ -53,6 +53,8 @@ class Stats:
     requests: int = 0
     inputs: int = 0
     faults_injected: int = 0
+    inflight_inputs: int = 0
+    max_inflight_inputs: int = 0
     texts: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def to_json(self) -> dict[str, Any]:
@@ -62,6 +64,7 @@ class Stats:
             "faults_injected": self.faults_injected,
             "distinct_texts": len(self.texts),
             "max_repeats": max(self.texts.values(), default=0),
+            "max_inflight_inputs": self.max_inflight_inputs,
         }
 
 
@@ -125,7 +128,14 @@ class FaultInjector:
             self.stats.faults_injected += 1
             await self._garbage(f.garbage, len(inputs), send)
             return
-        await self.app(scope, _replay(body, receive), send)
+        self.stats.inflight_inputs += len(inputs)
+        self.stats.max_inflight_inputs = max(
+            self.stats.max_inflight_inputs, self.stats.inflight_inputs
+        )
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.stats.inflight_inputs -= len(inputs)
 
     async def _garbage(self, kind: str, count: int, send: Send) -> None:
         if kind == "json":

@@ -201,6 +201,7 @@ def test_routing_picks_the_least_loaded_healthy_endpoint_with_room(
 ) -> None:
     import httpx
 
+    from embedder.concurrency import FixedLimit
     from embedder.fleet import Endpoint, choose_endpoint
     from embedder.tei_client import EndpointClient
 
@@ -208,7 +209,7 @@ def test_routing_picks_the_least_loaded_healthy_endpoint_with_room(
     endpoints = [
         Endpoint(
             EndpointClient(f"http://e{i}", http),
-            input_limit=limit,
+            limit=FixedLimit(limit),
             inflight_inputs=busy,
             inflight_requests=requests,
             up=up,

@@ -18,6 +18,8 @@ def make_backend(
     name: str,
     *,
     dimension: int = 384,
+    seconds_per_batch: float = 0.0,
+    seconds_per_token: float = 0.0,
     model_file: Path | None = None,
     tokenizer_file: Path | None = None,
     threads: int = 0,
@@ -26,7 +28,9 @@ def make_backend(
     dtype: str | None = None,
 ) -> Backend:
     if name == "hash":
-        return HashBackend(dimension)
+        return HashBackend(
+            dimension, seconds_per_batch=seconds_per_batch, seconds_per_token=seconds_per_token
+        )
     if name == "onnx":
         return OnnxMiniLM(model_file, tokenizer_file, threads)
     if name == "torch":

@@ -1,0 +1,126 @@
+"""The adaptive limit on inputs in flight, driven directly (it is pure: the test owns the clock),
+and the pacing it gives the fleet's routing."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from embedder.concurrency import AdaptiveLimit, AdaptiveSettings, FixedLimit
+from embedder.fleet import Endpoint
+from embedder.tei_client import EndpointClient
+
+STEP = 32
+SETTINGS = AdaptiveSettings(window=4, baseline_horizon_s=30.0)
+
+
+def feed(limit: AdaptiveLimit, seconds: float, count: int, now: float, *, held: bool) -> float:
+    """``count`` full answers of ``seconds`` each, none of them alone; returns the clock."""
+    for _ in range(count):
+        if held:
+            limit.held_back()
+        limit.answered(seconds, STEP, alone=False, now=now)
+        now += 0.01
+    return now
+
+
+def test_starts_at_one_request_and_measures_the_unloaded_level_first() -> None:
+    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    assert limit.value == STEP
+    assert limit.pacing() is None
+    limit.answered(0.1, STEP, alone=True, now=0.0)
+    assert limit.baseline == 0.1
+    per_input, allowed = limit.pacing() or (0.0, 0.0)
+    assert per_input == pytest.approx(0.1 / STEP)
+    assert allowed == pytest.approx(0.05)
+
+
+def test_grows_while_answers_stay_fast_and_the_limit_holds_requests_back() -> None:
+    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    limit.answered(0.1, STEP, alone=True, now=0.0)  # the first answer of the first window
+    now = feed(limit, 0.11, 3, 0.1, held=True)
+    assert limit.value == 2 * STEP  # slow start doubles
+    now = feed(limit, 0.11, 4, now, held=True)
+    assert limit.value == 4 * STEP
+    # Fast answers while the limit held nothing back say nothing about more load.
+    feed(limit, 0.11, 8, now, held=False)
+    assert limit.value == 4 * STEP
+
+
+def test_shrinks_when_answers_queue_and_never_below_one_request() -> None:
+    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    limit.answered(0.1, STEP, alone=True, now=0.0)
+    now = feed(limit, 0.1, 3, 0.1, held=True)
+    now = feed(limit, 0.1, 4, now, held=True)
+    assert limit.value == 4 * STEP
+    now = feed(limit, 0.25, 4, now, held=True)  # 2.5x the unloaded level: queueing
+    assert limit.value == 3 * STEP
+    for _ in range(10):
+        now = feed(limit, 0.5, 4, now, held=True)
+    assert limit.value == STEP
+    # Out of slow start: it grows back one request at a time once answers are fast again.
+    now = feed(limit, 0.1, 4, now, held=True)
+    assert limit.value == 2 * STEP
+
+
+def test_overload_halves_at_once_and_the_ceiling_holds() -> None:
+    limit = AdaptiveLimit(STEP, 100, SETTINGS)
+    limit.answered(0.1, STEP, alone=True, now=0.0)
+    now = feed(limit, 0.1, 3, 0.1, held=True)
+    for _ in range(4):
+        now = feed(limit, 0.1, 4, now, held=True)
+    assert limit.value == 100  # half the server's permits, not a multiple of the step
+    assert limit.overloaded(now)
+    assert limit.value == 50
+    limit.overloaded(now)
+    limit.overloaded(now)
+    assert limit.value == STEP
+
+
+def test_a_stale_unloaded_level_is_measured_again() -> None:
+    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    limit.answered(0.1, STEP, alone=True, now=0.0)
+    feed(limit, 0.1, 7, 0.1, held=True)
+    assert limit.value == 4 * STEP
+    # Past the horizon with no request alone: one request at a time until one comes back.
+    limit.answered(0.1, STEP, alone=False, now=31.0)
+    assert limit.value == STEP and limit.pacing() is None
+    # The endpoint is now shared and slower: the new level is what counts.
+    limit.answered(0.3, STEP, alone=True, now=31.5)
+    assert limit.baseline == 0.3
+    assert limit.value == 4 * STEP
+
+
+def test_small_requests_do_not_move_the_unloaded_level() -> None:
+    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    limit.answered(0.1, STEP, alone=True, now=0.0)
+    limit.answered(0.01, 4, alone=True, now=0.1)
+    assert limit.baseline == 0.1
+
+
+def test_settings_refuse_a_band_that_cannot_settle() -> None:
+    with pytest.raises(Exception, match="adaptive concurrency"):
+        AdaptiveSettings(grow_below=2.0, shrink_above=1.5)
+
+
+async def test_pacing_lets_the_next_request_go_just_before_the_server_frees_up() -> None:
+    async with httpx.AsyncClient() as http:
+        limit = AdaptiveLimit(STEP, 256, SETTINGS)
+        limit.answered(0.1, STEP, alone=True, now=0.0)
+        feed(limit, 0.1, 3, 0.1, held=True)
+        endpoint = Endpoint(EndpointClient("http://e", http), limit=limit, up=True)
+        endpoint.sent.append((10.0, STEP))
+        endpoint.inflight_inputs, endpoint.inflight_requests = STEP, 1
+        # Sent at 10.0, predicted done at 10.1; a new one may wait 0.05 s behind it.
+        assert not endpoint.has_room(STEP, now=10.02)
+        assert endpoint.wait_s(10.02) == pytest.approx(0.03)
+        assert endpoint.has_room(STEP, now=10.05)
+        # A second one in flight pushes the next slot one service time further.
+        endpoint.sent.append((10.05, STEP))
+        endpoint.inflight_inputs, endpoint.inflight_requests = 2 * STEP, 2
+        assert endpoint.wait_s(10.05) == pytest.approx(0.1)
+        # A fixed limit does not pace.
+        fixed = Endpoint(EndpointClient("http://f", http), limit=FixedLimit(4 * STEP), up=True)
+        fixed.sent.append((10.0, STEP))
+        fixed.inflight_inputs, fixed.inflight_requests = STEP, 1
+        assert fixed.has_room(STEP, now=10.0)
