@@ -23,20 +23,17 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from bench.memory_queue import MemoryWorkQueue
+from bench.memory_queue import run_worker
 from embedder import autotune
 from embedder import tei_protocol as tei
 from embedder.fleet import Fleet, FleetSettings
-from embedder.pipeline import Worker, WorkerSettings
 from embedder.samples import generate
-from embedder.shards import ShardSettings, ShardWriter
 from embedder.tei_client import EndpointClient
 from embedder.telemetry import Telemetry
 from tests.servers import Process, start
@@ -119,20 +116,11 @@ async def pipeline(
     fleet = await Fleet.connect(
         FleetSettings(urls=tuple(urls), batch_size=batch, concurrency=concurrency), telemetry
     )
-    queue = MemoryWorkQueue(texts)
-    shards = ShardWriter(
-        ShardSettings(cold_uri=str(out / name / "shards"), hot_dir=out / name / "hot"),
-        owner=queue.owner,
-        dimension=fleet.dimension,
-        metadata={"model_id": fleet.info.model_id},
-    )
-    worker = Worker(queue, fleet, shards, telemetry, WorkerSettings(once=True, poll_interval_s=0.2))
-    started = time.perf_counter()
-    summary = await worker.run()
-    elapsed = time.perf_counter() - started
-    limits = ", ".join(str(e.input_limit) for e in fleet._endpoints)
-    await fleet.close()
-    assert summary.embedded == len(texts), summary
+    try:
+        summary, elapsed = await run_worker(fleet, telemetry, texts, out / name)
+        limits = ", ".join(str(e.input_limit) for e in fleet.endpoints)
+    finally:
+        await fleet.close()
     everything = np.concatenate([np.array(v) for v in telemetry.latencies.values()])
     ratios = [
         float(np.percentile(v, 95)) / unloaded[endpoint]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from embedder.claims import Lease
+from embedder.fleet import Fleet
+from embedder.pipeline import Worker, WorkerSettings
 from embedder.queue import Claim, DoneMark
+from embedder.shards import ShardSettings, ShardWriter
+from embedder.telemetry import Summary, Telemetry
 
 
 class MemoryWorkQueue:
@@ -55,3 +61,23 @@ class MemoryWorkQueue:
     ) -> int:
         self.marked += len(done_ids) + len(failed)
         return len(done_ids) + len(failed)
+
+
+async def run_worker(
+    fleet: Fleet, telemetry: Telemetry, texts: Sequence[str], out: Path, max_rows: int = 50_000
+) -> tuple[Summary, float]:
+    """One --once worker over ``texts`` from memory into real shards under ``out``: its
+    summary and how long it took."""
+    queue = MemoryWorkQueue(texts)
+    shards = ShardWriter(
+        ShardSettings(cold_uri=str(out / "shards"), hot_dir=out / "hot", max_rows=max_rows),
+        owner=queue.owner,
+        dimension=fleet.dimension,
+        metadata={"model_id": fleet.info.model_id},
+    )
+    worker = Worker(queue, fleet, shards, telemetry, WorkerSettings(once=True, poll_interval_s=0.2))
+    started = time.perf_counter()
+    summary = await worker.run()
+    elapsed = time.perf_counter() - started
+    assert summary.embedded == len(texts) == queue.marked, summary
+    return summary, elapsed

@@ -19,11 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.memory_queue import MemoryWorkQueue
+from bench.memory_queue import run_worker
 from embedder.fleet import Fleet, FleetSettings
-from embedder.pipeline import Worker, WorkerSettings
 from embedder.samples import generate
-from embedder.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Telemetry
 from tests.servers import start
 
@@ -47,19 +45,10 @@ async def client_alone(settings: FleetSettings, texts: list[str]) -> float:
 async def whole_pipeline(settings: FleetSettings, texts: list[str], out: Path) -> tuple[float, int]:
     telemetry = Telemetry()
     fleet = await Fleet.connect(settings, telemetry)
-    queue = MemoryWorkQueue(texts)
-    shards = ShardWriter(
-        ShardSettings(cold_uri=str(out / "shards"), hot_dir=out / "hot", max_rows=50_000),
-        owner=queue.owner,
-        dimension=fleet.dimension,
-        metadata={"model_id": fleet.info.model_id},
-    )
-    worker = Worker(queue, fleet, shards, telemetry, WorkerSettings(once=True, poll_interval_s=0.2))
-    started = time.perf_counter()
-    summary = await worker.run()
-    elapsed = time.perf_counter() - started
-    await fleet.close()
-    assert summary.embedded == len(texts) == queue.marked, summary
+    try:
+        summary, elapsed = await run_worker(fleet, telemetry, texts, out)
+    finally:
+        await fleet.close()
     return len(texts) / elapsed, summary.shards
 
 

@@ -244,6 +244,10 @@ class Fleet:
         )
 
     @property
+    def endpoints(self) -> Sequence[Endpoint]:
+        return tuple(self._endpoints)
+
+    @property
     def max_inputs_in_flight(self) -> int:
         """The most inputs the fleet may ever have in flight: the sum of the ceilings."""
         return sum(e.limit.ceiling for e in self._endpoints if e.info)
