@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python -m bench.serve_throughput
 	$(BIN)/python -m bench.consolidate_1m
 	$(BIN)/python -m bench.adaptive_fleet
+	$(BIN)/python -m bench.text_reuse
 
 clean:
 	rm -rf $(VENV) embeddings demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
-import platform
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -30,16 +28,14 @@ import httpx
 import numpy as np
 
 from bench.memory_queue import run_worker
+from bench.sim_fleet import machine, running_fleet
 from embedder import autotune
 from embedder import tei_protocol as tei
 from embedder.fleet import Fleet, FleetSettings
 from embedder.samples import generate
 from embedder.tei_client import EndpointClient
 from embedder.telemetry import Telemetry
-from tests.servers import Process, start
 
-BATCH_SECONDS = 0.005
-TOKEN_SECONDS = 0.00017  # a 32-tweet request (~450 tokens) takes ~80 ms on a fast server
 SPEEDS = (1.0, 1.0, 1.0, 0.5)
 
 
@@ -64,32 +60,6 @@ class Run:
     worst_ratio: float  # the worst endpoint's p95 over its unloaded batch latency
     overloaded: int
     limits: str
-
-
-def start_fleet(tmp: Path) -> list[Process]:
-    servers = []
-    for number, speed in enumerate(SPEEDS):
-        servers.append(
-            start(
-                [
-                    "-m",
-                    "embedder.cli",
-                    "serve",
-                    "--backend",
-                    "hash",
-                    "--dimension",
-                    "64",
-                    "--port",
-                    "0",
-                    "--simulate-batch-seconds",
-                    str(BATCH_SECONDS / speed),
-                    "--simulate-token-seconds",
-                    str(TOKEN_SECONDS / speed),
-                ],
-                tmp / f"server{number}.log",
-            )
-        )
-    return servers
 
 
 async def unloaded_latency(url: str, texts: list[str], batch: int) -> float:
@@ -148,9 +118,7 @@ async def main() -> None:
     texts = [s.text for s in generate(args.docs, seed=3)]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        servers = start_fleet(tmp)
-        try:
-            urls = [s.address for s in servers]
+        with running_fleet(SPEEDS, tmp) as urls:
             unloaded = {
                 EndpointClient(u, httpx.AsyncClient()).url: await unloaded_latency(u, texts, 32)
                 for u in urls
@@ -182,12 +150,7 @@ async def main() -> None:
                 await run("best-fixed", batch=best.batch_size, concurrency=per_endpoint),
                 await run("fixed-256", batch=32, concurrency=256),
             ]
-        finally:
-            for server in servers:
-                server.stop()
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    print(machine())
     print(
         f"fleet: 4 simulated servers, speeds {SPEEDS}; unloaded latency of a 32-doc request: "
         + ", ".join(f"{v * 1000:.0f} ms" for v in unloaded.values())

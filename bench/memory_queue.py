@@ -10,8 +10,9 @@ from typing import Any
 
 from embedder.claims import Lease
 from embedder.fleet import Fleet
-from embedder.pipeline import Worker, WorkerSettings
+from embedder.pipeline import LeaseTracker, Worker, WorkerSettings
 from embedder.queue import Claim, DoneMark
+from embedder.reuse import TextReuse
 from embedder.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 
@@ -56,15 +57,28 @@ class MemoryWorkQueue:
     async def done_count(self) -> int:
         return self.marked
 
+    async def paused(self) -> bool:
+        return False
+
     async def mark(
-        self, done_ids: list[Any], mark: DoneMark | None, failed: list[tuple[Any, str]]
+        self,
+        done_ids: list[Any],
+        mark: DoneMark | None,
+        failed: list[tuple[Any, str]],
+        text_hashes: list[bytes] | None = None,
     ) -> int:
         self.marked += len(done_ids) + len(failed)
         return len(done_ids) + len(failed)
 
 
 async def run_worker(
-    fleet: Fleet, telemetry: Telemetry, texts: Sequence[str], out: Path, max_rows: int = 50_000
+    fleet: Fleet,
+    telemetry: Telemetry,
+    texts: Sequence[str],
+    out: Path,
+    *,
+    max_rows: int = 50_000,
+    reuse: TextReuse[LeaseTracker] | None = None,
 ) -> tuple[Summary, float]:
     """One --once worker over ``texts`` from memory into real shards under ``out``: its
     summary and how long it took."""
@@ -75,7 +89,14 @@ async def run_worker(
         dimension=fleet.dimension,
         metadata={"model_id": fleet.info.model_id},
     )
-    worker = Worker(queue, fleet, shards, telemetry, WorkerSettings(once=True, poll_interval_s=0.2))
+    worker = Worker(
+        queue,
+        fleet,
+        shards,
+        telemetry,
+        WorkerSettings(once=True, poll_interval_s=0.2),
+        reuse=reuse,
+    )
     started = time.perf_counter()
     summary = await worker.run()
     elapsed = time.perf_counter() - started

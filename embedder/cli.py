@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -291,6 +292,40 @@ def cli(log_level: str, log_json: bool) -> None:
     help="Seconds the worker waits for MongoDB to come back before exiting non-zero.",
 )
 @click.option(
+    "--reuse-texts/--no-reuse-texts",
+    default=True,
+    show_default=True,
+    envvar="EMBEDDER_REUSE_TEXTS",
+    help="Send each distinct text to the fleet once; equal texts share its vector.",
+)
+@click.option(
+    "--vector-cache-rows",
+    default=2_000_000,
+    show_default=True,
+    envvar="EMBEDDER_VECTOR_CACHE_ROWS",
+    help="Vectors kept across runs in the hot dir (SQLite, per model); 0: no cache.",
+)
+@click.option(
+    "--store-text-hash",
+    is_flag=True,
+    envvar="EMBEDDER_STORE_TEXT_HASH",
+    help="Keep each doc's text hash in its mark, so `embedder requeue --changed-text` works.",
+)
+@click.option(
+    "--watch-changes",
+    is_flag=True,
+    envvar="EMBEDDER_WATCH_CHANGES",
+    help="Without --once: re-queue docs whose text changes (a change stream on a replica set, "
+    "else polling). Implies --store-text-hash.",
+)
+@click.option(
+    "--changes-poll-interval",
+    default=60.0,
+    show_default=True,
+    envvar="EMBEDDER_CHANGES_POLL_INTERVAL",
+    help="Seconds between scans for changed texts where change streams are not available.",
+)
+@click.option(
     "--metrics-port", type=int, envvar="EMBEDDER_METRICS_PORT", help="Serve Prometheus metrics."
 )
 @click.option(
@@ -323,6 +358,11 @@ def embed(
     request_timeout: float,
     outage_timeout: float,
     mongo_outage_timeout: float,
+    reuse_texts: bool,
+    vector_cache_rows: int,
+    store_text_hash: bool,
+    watch_changes: bool,
+    changes_poll_interval: float,
     metrics_port: int | None,
     metrics_host: str,
     summary_json: Path | None,
@@ -355,6 +395,11 @@ def embed(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         mongo_outage_timeout_s=mongo_outage_timeout,
+        reuse_texts=reuse_texts,
+        vector_cache_rows=vector_cache_rows,
+        store_text_hash=store_text_hash,
+        watch_changes=watch_changes,
+        changes_poll_interval_s=changes_poll_interval,
     )
     summary = _run(run_embed(job), mongo_uri, api_key).as_dict()
     if summary_json:
@@ -493,6 +538,12 @@ def consolidate(
     envvar="EMBEDDER_MEMORY_LIMIT",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--doc",
+    "doc_ids",
+    multiple=True,
+    help='Only say which model embedded this doc (an id: 42, abc, {"$oid": ...}); repeatable.',
+)
 def verify(
     spec: QueueSpec,
     mongo_uri: str,
@@ -500,9 +551,18 @@ def verify(
     consolidated_dir: str,
     memory_limit: int,
     as_json: bool,
+    doc_ids: tuple[str, ...],
 ) -> None:
-    """Check the consolidated output against MongoDB; exit 1 on any discrepancy."""
+    """Check the consolidated output against MongoDB; exit 1 on any discrepancy.
+
+    With --doc, show the lineage of those docs instead: the model in their mark, and their
+    rows (model, revision, text hash) in the output and the shards.
+    """
     from embedder.verify import verify as run_verify
+
+    if doc_ids:
+        _show_lineage(spec, mongo_uri, shards_dir, consolidated_dir, doc_ids, as_json=as_json)
+        return
 
     report = _run(
         _with_mongo(
@@ -692,6 +752,109 @@ def autotune(
     click.echo(f"wrote {report.with_suffix('.json')} and {report.with_suffix('.md')}")
     if result.best is None:
         sys.exit(1)
+
+
+def _show_lineage(
+    spec: QueueSpec,
+    mongo_uri: str,
+    shards_dir: str,
+    consolidated_dir: str,
+    doc_ids: tuple[str, ...],
+    *,
+    as_json: bool,
+) -> None:
+    from embedder.provenance import lineage, parse_doc_id
+
+    async def collect(client: AsyncMongoClient[dict[str, Any]]) -> list[Any]:
+        return [
+            await lineage(
+                client,
+                spec,
+                parse_doc_id(value),
+                consolidated_uri=consolidated_dir,
+                shards_uri=shards_dir,
+            )
+            for value in doc_ids
+        ]
+
+    found = _run(_with_mongo(mongo_uri, collect), mongo_uri)
+    if as_json:
+        click.echo(json.dumps([f.as_dict() for f in found], indent=2))
+    else:
+        click.echo("\n".join(line for f in found for line in f.lines()))
+    if not all(f.found for f in found):
+        sys.exit(1)
+
+
+@cli.command()
+@queue_options
+def pause(spec: QueueSpec, mongo_uri: str) -> None:
+    """Stop every worker of this queue from claiming; what they hold is finished and marked."""
+    _set_paused(spec, mongo_uri, paused=True)
+
+
+@cli.command()
+@queue_options
+def resume(spec: QueueSpec, mongo_uri: str) -> None:
+    """Let the workers of this queue claim again."""
+    _set_paused(spec, mongo_uri, paused=False)
+
+
+def _set_paused(spec: QueueSpec, mongo_uri: str, *, paused: bool) -> None:
+    from embedder.queue import set_paused
+
+    by = f"{os.environ.get('USER', 'someone')}@{socket.gethostname()}"
+    changed = _run(
+        _with_mongo(mongo_uri, lambda client: set_paused(client, spec, paused=paused, by=by)),
+        mongo_uri,
+    )
+    state = "paused" if paused else "resumed"
+    click.echo(f"queue {spec.key}: {state}" + ("" if changed else " (it already was)"))
+
+
+@cli.command()
+@queue_options
+@click.option("--model", help="Docs embedded by this model_id (or model_id@model_sha).")
+@click.option("--failed", is_flag=True, help="Docs that failed.")
+@click.option("--reason", help="With --failed: only reasons containing this text.")
+@click.option(
+    "--changed-text",
+    is_flag=True,
+    help="Docs whose text changed since it was embedded (needs --store-text-hash marks).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be re-queued; change nothing.")
+@click.option("--batch-size", default=1000, show_default=True, help="Docs per update.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def requeue(
+    spec: QueueSpec,
+    mongo_uri: str,
+    model: str | None,
+    failed: bool,
+    reason: str | None,
+    changed_text: bool,
+    dry_run: bool,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Put docs back in the work queue: by model, by failure reason, or by changed text."""
+    from embedder import requeue as requeuing
+
+    try:
+        selection = requeuing.Selection(
+            model=model, failed=failed, reason=reason, changed_text=changed_text
+        )
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = _run(
+        _with_mongo(
+            mongo_uri,
+            lambda client: requeuing.requeue(
+                client, spec, selection, dry_run=dry_run, batch_size=batch_size
+            ),
+        ),
+        mongo_uri,
+    )
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
 
 
 def _stop_flag() -> threading.Event:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from embedder.lineage import hash_utf8
+
 _MISSING = object()
 
 
@@ -16,6 +18,7 @@ class Doc:
     id: Any
     text: str
     size: int = 0  # bytes of the text as UTF-8
+    text_hash: bytes = b""  # embedder.lineage.text_hash of the text
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,7 @@ def to_doc(document: Mapping[str, Any], text_field: str) -> Doc | Rejected:
     if not value.strip():
         return Rejected(doc_id, f"text field {text_field!r} is empty")
     try:
-        size = len(value.encode("utf-8"))
+        encoded = value.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates cannot be sent as JSON text
         return Rejected(doc_id, f"text field {text_field!r} is not valid Unicode")
-    return Doc(doc_id, value, size)
+    return Doc(doc_id, value, len(encoded), hash_utf8(encoded))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -24,6 +25,7 @@ from embedder.documents import Doc, Rejected, to_doc
 from embedder.fleet import Fleet
 from embedder.progress import Progress, Silent
 from embedder.queue import Claim, DoneMark
+from embedder.reuse import TextReuse
 from embedder.shards import ShardReceipt, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 
@@ -43,8 +45,13 @@ class WorkQueue(Protocol):
     async def others_hold_leases(self) -> bool: ...
     async def pending_count(self) -> int: ...
     async def done_count(self) -> int: ...
+    async def paused(self) -> bool: ...
     async def mark(
-        self, done_ids: list[Any], mark: DoneMark | None, failed: list[tuple[Any, str]]
+        self,
+        done_ids: list[Any],
+        mark: DoneMark | None,
+        failed: list[tuple[Any, str]],
+        text_hashes: list[bytes] | None = None,
     ) -> int: ...
 
 
@@ -57,6 +64,7 @@ class WorkerSettings:
     drain_timeout_s: float = 120.0
     log_interval_s: float = 10.0
     gauge_interval_s: float = 60.0
+    store_text_hash: bool = False  # keep each doc's text hash in its mark (requeue --changed)
 
 
 @dataclass(slots=True)
@@ -80,6 +88,7 @@ class Outcome:
     done: list[tuple[Doc, LeaseTracker]] = field(default_factory=list)
     vectors: np.ndarray | None = None
     failed: list[tuple[Any, str, LeaseTracker]] = field(default_factory=list)
+    fresh: bool = True  # the vectors came from the fleet (not reused): worth caching
 
 
 _END = None  # sentinel through the stage queues
@@ -96,8 +105,11 @@ class Worker:
         settings: WorkerSettings,
         *,
         progress: Progress | None = None,
+        reuse: TextReuse[LeaseTracker] | None = None,
+        embed_key: str = "",
     ) -> None:
         self._queue = queue
+        self._reuse = reuse
         self._progress: Progress = progress or Silent()
         self._fleet = fleet
         self._shards = shards
@@ -110,7 +122,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._limits = fleet.batch_limits()
         info = fleet.info
-        self._mark = DoneMark(info.model_id, info.model_sha, "")
+        self._mark = DoneMark(info.model_id, info.model_sha, "", embed_key)
+        self._paused_logged = False
         # Marked later, with the next shard's marks: docs the sink has finished with.
         self._unmarked_done: list[tuple[Doc, LeaseTracker]] = []
         self._unmarked_failed: list[tuple[Any, str, LeaseTracker]] = []
@@ -164,6 +177,19 @@ class Worker:
         while not self._stopping.is_set():
             claim = await self._queue.claim()
             if claim is None:
+                if await self._queue.paused():
+                    # Paused (embedder pause): claim nothing, finish what is held, and wait
+                    # for resume, even with --once.
+                    if not self._paused_logged:
+                        log.warning("the queue is paused: waiting for `embedder resume`")
+                        self._paused_logged = True
+                    await self._pause(self._settings.poll_interval_s)
+                    continue
+                if self._paused_logged:
+                    # That claim saw the queue still paused: claim again, now resumed.
+                    log.info("the queue is resumed")
+                    self._paused_logged = False
+                    continue
                 if self._settings.once and not await self._queue.others_hold_leases():
                     break
                 # Nothing free now: new docs may arrive, or another worker's lease may
@@ -192,6 +218,15 @@ class Worker:
                 docs.append(item)
         if rejected.failed:
             await self._outcomes.put(rejected)
+        if self._reuse is not None:
+            split = await self._reuse.split(docs, tracker)
+            self._telemetry.reused(split.from_run, split.from_cache)
+            if split.reused:
+                await self._outcomes.put(
+                    Outcome(done=split.reused, vectors=np.stack(split.vectors), fresh=False)
+                )
+            docs = split.send
+        self._telemetry.sent(len(docs))
         for group in plan_batches(docs, self._limits):
             await self._batches.put(Batch(group, [tracker] * len(group)))
 
@@ -211,13 +246,10 @@ class Worker:
         while (batch := await self._batches.get()) is not _END:
             result = await self._fleet.embed([d.text for d in batch.docs])
             pairs = list(zip(batch.docs, batch.trackers, strict=True))
-            if not result.failures:
-                await self._outcomes.put(Outcome(done=pairs, vectors=result.vectors))
-                continue
             ok = result.succeeded()
             outcome = Outcome(
                 done=[pair for pair, keep in zip(pairs, ok, strict=True) if keep],
-                vectors=result.vectors[ok],
+                vectors=result.vectors if not result.failures else result.vectors[ok],
                 failed=[
                     (doc.id, result.failures[i], tracker)
                     for i, (doc, tracker) in enumerate(pairs)
@@ -225,6 +257,26 @@ class Worker:
                 ],
             )
             await self._outcomes.put(outcome)
+            if self._reuse is not None:
+                refused = [doc for (doc, _), keep in zip(pairs, ok, strict=True) if not keep]
+                await self._hand_to_waiters(outcome, refused)
+
+    async def _hand_to_waiters(self, outcome: Outcome, failed: list[Doc]) -> None:
+        """Docs that waited for a text this batch carried get its vector (or its failure)."""
+        assert self._reuse is not None and outcome.vectors is not None
+        waited = Outcome(fresh=False)
+        rows: list[int] = []
+        for row, (doc, _) in enumerate(outcome.done):
+            waiters = self._reuse.embedded(doc, outcome.vectors[row].copy())
+            waited.done += waiters
+            rows += [row] * len(waiters)
+        # ``failed`` holds the Docs of ``outcome.failed``, in the same order.
+        for doc, (_, reason, _) in zip(failed, outcome.failed, strict=True):
+            waited.failed += [(w.id, reason, t) for w, t in self._reuse.failed(doc)]
+        if waited.done:
+            waited.vectors = outcome.vectors[rows]
+        if waited.done or waited.failed:
+            await self._outcomes.put(waited)
 
     # --- shard, mark, release -----------------------------------------------------------------
 
@@ -256,10 +308,23 @@ class Worker:
             return
         outcomes, self._rows, self._buffered = self._rows, [], 0
         ids = [doc.id for outcome in outcomes for doc, _ in outcome.done]
+        hashes = [doc.text_hash for outcome in outcomes for doc, _ in outcome.done]
         vectors = np.concatenate([o.vectors for o in outcomes if o.vectors is not None])
-        await asyncio.to_thread(self._shards.append, ids, vectors, dt.datetime.now(dt.UTC))
+        fresh = np.concatenate(
+            [np.full(len(o.done), o.fresh) for o in outcomes if o.vectors is not None]
+        )
+        await asyncio.to_thread(self._write_rows, ids, hashes, vectors, fresh)
         for outcome in outcomes:
             self._unmarked_done.extend(outcome.done)
+
+    def _write_rows(
+        self, ids: list[Any], hashes: list[bytes], vectors: np.ndarray, fresh: np.ndarray
+    ) -> None:
+        """In a worker thread: the rows into the open shard, new vectors into the cache."""
+        self._shards.append(ids, vectors, dt.datetime.now(dt.UTC), hashes)
+        cache = self._reuse.cache if self._reuse is not None else None
+        if cache is not None and fresh.any():
+            cache.store([h for h, f in zip(hashes, fresh, strict=True) if f], vectors[fresh])
 
     async def _commit(self) -> None:
         """Make the open shard durable, then mark its docs and the failures, then release."""
@@ -274,12 +339,13 @@ class Worker:
         done, failed = self._unmarked_done, self._unmarked_failed
         if not done and not failed:
             return
-        mark = DoneMark(self._mark.model, self._mark.model_sha, receipt.name if receipt else "")
+        mark = dataclasses.replace(self._mark, shard=receipt.name if receipt else "")
         started = time.perf_counter()
         await self._queue.mark(
             [doc.id for doc, _ in done],
             mark if done else None,
             [(doc_id, reason) for doc_id, reason, _ in failed],
+            [doc.text_hash for doc, _ in done] if self._settings.store_text_hash else None,
         )
         self._telemetry.mark_seconds.observe(time.perf_counter() - started)
         self._telemetry.embedded(len(done))

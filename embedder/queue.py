@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bson import Binary
 from pymongo import AsyncMongoClient, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
@@ -51,12 +52,14 @@ class DoneMark:
     model: str
     model_sha: str | None
     shard: str
+    embed_key: str = ""  # the model with its options (embedder.lineage.embed_key)
 
     def to_bson(self, at: dt.datetime) -> dict[str, Any]:
         return {
             "status": "done",
             "model": self.model,
             "model_sha": self.model_sha,
+            "embed_key": self.embed_key,
             "shard": self.shard,
             "at": at,
         }
@@ -261,6 +264,11 @@ class MongoWorkQueue:
         )
         return int(count)
 
+    async def paused(self) -> bool:
+        view = await self._read_control()
+        self._view = view  # the next claim starts from this fresh state
+        return view.paused
+
     async def others_hold_leases(self) -> bool:
         view = await self._read_control()
         return bool(view.leases_of_others(self.owner))
@@ -268,17 +276,29 @@ class MongoWorkQueue:
     # --- marking ----------------------------------------------------------------------------
 
     async def mark(
-        self, done_ids: Sequence[Any], mark: DoneMark | None, failed: Sequence[tuple[Any, str]]
+        self,
+        done_ids: Sequence[Any],
+        mark: DoneMark | None,
+        failed: Sequence[tuple[Any, str]],
+        text_hashes: Sequence[bytes] | None = None,
     ) -> int:
         """Mark docs done (their vectors are durable) and failed ones with their reason.
 
         One bulk write. The ``target: null`` condition makes marking idempotent: a doc redone
-        after a crash is never marked twice. Returns how many docs this call marked.
+        after a crash is never marked twice. Returns how many docs this call marked. With
+        ``text_hashes`` each done doc's mark keeps the hash of the text it was embedded from
+        (one update per doc rather than one per chunk), so a changed text can be found.
         """
         now = self._clock()
         target = self.spec.target_field
         ops: list[UpdateMany | UpdateOne] = []
-        if done_ids:
+        if done_ids and text_hashes is not None:
+            assert mark is not None
+            value = mark.to_bson(now)
+            for doc_id, digest in zip(done_ids, text_hashes, strict=True):
+                hashed = {**value, "text_hash": Binary(digest)}
+                ops.append(UpdateOne({"_id": doc_id, target: None}, {"$set": {target: hashed}}))
+        elif done_ids:
             assert mark is not None
             value = mark.to_bson(now)
             for start in range(0, len(done_ids), _MARK_CHUNK):
@@ -329,3 +349,23 @@ class MongoWorkQueue:
             "updating the control document",
             lambda: self._control.update_one({"_id": self.spec.key}, update),
         )
+
+
+async def set_paused(
+    client: AsyncMongoClient[dict[str, Any]], spec: QueueSpec, *, paused: bool, by: str
+) -> bool:
+    """Pause or resume a queue for every worker; True when this changed its state.
+
+    Bumping the version makes any claim in progress fail its compare-and-set and read the new
+    state, so workers stop claiming at their next claim.
+    """
+    control = client[spec.database][spec.control_collection]
+    update = {
+        "$set": {"paused": paused, "paused_by" if paused else "resumed_by": by},
+        "$inc": {"version": 1},
+        "$setOnInsert": {"cursor": None, "passes": 0, "leases": [], "workers": {}},
+    }
+    before = await control.find_one_and_update(
+        {"_id": spec.key}, update, upsert=True, return_document=ReturnDocument.BEFORE
+    )
+    return bool((before or {}).get("paused", False)) != paused

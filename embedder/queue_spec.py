@@ -66,7 +66,13 @@ class QueueSpec:
 
     @property
     def index_keys(self) -> list[tuple[str, int]]:
-        return [*((name, 1) for name in self.filter), ("_id", 1)]
+        keys = [*((name, 1) for name in self.filter), ("_id", 1)]
+        if self.target_field != DEFAULT_TARGET_FIELD:
+            # Another target's queue index ends with its own field (null in every entry, so
+            # the order stays _id's): MongoDB refuses two indexes on one key pattern that
+            # differ only in their partial filter.
+            keys.append((self.target_field, 1))
+        return keys
 
     @property
     def status_path(self) -> str:

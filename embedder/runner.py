@@ -10,17 +10,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from prometheus_client import start_http_server
 
-from embedder import __version__, mongo
+from embedder import __version__, mongo, storage
+from embedder.changes import ChangeWatcher
+from embedder.errors import ConfigurationError
 from embedder.fleet import Fleet, FleetSettings
+from embedder.lineage import embed_key
 from embedder.mongo_retry import MongoRetry
-from embedder.pipeline import Worker, WorkerSettings
+from embedder.pipeline import LeaseTracker, Worker, WorkerSettings
 from embedder.progress import for_stream
 from embedder.queue import MongoWorkQueue
 from embedder.queue_spec import QueueSpec
+from embedder.reuse import TextReuse
 from embedder.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Summary, Telemetry
+from embedder.vector_cache import VectorCache
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,13 @@ class EmbedJob:
     mongo_options: Mapping[str, Any] = field(default_factory=dict)  # passed to pymongo as-is
     progress_bar: bool | None = None  # None: a bar when stderr is a terminal
     mongo_outage_timeout_s: float = 600.0
+    reuse_texts: bool = True  # each distinct text to the fleet once
+    vector_cache_rows: int = 2_000_000  # 0: no cache across runs
+    reuse_memory_bytes: int = 256 << 20  # recent vectors kept in memory within a run
+    store_text_hash: bool = False
+    # Continuous mode: re-queue docs whose text changes (change streams, or polling).
+    watch_changes: bool = False
+    changes_poll_interval_s: float = 60.0
 
 
 async def run_embed(job: EmbedJob) -> Summary:
@@ -60,21 +74,37 @@ async def run_embed(job: EmbedJob) -> Summary:
             retry=MongoRetry(job.mongo_outage_timeout_s),
         )
         fleet = await Fleet.connect(job.fleet, telemetry)
+        reuse: TextReuse[LeaseTracker] | None = None
         try:
+            key = embed_key(fleet.info, job.fleet.options, fleet.dimension)
+            await asyncio.to_thread(_check_shards_are_ours, job.shards, key, fleet)
             writer = ShardWriter(
                 job.shards,
                 owner=queue.owner,
                 dimension=fleet.dimension,
-                metadata=_shard_metadata(job, fleet),
+                metadata=_shard_metadata(job, fleet, key),
             )
             settings = WorkerSettings(
                 text_field=job.queue.text_field,
                 once=job.once,
                 poll_interval_s=job.poll_interval_s,
                 heartbeat_interval_s=job.lease_ttl_s / 3,
+                store_text_hash=job.store_text_hash or job.watch_changes,
             )
+            if job.reuse_texts:
+                cache = await _open_cache(job, key, fleet.dimension)
+                reuse = TextReuse(cache, job.reuse_memory_bytes, fleet.dimension)
             progress = for_stream(await queue.pending_count(), enabled=job.progress_bar)
-            worker = Worker(queue, fleet, writer, telemetry, settings, progress=progress)
+            worker = Worker(
+                queue,
+                fleet,
+                writer,
+                telemetry,
+                settings,
+                progress=progress,
+                reuse=reuse,
+                embed_key=key,
+            )
             log.info(
                 "embedding %s.%s into %r with %s (dim %d) on %d endpoint(s); shards to %s",
                 job.queue.database,
@@ -85,17 +115,69 @@ async def run_embed(job: EmbedJob) -> Summary:
                 len(job.fleet.urls),
                 job.shards.cold_uri,
             )
-            with _stop_on_signals(worker):
-                return await worker.run()
+            watcher = None
+            if job.watch_changes and not job.once:
+                watcher = asyncio.create_task(
+                    ChangeWatcher(
+                        client, job.queue, poll_interval_s=job.changes_poll_interval_s
+                    ).run(),
+                    name="change-watcher",
+                )
+            try:
+                with _stop_on_signals(worker):
+                    return await worker.run()
+            finally:
+                if watcher is not None:
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
         finally:
             await fleet.close()
+            if reuse is not None and reuse.cache is not None:
+                reuse.cache.close()
     finally:
         await client.close()
 
 
-def _shard_metadata(job: EmbedJob, fleet: Fleet) -> dict[str, str]:
+async def _open_cache(job: EmbedJob, key: str, dimension: int) -> VectorCache | None:
+    """The vector cache of this embed key on the hot tier; rebuilt from the shards if lost."""
+    if job.vector_cache_rows <= 0:
+        return None
+    path = job.shards.hot_dir / "vector-cache" / f"{key}.sqlite"
+    cache = await asyncio.to_thread(
+        VectorCache, path, embed_key=key, dimension=dimension, max_rows=job.vector_cache_rows
+    )
+    if cache.fresh:
+        added = await asyncio.to_thread(cache.rebuild, job.shards.cold_uri, job.shards.filesystem)
+        log.info("vector cache %s: new, %d vectors taken from existing shards", path, added)
+    return cache
+
+
+def _check_shards_are_ours(settings: ShardSettings, key: str, fleet: Fleet) -> None:
+    """Refuse a shard directory that holds another model's (or options') shards: each
+    target field, and so each model, keeps its own, and the consolidator would refuse the mix."""
+    fs, root = storage.open_root(settings.cold_uri, filesystem=settings.filesystem)
+    existing = storage.list_parquet(fs, root)
+    if not existing:
+        return
+    try:
+        with fs.open_input_file(existing[-1].path) as handle:
+            meta = pq.ParquetFile(handle).schema_arrow.metadata or {}
+    except (OSError, pa.ArrowException):
+        return  # a damaged shard is the consolidator's to report
+    theirs = meta.get(b"embedder.embed_key", b"").decode()
+    if theirs and theirs != key:
+        model = meta.get(b"embedder.model_id", b"?").decode()
+        raise ConfigurationError(
+            f"{settings.cold_uri} holds shards of another model or options ({model}, embed key "
+            f"{theirs}; this run is {fleet.info.model_id}, {key}): give this target field its "
+            "own --output-dir"
+        )
+
+
+def _shard_metadata(job: EmbedJob, fleet: Fleet, key: str) -> dict[str, str]:
     options = job.fleet.options
     return {
+        "embed_key": key,
         "model_id": fleet.info.model_id,
         "model_sha": fleet.info.model_sha or "",
         "dimension": str(fleet.dimension),

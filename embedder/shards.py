@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from embedder import storage
 from embedder.errors import StorageError
 from embedder.ids import encode_id
+from embedder.lineage import TEXT_HASH_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ SHARD_SUFFIX = ".parquet"
 # before zstd compresses them best. The id and metadata columns are small either way.
 PARQUET_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
-    "use_dictionary": ["_id_kind", "model"],
+    "use_dictionary": ["_id_kind", "model", "model_sha"],
     "use_byte_stream_split": ["embedding.list.element"],
 }
 _ROW_GROUP_ROWS = 8192
@@ -48,6 +50,9 @@ def shard_schema(dimension: int, metadata: dict[str, str]) -> pa.Schema:
             pa.field("_id_kind", pa.dictionary(pa.int8(), pa.string()), nullable=False),
             pa.field("embedding", pa.list_(pa.float32(), dimension), nullable=False),
             pa.field("model", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+            pa.field("model_sha", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+            # BLAKE2b-128 of the text as sent (embedder.lineage): which text made the vector.
+            pa.field("text_hash", pa.binary(TEXT_HASH_BYTES), nullable=False),
             pa.field("embedded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
         ],
         metadata={f"embedder.{k}": v for k, v in metadata.items()},
@@ -85,6 +90,7 @@ class ShardWriter:
         self._schema = shard_schema(dimension, metadata)
         self._dimension = dimension
         self._model = metadata.get("model_id", "")
+        self._model_sha = metadata.get("model_sha", "")
         self._cold_fs, self._cold_root = storage.open_root(
             settings.cold_uri, filesystem=settings.filesystem
         )
@@ -101,10 +107,13 @@ class ShardWriter:
         self.rows = 0
         self.opened_at = 0.0
 
-    def append(self, ids: list[Any], vectors: np.ndarray, at: dt.datetime) -> None:
-        if vectors.shape != (len(ids), self._dimension):
+    def append(
+        self, ids: list[Any], vectors: np.ndarray, at: dt.datetime, text_hashes: Sequence[bytes]
+    ) -> None:
+        if vectors.shape != (len(ids), self._dimension) or len(text_hashes) != len(ids):
             raise StorageError(
-                f"vectors of shape {vectors.shape} for {len(ids)} ids of dimension {self._dimension}"
+                f"vectors of shape {vectors.shape} and {len(text_hashes)} text hashes for "
+                f"{len(ids)} ids of dimension {self._dimension}"
             )
         if self._writer is None:
             self._open()
@@ -120,6 +129,10 @@ class ShardWriter:
                 pa.DictionaryArray.from_arrays(
                     pa.array(np.zeros(len(ids), np.int8)), pa.array([self._model])
                 ),
+                pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(len(ids), np.int8)), pa.array([self._model_sha])
+                ),
+                pa.array(text_hashes, pa.binary(TEXT_HASH_BYTES)),
                 pa.array(
                     np.full(len(ids), int(at.timestamp() * 1000), np.int64),
                     pa.timestamp("ms", tz="UTC"),

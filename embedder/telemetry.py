@@ -33,6 +33,9 @@ class Summary:
     shards: int = 0
     shard_bytes: int = 0
     leases_taken_over: int = 0
+    sent_to_fleet: int = 0  # docs whose text went to the fleet
+    reused_in_run: int = 0  # docs that got the vector of an equal text embedded in this run
+    reused_from_cache: int = 0  # docs that got a vector from the cache of earlier runs
 
     def as_dict(self) -> dict[str, object]:
         elapsed = time.monotonic() - self.started
@@ -48,6 +51,9 @@ class Summary:
             "shards": self.shards,
             "shard_bytes": self.shard_bytes,
             "leases_taken_over": self.leases_taken_over,
+            "sent_to_fleet": self.sent_to_fleet,
+            "reused_in_run": self.reused_in_run,
+            "reused_from_cache": self.reused_from_cache,
             "elapsed_s": round(elapsed, 3),
             "docs_per_s": round(self.embedded / elapsed, 1) if elapsed > 0 else 0.0,
         }
@@ -128,6 +134,15 @@ class Telemetry:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.texts_sent = Counter(
+            "embedder_texts_sent_total", "Docs whose text went to the fleet.", registry=r
+        )
+        self.texts_reused = Counter(
+            "embedder_texts_reused_total",
+            "Docs that got the vector of an equal text: embedded earlier in this run, or cached.",
+            ["source"],
+            registry=r,
+        )
         self.leases = Gauge("embedder_leases", "Leases this worker holds.", registry=r)
         self.queue_pending = Gauge(
             "embedder_queue_pending", "Docs waiting in the work queue.", registry=r
@@ -145,6 +160,8 @@ class Telemetry:
             self.retries.labels(kind)
             for endpoint in endpoints:
                 self.errors.labels(endpoint, kind)
+        for source in ("run", "cache"):
+            self.texts_reused.labels(source)
         for endpoint in endpoints:
             for outcome in ("ok", "error"):
                 self.requests.labels(endpoint, outcome)
@@ -152,6 +169,16 @@ class Telemetry:
             self.inflight_inputs.labels(endpoint)
 
     # Each method below is one event, recorded in the summary and in Prometheus.
+
+    def sent(self, count: int) -> None:
+        self.summary.sent_to_fleet += count
+        self.texts_sent.inc(count)
+
+    def reused(self, in_run: int, from_cache: int) -> None:
+        self.summary.reused_in_run += in_run
+        self.summary.reused_from_cache += from_cache
+        self.texts_reused.labels("run").inc(in_run)
+        self.texts_reused.labels("cache").inc(from_cache)
 
     def claimed(self, count: int) -> None:
         self.summary.claimed += count

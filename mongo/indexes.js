@@ -20,6 +20,9 @@ const suffix = targetField === "gemma_embedded_768" ? "" : "__" + targetField;
 // Pending docs only: MongoDB keeps a doc in this index while its target field is empty, so
 // "the next N pending docs after _id X" is a short range scan however many are done.
 const queueKeys = Object.assign({}, filterKeys, { _id: 1 });
+// Another target's queue ends with its own field (null in every entry, so the order stays
+// _id's): MongoDB refuses two indexes on one key pattern that differ only in their filter.
+if (suffix) queueKeys[targetField] = 1;
 const partial = Object.assign({}, excluded);
 partial[targetField] = null;
 db.getCollection(collection).createIndex(queueKeys, {

@@ -34,7 +34,14 @@ def id_maker(kind: str) -> Callable[[int], Any]:
     raise ValueError(kind)
 
 
-def tweets(n_eligible: int = 400, *, id_kind: str = "int", text_field: str = "text") -> Corpus:
+def tweets(
+    n_eligible: int = 400,
+    *,
+    id_kind: str = "int",
+    text_field: str = "text",
+    duplicate_share: float = 0.0,
+) -> Corpus:
+    """``duplicate_share`` of the eligible docs repeat the text of an earlier one verbatim."""
     make_id = id_maker(id_kind)
     corpus = Corpus([])
     counter = iter(range(10**6))
@@ -48,6 +55,9 @@ def tweets(n_eligible: int = 400, *, id_kind: str = "int", text_field: str = "te
         text = f"tweet number {i} about {SCRIPTS[i % len(SCRIPTS)]} {'and more ' * (i % 7)}"
         if i == 7:
             text = "x " * 50_000  # a 100k-character text
+        if int((i + 1) * duplicate_share) > int(i * duplicate_share) and corpus.eligible:
+            earlier = list(dict.fromkeys(corpus.eligible.values()))
+            text = earlier[(i * 7919) % len(earlier)]
         doc_id = add({"lang": "en", "classified": True, **_text(text_field, text)})
         corpus.eligible[doc_id] = text
     for i in range(30):

@@ -22,6 +22,7 @@ import pytest
 
 from embedder import manifest as mf
 from embedder.consolidate import ConsolidateSettings, Consolidator
+from embedder.lineage import text_hash
 from embedder.shards import ShardSettings, ShardWriter
 from tests.servers import ROOT
 
@@ -37,6 +38,10 @@ def vectors_for(ids: list[int], version: int) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+def hashes(ids: list[int]) -> list[bytes]:
+    return [text_hash(f"text {i}") for i in ids]
+
+
 def write_shard(shards: Path, ids: list[int], version: int, hot: Path | None = None) -> str:
     settings = ShardSettings(
         cold_uri=str(shards), hot_dir=hot or shards.parent / "hot", max_rows=10**9
@@ -47,7 +52,7 @@ def write_shard(shards: Path, ids: list[int], version: int, hot: Path | None = N
         dimension=DIM,
         metadata={"model_id": "test/model", "dimension": str(DIM), "normalize": "true"},
     )
-    writer.append(ids, vectors_for(ids, version), T0 + dt.timedelta(minutes=version))
+    writer.append(ids, vectors_for(ids, version), T0 + dt.timedelta(minutes=version), hashes(ids))
     receipt = writer.roll()
     assert receipt is not None
     return receipt.name
@@ -277,7 +282,7 @@ def test_a_shard_of_another_model_is_left_in_place(dirs: tuple[Path, Path]) -> N
         dimension=DIM,
         metadata={"model_id": "other/model", "normalize": "true"},
     )
-    other.append([2], vectors_for([2], 1), T0)
+    other.append([2], vectors_for([2], 1), T0, hashes([2]))
     receipt = other.roll()
     assert receipt is not None
     report = Consolidator(settings(shards, out)).run()
@@ -301,7 +306,9 @@ def test_object_store_paths_through_pyarrow_fs(tmp_path: Path) -> None:
             dimension=DIM,
             metadata={"model_id": "test/model", "normalize": "true"},
         )
-        writer.append(ids, vectors_for(ids, version), T0 + dt.timedelta(minutes=version))
+        writer.append(
+            ids, vectors_for(ids, version), T0 + dt.timedelta(minutes=version), hashes(ids)
+        )
         assert writer.roll() is not None
     assert len(bucket.get_file_info(pafs.FileSelector("bucket/shards"))) == 2
 

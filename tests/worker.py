@@ -64,6 +64,10 @@ class Workspace:
 
     def command(self, name: str, *extra: str) -> list[str]:
         """``python -m embedder.cli <name>`` on this workspace's queue and directories."""
+        return self.queue_command(name, "--shards-dir", str(self.shards), *extra)
+
+    def queue_command(self, name: str, *extra: str) -> list[str]:
+        """``python -m embedder.cli <name>`` on this workspace's queue (no directories)."""
         return [
             "-m",
             "embedder.cli",
@@ -74,8 +78,6 @@ class Workspace:
             self.mongo_uri,
             "--database",
             self.database,
-            "--shards-dir",
-            str(self.shards),
             *extra,
         ]
 
@@ -166,6 +168,17 @@ class Workspace:
                 np.testing.assert_array_equal(rows[doc_id], vector)
             rows[doc_id] = np.asarray(vector)
         return rows
+
+    def latest_rows(self) -> dict[Any, np.ndarray]:
+        """The newest shard row of each doc (shards are named in time order): a doc whose text
+        changed and was embedded again has an older row with another vector."""
+        table = self.table()
+        ids = [
+            decode_id(t, k)
+            for t, k in zip(table["_id"].to_pylist(), table["_id_kind"].to_pylist(), strict=True)
+        ]
+        vectors = table["embedding"].to_numpy(zero_copy_only=False)
+        return {doc_id: np.asarray(v) for doc_id, v in zip(ids, vectors, strict=True)}
 
     def rows(self) -> dict[Any, np.ndarray]:
         """Shard rows by decoded id; raises if an id appears twice."""

@@ -1,0 +1,148 @@
+"""Re-queueing docs whose text changes after they were embedded, while the worker runs.
+
+On a replica set (or sharded cluster) a MongoDB change stream reports updates and
+replacements as they happen; a doc whose text field changed and whose mark holds another text
+hash is re-queued at once. The stream's resume token is kept in the queue's control document,
+so a restarted worker carries on where it stopped. Without change streams (a standalone
+server) the watcher says so and falls back to a periodic scan of embedded docs' text hashes
+(``embedder requeue --changed-text``, in bounded batches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from bson import Binary
+from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+from embedder import requeue as requeuing
+from embedder.documents import Doc, to_doc
+from embedder.mongo import scrub
+from embedder.queue_spec import QueueSpec
+
+log = logging.getLogger(__name__)
+
+_SAVE_TOKEN_EVERY_S = 5.0
+_HISTORY_LOST = 286  # ChangeStreamHistoryLost: the token is older than the oplog
+
+
+class ChangeWatcher:
+    def __init__(
+        self,
+        client: AsyncMongoClient[dict[str, Any]],
+        spec: QueueSpec,
+        *,
+        poll_interval_s: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._spec = spec
+        self._docs = client[spec.database][spec.collection]
+        self._control = client[spec.database][spec.control_collection]
+        self._poll_interval_s = poll_interval_s
+        self.requeued = 0
+        self.mode = "starting"
+
+    async def run(self) -> None:
+        try:
+            await self._stream()
+        except OperationFailure as exc:
+            if exc.code == _HISTORY_LOST:
+                log.warning("change stream history lost; scanning for changed texts once")
+                await self._forget_token()
+                await self._scan()
+                await self.run()
+                return
+            log.warning(
+                "change streams are not available here (%s): MongoDB offers them on replica "
+                "sets only. Falling back to polling: embedded docs' text hashes are checked "
+                "every %.0f s",
+                scrub(str(exc.details.get("errmsg") if exc.details else exc)),
+                self._poll_interval_s,
+            )
+            self.mode = "polling"
+            while True:
+                await self._scan()
+                await asyncio.sleep(self._poll_interval_s)
+
+    async def _stream(self) -> None:
+        control = await self._control.find_one({"_id": self._spec.key}, {"change_stream": 1})
+        token = ((control or {}).get("change_stream") or {}).get("token")
+        pipeline = [{"$match": {"operationType": {"$in": ["update", "replace"]}}}]
+        async with await self._docs.watch(
+            pipeline, full_document="updateLookup", resume_after=token
+        ) as stream:
+            self.mode = "change stream"
+            log.info(
+                "watching %s for changed texts with a change stream%s",
+                self._spec.collection,
+                " (resumed)" if token else "",
+            )
+            saved_at = asyncio.get_running_loop().time()
+            while stream.alive:
+                change = await stream.try_next()
+                if change is not None and self._text_changed(change):
+                    await self._requeue_if_changed(change.get("fullDocument"))
+                now = asyncio.get_running_loop().time()
+                if stream.resume_token is not None and now - saved_at >= _SAVE_TOKEN_EVERY_S:
+                    await self._save_token(stream.resume_token)
+                    saved_at = now
+
+    def _text_changed(self, change: Mapping[str, Any]) -> bool:
+        if change.get("operationType") == "replace":
+            return True
+        description = change.get("updateDescription") or {}
+        touched = [
+            *(description.get("updatedFields") or {}),
+            *(description.get("removedFields") or []),
+        ]
+        field = self._spec.text_field
+        return any(
+            key == field or field.startswith(key + ".") or key.startswith(field + ".")
+            for key in touched
+        )
+
+    async def _requeue_if_changed(self, document: Mapping[str, Any] | None) -> None:
+        if document is None:  # deleted since: nothing to re-queue
+            return
+        target = self._spec.target_field
+        mark = document.get(target)
+        if not (isinstance(mark, Mapping) and mark.get("status") == "done"):
+            return
+        now = to_doc(document, self._spec.text_field)
+        stored = mark.get("text_hash")
+        if isinstance(now, Doc) and isinstance(stored, bytes) and now.text_hash == stored:
+            return  # written again with the same text
+        condition: dict[str, Any] = {"_id": document["_id"], f"{target}.status": "done"}
+        if isinstance(stored, bytes):
+            condition[f"{target}.text_hash"] = Binary(stored)
+        result = await self._docs.update_one(condition, {"$unset": {target: ""}})
+        if result.modified_count:
+            self.requeued += 1
+            log.info("doc %r: its text changed; re-queued", document["_id"])
+
+    async def _scan(self) -> None:
+        try:
+            report = await requeuing.requeue(
+                self._client,
+                self._spec,
+                requeuing.Selection(changed_text=True),
+                dry_run=False,
+            )
+        except PyMongoError as exc:
+            log.warning("scanning for changed texts failed: %s", scrub(str(exc)))
+            return
+        self.requeued += report.requeued
+        if report.requeued:
+            log.info("re-queued %d docs whose text changed", report.requeued)
+
+    async def _save_token(self, token: Mapping[str, Any]) -> None:
+        await self._control.update_one(
+            {"_id": self._spec.key}, {"$set": {"change_stream.token": token}}
+        )
+
+    async def _forget_token(self) -> None:
+        await self._control.update_one({"_id": self._spec.key}, {"$unset": {"change_stream": ""}})

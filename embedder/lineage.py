@@ -1,0 +1,45 @@
+"""What identifies a vector: the text it was made from and the model (with its options) that
+made it.
+
+A text's key is a 128-bit BLAKE2b of its UTF-8 bytes, exactly as sent: TEI's own processing of
+a text (tokenisation, truncation) is a function of those bytes, so equal keys give equal
+vectors. Two texts that differ only beyond the truncation point get different keys and are
+embedded separately: never wrong, only not maximal.
+
+The embed key names the model and every option that changes its vectors; vectors are reused
+only under the same embed key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from embedder import tei_protocol as tei
+
+TEXT_HASH_BYTES = 16
+
+
+def text_hash(text: str) -> bytes:
+    return hash_utf8(text.encode("utf-8"))
+
+
+def hash_utf8(encoded: bytes) -> bytes:
+    return hashlib.blake2b(encoded, digest_size=TEXT_HASH_BYTES).digest()
+
+
+def embed_key(info: tei.Info, options: tei.EmbedOptions, dimension: int) -> str:
+    """A short, stable name for (model, revision, options, dimension)."""
+    identity = {
+        "model_id": info.model_id,
+        "model_sha": info.model_sha,
+        "normalize": options.normalize,
+        # None leaves truncation to the server's --auto-truncate: part of the identity too.
+        "truncate": options.truncate if options.truncate is not None else info.auto_truncate,
+        "truncation_direction": options.truncation_direction,
+        "dimensions": options.dimensions,
+        "prompt_name": options.prompt_name,
+        "dimension": dimension,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return digest[:16]

@@ -1,0 +1,112 @@
+"""Operating a running queue: pause and resume, and texts that change after embedding."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from pymongo import AsyncMongoClient
+
+from embedder.lineage import text_hash
+from tests import corpus as corpora
+from tests.servers import FaultTei, run_python
+from tests.worker import Workspace, assert_complete, marks, seed, wait_until
+
+
+async def done_count(mongo: AsyncMongoClient[dict[str, Any]], ws: Workspace) -> int:
+    docs = mongo[ws.database]["tweets"]
+    return await docs.count_documents({"gemma_embedded_768.status": {"$exists": True}})
+
+
+def some_done(mongo: AsyncMongoClient[dict[str, Any]], ws: Workspace) -> Callable[[], Any]:
+    async def check() -> bool:
+        return await done_count(mongo, ws) > 0
+
+    return check
+
+
+async def test_pause_stops_every_worker_claiming_and_resume_lets_them_finish(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory()
+    tei.set_faults(delay_s=0.5)  # each 20-doc request: the run takes many seconds
+    corpus = corpora.tweets(300)
+    queue = await seed(mongo, ws.database, corpus)
+    extra = ("--once", "--claim-size", "20", "--shard-rows", "20", "--concurrency", "1")
+    workers = [ws.popen([tei.url], *extra, log=f"w{i}.log", summary=f"w{i}.json") for i in (0, 1)]
+    await wait_until(some_done(mongo, ws), what="some docs done")
+
+    paused = run_python(ws.queue_command("pause"))
+    assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
+    # Within seconds every worker notices, finishes what it holds and claims nothing more.
+    for log in ("w0.log", "w1.log"):
+        await wait_until(
+            functools.partial(lambda name: "queue is paused" in ws.log(name), log),
+            what="pause seen",
+        )
+    control = mongo[ws.database]["embedder_control"]
+
+    async def drained() -> bool:
+        doc = await control.find_one({"_id": queue.key})
+        return doc is not None and not doc["leases"]
+
+    await wait_until(drained, what="leases released", within=30)
+    status = run_python(ws.command("status", "--json"))
+    assert json.loads(status.stdout)["paused"] is True, status.stderr
+    held = await done_count(mongo, ws)
+    assert held < len(corpus.eligible) + len(corpus.bad)
+    await asyncio.sleep(1.5)  # three poll intervals of the workers, paused
+    assert await done_count(mongo, ws) == held
+    assert all(w.poll() is None for w in workers), "--once workers wait while paused"
+
+    resumed = run_python(ws.queue_command("resume"))
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout, resumed.stderr
+    codes = await asyncio.to_thread(lambda: [w.wait(120) for w in workers])
+    assert codes == [0, 0], ws.log("w0.log") + ws.log("w1.log")
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+
+
+async def test_a_running_worker_requeues_and_reembeds_texts_that_change(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    tei = tei_factory()
+    corpus = corpora.tweets(100)
+    queue = await seed(mongo, ws.database, corpus)
+    worker = ws.popen(
+        [tei.url],
+        *("--watch-changes", "--changes-poll-interval", "0.5", "--shard-rows", "10"),
+        *("--shard-age", "0.5"),
+    )
+    try:
+        everything = len(corpus.eligible) + len(corpus.bad)
+
+        async def all_done() -> bool:
+            return await done_count(mongo, ws) == everything
+
+        await wait_until(all_done, what="all docs marked", within=120)
+        log = ws.log()
+        stream = "with a change stream" in log
+        assert stream or "Falling back to polling" in log, log
+
+        edited = list(corpus.eligible)[5]
+        corpus.eligible[edited] = "this text was edited after it was embedded"
+        tweets = mongo[ws.database]["tweets"]
+        await tweets.update_one({"_id": edited}, {"$set": {"text": corpus.eligible[edited]}})
+
+        async def reembedded() -> bool:
+            state = (await marks(mongo, queue))[edited]
+            return bool(state) and state.get("text_hash") == text_hash(corpus.eligible[edited])
+
+        await wait_until(reembedded, what="the edited doc embedded again", within=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(worker.wait, 60)
+    rows = ws.latest_rows()
+    expected = corpora.expected_vectors([corpus.eligible[edited]], 64)[0]
+    np.testing.assert_allclose(rows[edited], expected, atol=1e-5)
+    assert_complete(rows, await marks(mongo, queue), corpus)
