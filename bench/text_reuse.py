@@ -43,7 +43,7 @@ async def one_run(
     finally:
         await fleet.close()
         if cache is not None:
-            cache.close()
+            await cache.aclose()
 
 
 async def main() -> None:

@@ -95,7 +95,7 @@ class Endpoint:
     def under_limit(self, inputs: int) -> bool:
         return self.inflight_inputs == 0 or self.inflight_inputs + inputs <= self.input_limit
 
-    def has_room(self, inputs: int, now: float = 0.0) -> bool:
+    def has_room(self, inputs: int, now: float) -> bool:
         return self.under_limit(inputs) and (self.inflight_inputs == 0 or self.wait_s(now) <= 0)
 
     def wait_s(self, now: float) -> float:
@@ -467,7 +467,7 @@ class Fleet:
 
 
 def choose_endpoint(
-    endpoints: Sequence[Endpoint], inputs: int, avoid: set[str], now: float = 0.0
+    endpoints: Sequence[Endpoint], inputs: int, avoid: set[str], now: float
 ) -> Endpoint | None:
     """The healthy endpoint with room for ``inputs`` and the fewest requests in flight,
     preferring one this request has not failed on yet; None when none has room."""

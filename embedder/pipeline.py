@@ -313,18 +313,13 @@ class Worker:
         fresh = np.concatenate(
             [np.full(len(o.done), o.fresh) for o in outcomes if o.vectors is not None]
         )
-        await asyncio.to_thread(self._write_rows, ids, hashes, vectors, fresh)
+        await asyncio.to_thread(self._shards.append, ids, vectors, dt.datetime.now(dt.UTC), hashes)
         for outcome in outcomes:
             self._unmarked_done.extend(outcome.done)
-
-    def _write_rows(
-        self, ids: list[Any], hashes: list[bytes], vectors: np.ndarray, fresh: np.ndarray
-    ) -> None:
-        """In a worker thread: the rows into the open shard, new vectors into the cache."""
-        self._shards.append(ids, vectors, dt.datetime.now(dt.UTC), hashes)
         cache = self._reuse.cache if self._reuse is not None else None
         if cache is not None and fresh.any():
-            cache.store([h for h, f in zip(hashes, fresh, strict=True) if f], vectors[fresh])
+            new = [h for h, f in zip(hashes, fresh, strict=True) if f]
+            await cache.store_soon(new, vectors[fresh])
 
     async def _commit(self) -> None:
         """Make the open shard durable, then mark its docs and the failures, then release."""

@@ -133,7 +133,7 @@ async def run_embed(job: EmbedJob) -> Summary:
         finally:
             await fleet.close()
             if reuse is not None and reuse.cache is not None:
-                reuse.cache.close()
+                await reuse.cache.aclose()
     finally:
         await client.close()
 

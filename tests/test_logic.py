@@ -217,12 +217,12 @@ def test_routing_picks_the_least_loaded_healthy_endpoint_with_room(
         for i, (up, busy, requests, limit) in enumerate(states)
     ]
     avoid = {f"http://e{i}" for i in avoided}
-    chosen = choose_endpoint(endpoints, inputs, avoid)
-    ready = [e for e in endpoints if e.up and e.has_room(inputs)]
+    chosen = choose_endpoint(endpoints, inputs, avoid, now=0.0)
+    ready = [e for e in endpoints if e.up and e.has_room(inputs, now=0.0)]
     if not ready:
         assert chosen is None
         return
-    assert chosen is not None and chosen.up and chosen.has_room(inputs)
+    assert chosen is not None and chosen.up and chosen.has_room(inputs, now=0.0)
     pool = [e for e in ready if e.name not in avoid] or ready
     assert chosen in pool
     assert (chosen.inflight_requests, chosen.inflight_inputs) == min(

@@ -43,6 +43,8 @@ DOCUMENTED = [  # the series the README and the dashboard promise
     "embedder_leases",
     "embedder_queue_pending",
     "embedder_queue_done",
+    "embedder_texts_sent_total",
+    "embedder_texts_reused_total",
 ]
 
 
