@@ -136,6 +136,10 @@ async def _demo(root: Path, mongo_uri: str, tei_url: str, started: float) -> Non
         f"{summary.tokens} tokens), {summary.failed} failed, {summary.shards} shards"
     )
     print(
+        f"re-use     {summary.sent_to_fleet} distinct texts sent to the model; "
+        f"{summary.reused_in_run} docs repeated a text and got its vector without asking"
+    )
+    print(
         f"output     {report.rows_out} rows in {len(report.files)} file(s) under {root / 'consolidated'} "
         f"({report.duplicates_dropped} duplicate rows dropped)"
     )
