@@ -2,7 +2,8 @@
 
 It is ``embedder serve``'s app with the hash backend, behind an ASGI layer that misbehaves
 on demand. Tests steer it over HTTP: ``POST /_faults`` sets the faults (JSON below),
-``GET /_stats`` counts what reached it (and the most inputs it held at once). Faults apply to ``/embed`` only.
+``GET /_stats`` counts what reached it (and the most inputs it held at once;
+``?texts=1`` adds every distinct text). Faults apply to ``/embed`` only.
 
     {"fail_every": 2, "fail_status": 429}   every 2nd request answered with that TEI error
     {"hang": true}                          accept and never answer
@@ -80,7 +81,10 @@ class FaultInjector:
             await self.app(scope, receive, send)
             return
         if path == "/_stats":
-            await _answer(send, 200, orjson.dumps(self.stats.to_json()))
+            answer = self.stats.to_json()
+            if b"texts=1" in scope.get("query_string", b""):
+                answer["texts"] = sorted(self.stats.texts)
+            await _answer(send, 200, orjson.dumps(answer))
             return
         body = await _read(receive)
         if path == "/_faults":

@@ -77,6 +77,11 @@ class FaultTei:
         answer: dict[str, Any] = httpx.get(self.url + "/_stats", timeout=5).json()
         return answer
 
+    def texts(self) -> set[str]:
+        """Every distinct text that reached the server."""
+        answer = httpx.get(self.url + "/_stats", params={"texts": "1"}, timeout=5).json()
+        return set(answer["texts"])
+
 
 def free_port() -> int:
     import socket

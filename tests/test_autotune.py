@@ -13,7 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pymongo import AsyncMongoClient
+
+from tests import corpus as corpora
 from tests.servers import FaultTei, run_python
+from tests.worker import Workspace, seed
 
 TOKEN_SECONDS = (0.00005, 0.0001)  # one server half as fast as the other
 TOKENS_PER_TEXT = 32  # 30 words and the two special tokens
@@ -114,3 +118,26 @@ def test_autotune_says_so_when_no_setting_meets_the_slo(
     assert "no setting meets p95 <= 0.005 s" in advice
     assert "time to compute one request" in advice and "--max-batch-tokens" in advice
     assert "no setting meets" in output
+
+
+async def test_autotune_samples_its_texts_from_the_collection(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    corpus = corpora.tweets(120)
+    await seed(mongo, ws.database, corpus)
+    tei = tei_factory()
+    done = run_python(
+        [
+            *ws.queue_command("autotune", "--tei-urls", tei.url, "--sample", "50"),
+            *("--batch-sizes", "8", "--concurrency-levels", "2", "--warmup", "0.2"),
+            *("--duration", "0.5", "--report", str(ws.root / "report")),
+        ],
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((ws.root / "report.json").read_text())
+    assert report["best"]["docs_per_s"] > 0
+    # Every text sent is a text of the collection; docs without a usable text were left out.
+    received = tei.texts()
+    stored = {d["text"] for d in corpus.docs if isinstance(d.get("text"), str)}
+    assert received and received <= {t for t in stored if t.strip()}
