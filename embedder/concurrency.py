@@ -15,6 +15,10 @@ answers show:
   doubles while still in slow start). A slow endpoint thus keeps the same short queue as a
   fast one and gets fewer docs; a recovered one grows back.
 * **Overload.** A 429 (no free permit) or a timeout halves the limit at once.
+* **Pacing.** Within the limit, the next request goes only when the server is predicted to
+  have at most ``queue_share`` of a request's unloaded time left in front of it (the fleet
+  predicts this from the send times of what is in flight): the GPU never idles between our
+  requests, and no request waits longer than that share of a batch.
 
 The limit never leaves ``[one request, ceiling]``; the ceiling is half the server's permits.
 The class is pure (the caller passes the clock), so tests drive it directly.
