@@ -260,6 +260,41 @@ def test_torch_backend_serves_a_local_sentence_transformers_model(tmp_path: Path
     assert similarity[0, 1] > 0.6 > similarity[0, 2] + 0.4
 
 
+def test_timing_headers_split_the_time_as_tei_does(tei_factory: Callable[..., FaultTei]) -> None:
+    # A model that takes 0.4 s a batch and four requests at once: whichever way the scheduler
+    # groups them, each answer's inference time covers at least one batch, and queue +
+    # inference + tokenization add up to the request's total.
+    server = tei_factory("--batch-seconds", "0.4")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda i: httpx.post(
+                    server.url + "/embed", json={"inputs": [f"t {i}"]}, timeout=30
+                ),
+                range(4),
+            )
+        )
+    queued = []
+    for answer in answers:
+        assert answer.status_code == 200
+        ms = {
+            name: int(answer.headers[name])
+            for name in (
+                tei.HEADER_QUEUE_TIME,
+                tei.HEADER_INFERENCE_TIME,
+                tei.HEADER_TOKENIZATION_TIME,
+                tei.HEADER_TOTAL_TIME,
+            )
+        }
+        assert ms[tei.HEADER_INFERENCE_TIME] >= 390, ms
+        parts = ms[tei.HEADER_QUEUE_TIME] + ms[tei.HEADER_INFERENCE_TIME]
+        assert parts + ms[tei.HEADER_TOKENIZATION_TIME] <= ms[tei.HEADER_TOTAL_TIME] + 3, ms
+        queued.append(ms[tei.HEADER_QUEUE_TIME])
+    # One batch at a time: four requests cannot all have started at once unless merged, and
+    # a request that waited behind a batch says so.
+    assert max(queued) >= 390 or len({a.headers[tei.HEADER_INFERENCE_TIME] for a in answers}) == 1
+
+
 def test_a_client_that_disconnects_frees_its_permits(tei_factory: Callable[..., FaultTei]) -> None:
     # Eight permits and a model that takes 1.5 s a batch: a request holding all eight permits
     # whose client goes away must give them back, or the next request is refused with 429.

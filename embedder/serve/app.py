@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from embedder import __version__
 from embedder import tei_protocol as tei
 from embedder.serve.backends import Backend, Tokens, normalized
-from embedder.serve.scheduler import BackendFailed, BatchStats, Overloaded, Scheduler
+from embedder.serve.scheduler import BackendFailed, BatchStats, Overloaded, Scheduler, Timing
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +189,8 @@ class TeiServer:
         async def answer() -> Response:
             started = time.perf_counter()
             embed = tei.decode_embed_request(await self._body(request))
-            vectors, tokens = await self._infer(request, embed.inputs, embed.options)
-            return self._ok(tei.encode_embed_response(vectors), started, tokens, embed.inputs)
+            vectors, done = await self._infer(request, embed.inputs, embed.options)
+            return self._ok(tei.encode_embed_response(vectors), started, done, embed.inputs)
 
         self.metrics.counters.inc("te_request_count", method="embed")
         return await self._answering(answer, openai=False)
@@ -200,14 +200,14 @@ class TeiServer:
             started = time.perf_counter()
             body = tei.decode_openai_request(await self._body(request))
             options = tei.EmbedOptions(normalize=True, dimensions=body.dimensions)
-            vectors, tokens = await self._infer(request, body.inputs, options)
+            vectors, done = await self._infer(request, body.inputs, options)
             payload = tei.encode_openai_response(
                 vectors,
                 model=self.info().served_model_name or "",
                 encoding_format=body.encoding_format,
-                prompt_tokens=tokens,
+                prompt_tokens=done.tokens,
             )
-            return self._ok(payload, started, tokens, body.inputs)
+            return self._ok(payload, started, done, body.inputs)
 
         self.metrics.counters.inc("te_request_count", method="openai")
         return await self._answering(answer, openai=True)
@@ -269,7 +269,7 @@ class TeiServer:
 
     async def _infer(
         self, request: Request, texts: list[str], options: tei.EmbedOptions
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[np.ndarray, _Done]:
         if not texts:
             raise ApiError(tei.ErrorType.EMPTY, "Input validation error: `inputs` cannot be empty")
         limit = self.settings.max_client_batch_size
@@ -285,14 +285,16 @@ class TeiServer:
         except Overloaded:
             raise ApiError(tei.ErrorType.OVERLOADED, "Model is overloaded") from None
         with permits:
+            tokenizing = time.perf_counter()
             tokens = await asyncio.to_thread(self.backend.tokenize, texts)
+            tokenized = time.perf_counter() - tokenizing
             ids = self._fit(tokens, options)
             try:
-                vectors = await _unless_disconnected(request, self.scheduler.embed(ids))
+                vectors, timing = await _unless_disconnected(request, self.scheduler.embed(ids))
             except BackendFailed as exc:
                 raise ApiError(tei.ErrorType.BACKEND, str(exc)) from exc
         vectors = self._shape(vectors, options)
-        return vectors, sum(len(i) for i in ids)
+        return vectors, _Done(sum(len(i) for i in ids), tokenized, timing)
 
     def _fit(self, tokens: list[Tokens], options: tei.EmbedOptions) -> list[list[int]]:
         limit = self.backend.max_input_length
@@ -354,17 +356,29 @@ class TeiServer:
         )
         return Response(body, status_code=exc.error_type.status, media_type="application/json")
 
-    def _ok(self, payload: bytes, started: float, tokens: int, texts: list[str]) -> Response:
+    def _ok(self, payload: bytes, started: float, done: _Done, texts: list[str]) -> Response:
         total_ms = (time.perf_counter() - started) * 1000
         self.metrics.counters.inc("te_request_success", method="embed")
         self.metrics.duration.observe(total_ms / 1000)
         headers = {
-            tei.HEADER_COMPUTE_TOKENS: str(tokens),
+            tei.HEADER_COMPUTE_TOKENS: str(done.tokens),
             tei.HEADER_COMPUTE_CHARACTERS: str(sum(len(t) for t in texts)),
             tei.HEADER_COMPUTE_TIME: f"{total_ms:.0f}",
             tei.HEADER_TOTAL_TIME: f"{total_ms:.0f}",
+            tei.HEADER_TOKENIZATION_TIME: f"{done.tokenization_s * 1000:.0f}",
+            tei.HEADER_QUEUE_TIME: f"{done.timing.queue_s * 1000:.0f}",
+            tei.HEADER_INFERENCE_TIME: f"{done.timing.inference_s * 1000:.0f}",
         }
         return Response(payload, media_type="application/json", headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """What an answered request took: its tokens, and TEI's timing headers' figures."""
+
+    tokens: int
+    tokenization_s: float
+    timing: Timing
 
 
 class _RequireApiKey:

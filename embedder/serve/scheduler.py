@@ -36,6 +36,17 @@ class _Entry:
     ids: list[int]
     future: asyncio.Future[np.ndarray]
     queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0  # when the model batch holding it started
+    done_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """A request's time queued (admission to its first model batch) and in the model (first
+    batch's start to last batch's end): TEI's x-queue-time and x-inference-time."""
+
+    queue_s: float
+    inference_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +100,7 @@ class Scheduler:
         self._free -= count
         return Permits(self, count)
 
-    async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
+    async def embed(self, token_ids: list[list[int]]) -> tuple[np.ndarray, Timing]:
         """Vectors for already-admitted inputs, in order (raises BackendFailed)."""
         loop = asyncio.get_running_loop()
         entries = [_Entry(ids, loop.create_future()) for ids in token_ids]
@@ -101,7 +112,11 @@ class Scheduler:
             for entry in entries:
                 if not entry.future.done():
                     entry.future.cancel()  # the batcher skips it
-        return np.stack(rows)
+        first = min(e.started_at for e in entries)
+        timing = Timing(
+            first - min(e.queued_at for e in entries), max(e.done_at for e in entries) - first
+        )
+        return np.stack(rows), timing
 
     async def _run(self) -> None:
         while True:
@@ -112,6 +127,8 @@ class Scheduler:
             if not batch:
                 continue
             started = time.perf_counter()
+            for entry in batch:
+                entry.started_at = started
             try:
                 vectors = await asyncio.to_thread(self.backend.embed, [e.ids for e in batch])
             except Exception as exc:  # a model failure answers its requests with 424
@@ -122,6 +139,7 @@ class Scheduler:
                 continue
             done = time.perf_counter()
             for entry, vector in zip(batch, vectors, strict=True):
+                entry.done_at = done
                 if not entry.future.done():
                     entry.future.set_result(vector)
             if self._on_batch:
