@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python -m bench.serve_throughput
 	$(BIN)/python -m bench.consolidate_1m
 	$(BIN)/python -m bench.adaptive_fleet
+	$(BIN)/python -m bench.adaptive_merging
 	$(BIN)/python -m bench.text_reuse
 
 clean:

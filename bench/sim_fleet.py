@@ -15,15 +15,22 @@ BATCH_SECONDS = 0.005
 TOKEN_SECONDS = 0.00017  # a 32-tweet request (~450 tokens) takes ~80 ms on a speed-1 server
 
 
-def start_fleet(speeds: Sequence[float], logs: Path, dimension: int = 64) -> list[Process]:
+def start_fleet(
+    speeds: Sequence[float],
+    logs: Path,
+    dimension: int = 64,
+    *,
+    batch_seconds: float = BATCH_SECONDS,
+    token_seconds: float = TOKEN_SECONDS,
+) -> list[Process]:
     """One server per speed (1.0 = the reference GPU, 0.5 = half as fast)."""
     return [
         start(
             [
                 *("-m", "embedder.cli", "serve", "--backend", "hash"),
                 *("--dimension", str(dimension), "--port", "0"),
-                *("--simulate-batch-seconds", str(BATCH_SECONDS / speed)),
-                *("--simulate-token-seconds", str(TOKEN_SECONDS / speed)),
+                *("--simulate-batch-seconds", str(batch_seconds / speed)),
+                *("--simulate-token-seconds", str(token_seconds / speed)),
             ],
             logs / f"server{number}.log",
         )
@@ -32,9 +39,18 @@ def start_fleet(speeds: Sequence[float], logs: Path, dimension: int = 64) -> lis
 
 
 @contextlib.contextmanager
-def running_fleet(speeds: Sequence[float], logs: Path, dimension: int = 64) -> Iterator[list[str]]:
+def running_fleet(
+    speeds: Sequence[float],
+    logs: Path,
+    dimension: int = 64,
+    *,
+    batch_seconds: float = BATCH_SECONDS,
+    token_seconds: float = TOKEN_SECONDS,
+) -> Iterator[list[str]]:
     """The servers' URLs while they run; all stopped afterwards."""
-    servers = start_fleet(speeds, logs, dimension)
+    servers = start_fleet(
+        speeds, logs, dimension, batch_seconds=batch_seconds, token_seconds=token_seconds
+    )
     try:
         yield [s.address for s in servers]
     finally:

@@ -370,6 +370,7 @@ class Fleet:
                 timeout = self.settings.probe_interval_s
                 for held in (e for e in self._endpoints if e.up):
                     if held.under_limit(inputs):
+                        held.limit.paced()
                         timeout = min(timeout, held.wait_s(now) + 0.001)
                     else:
                         held.limit.held_back()
@@ -436,6 +437,8 @@ class Fleet:
 
     def _gauge_limit(self, endpoint: Endpoint) -> None:
         self._telemetry.concurrency_limit.labels(endpoint.name).set(endpoint.input_limit)
+        if isinstance(endpoint.limit, AdaptiveLimit):
+            self._telemetry.queue_share.labels(endpoint.name).set(endpoint.limit.queue_share)
 
     def _gauge_inflight(self, endpoint: Endpoint) -> None:
         self._telemetry.inflight_requests.labels(endpoint.name).set(endpoint.inflight_requests)

@@ -113,6 +113,12 @@ class Telemetry:
             ["endpoint"],
             registry=r,
         )
+        self.queue_share = Gauge(
+            "embedder_queue_share",
+            "Adaptive pacing: how much of one request's unloaded time a new one may wait.",
+            ["endpoint"],
+            registry=r,
+        )
         self.endpoint_up = Gauge(
             "embedder_endpoint_up", "1 when the endpoint is in rotation.", ["endpoint"], registry=r
         )

@@ -11,7 +11,7 @@ from embedder.fleet import Endpoint
 from embedder.tei_client import EndpointClient
 
 STEP = 32
-SETTINGS = AdaptiveSettings(window=4, baseline_horizon_s=30.0)
+SETTINGS = AdaptiveSettings(window=4, baseline_horizon_s=30.0, probe_interval_s=5.0)
 
 
 def feed(limit: AdaptiveLimit, seconds: float, count: int, now: float, *, held: bool) -> float:
@@ -124,3 +124,48 @@ async def test_pacing_lets_the_next_request_go_just_before_the_server_frees_up()
         fixed.sent.append((10.0, STEP))
         fixed.inflight_inputs, fixed.inflight_requests = STEP, 1
         assert fixed.has_room(STEP, now=10.0)
+
+
+def run_windows(
+    limit: AdaptiveLimit, windows: int, now: float, rate_at: dict[float, float]
+) -> float:
+    """Answers at the delivery rate (inputs/s) the current queue share gets, with the endpoint
+    always wanted; latency at the unloaded level times (1 + share) / 1.5, as pacing allows."""
+    for _ in range(windows * SETTINGS.window):
+        share = limit.queue_share
+        now += STEP / rate_at.get(share, rate_at[0.5])
+        limit.paced()
+        # Every 30 s the unloaded level is measured again: one request goes alone.
+        alone = limit.pacing() is None
+        limit.answered(0.1 if alone else 0.1 * (1 + share) / 1.5, STEP, alone=alone, now=now)
+    return now
+
+
+def settled(rates: dict[float, float]) -> tuple[AdaptiveLimit, float]:
+    limit = AdaptiveLimit(STEP, 1024, SETTINGS)
+    limit.answered(0.1, STEP, alone=True, now=0.0)
+    return limit, run_windows(limit, 200, 0.0, rates)
+
+
+def test_a_deeper_queue_is_kept_where_the_server_merges_it_into_faster_batches() -> None:
+    # Short texts on a big GPU: throughput grows with what waits (TEI merges it).
+    limit, _ = settled({0.5: 600.0, 2.0: 1100.0, 8.0: 1900.0})
+    assert limit.settled_queue_share == 8.0
+
+
+def test_a_deeper_queue_is_given_up_where_it_only_waits() -> None:
+    # A saturated GPU: the same throughput whatever waits; the queue stays shallow, and the
+    # failed probes come ever more rarely.
+    limit, _ = settled({0.5: 1000.0, 2.0: 1010.0, 8.0: 1005.0})
+    assert limit.settled_queue_share == 0.5
+    assert limit._probe_interval > SETTINGS.probe_interval_s
+
+
+def test_a_shallower_queue_is_taken_back_when_it_costs_nothing() -> None:
+    # Merging helped once (share 2), then the load changed: 0.5 is as fast again.
+    rates = {0.5: 600.0, 2.0: 1100.0, 8.0: 1100.0}
+    limit, now = settled(rates)
+    assert limit.settled_queue_share == 2.0
+    rates[0.5] = 1100.0
+    run_windows(limit, 2000, now, rates)
+    assert limit.settled_queue_share == 0.5
