@@ -84,14 +84,22 @@ class ChangeWatcher:
             saved_at = asyncio.get_running_loop().time()
             while stream.alive:
                 change = await stream.try_next()
-                if change is not None and self._text_changed(change):
-                    await self._requeue_if_changed(change.get("fullDocument"))
+                if change is not None:
+                    await self.handle(change)
                 now = asyncio.get_running_loop().time()
                 if stream.resume_token is not None and now - saved_at >= _SAVE_TOKEN_EVERY_S:
                     await self._save_token(stream.resume_token)
                     saved_at = now
 
-    def _text_changed(self, change: Mapping[str, Any]) -> bool:
+    async def handle(self, change: Mapping[str, Any]) -> bool:
+        """One change event (with its full document looked up): re-queue the doc if its text
+        changed since it was embedded; True when it was re-queued."""
+        if not self.text_changed(change):
+            return False
+        return await self._requeue_if_changed(change.get("fullDocument"))
+
+    def text_changed(self, change: Mapping[str, Any]) -> bool:
+        """Whether an event touches the text field (our own marks never do)."""
         if change.get("operationType") == "replace":
             return True
         description = change.get("updateDescription") or {}
@@ -105,24 +113,26 @@ class ChangeWatcher:
             for key in touched
         )
 
-    async def _requeue_if_changed(self, document: Mapping[str, Any] | None) -> None:
+    async def _requeue_if_changed(self, document: Mapping[str, Any] | None) -> bool:
         if document is None:  # deleted since: nothing to re-queue
-            return
+            return False
         target = self._spec.target_field
         mark = document.get(target)
         if not (isinstance(mark, Mapping) and mark.get("status") == "done"):
-            return
+            return False
         now = to_doc(document, self._spec.text_field)
         stored = mark.get("text_hash")
         if isinstance(now, Doc) and isinstance(stored, bytes) and now.text_hash == stored:
-            return  # written again with the same text
+            return False  # written again with the same text
         condition: dict[str, Any] = {"_id": document["_id"], f"{target}.status": "done"}
         if isinstance(stored, bytes):
             condition[f"{target}.text_hash"] = Binary(stored)
         result = await self._docs.update_one(condition, {"$unset": {target: ""}})
-        if result.modified_count:
-            self.requeued += 1
-            log.info("doc %r: its text changed; re-queued", document["_id"])
+        if not result.modified_count:
+            return False
+        self.requeued += 1
+        log.info("doc %r: its text changed; re-queued", document["_id"])
+        return True
 
     async def _scan(self) -> None:
         try:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from pymongo import AsyncMongoClient
 
+from embedder.changes import ChangeWatcher
 from embedder.lineage import text_hash
 from tests import corpus as corpora
 from tests.servers import FaultTei, run_python
@@ -110,3 +111,49 @@ async def test_a_running_worker_requeues_and_reembeds_texts_that_change(
     expected = corpora.expected_vectors([corpus.eligible[edited]], 64)[0]
     np.testing.assert_allclose(rows[edited], expected, atol=1e-5)
     assert_complete(rows, await marks(mongo, queue), corpus)
+
+
+async def test_change_events_requeue_only_docs_whose_text_changed(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    """What the change-stream watcher does with each event, fed the events a replica set
+    would send (mongoeco has no change streams; the stream itself runs on a replica set)."""
+    corpus = corpora.tweets(30)
+    queue = await seed(mongo, ws.database, corpus)
+    code = await asyncio.to_thread(ws.run, [tei_factory().url], "--once", "--store-text-hash")
+    assert code == 0, ws.log()
+    watcher = ChangeWatcher(mongo, queue)
+    tweets = mongo[ws.database]["tweets"]
+    ids = list(corpus.eligible)
+
+    def update(fields: dict[str, Any], removed: list[str] | None = None) -> dict[str, Any]:
+        return {
+            "operationType": "update",
+            "updateDescription": {"updatedFields": fields, "removedFields": removed or []},
+        }
+
+    # Events about other fields (our own marks among them) are not text changes.
+    assert not watcher.text_changed(update({"gemma_embedded_768": {"status": "done"}}))
+    assert not watcher.text_changed(update({"lang": "fr"}))
+    assert watcher.text_changed(update({"text": "new"}))
+    assert watcher.text_changed(update({}, removed=["text"]))
+    assert watcher.text_changed({"operationType": "replace"})
+
+    async def event(doc_id: Any) -> dict[str, Any]:
+        return {**update({"text": "?"}), "fullDocument": await tweets.find_one({"_id": doc_id})}
+
+    # The same text written again: nothing to do. A new text: re-queued, once.
+    await tweets.update_one({"_id": ids[0]}, {"$set": {"text": corpus.eligible[ids[0]]}})
+    assert not await watcher.handle(await event(ids[0]))
+    assert (await marks(mongo, queue))[ids[0]]["status"] == "done"
+    await tweets.update_one({"_id": ids[1]}, {"$set": {"text": "an edited text"}})
+    edited = await event(ids[1])
+    assert await watcher.handle(edited)
+    assert not await watcher.handle(edited)
+    assert (await marks(mongo, queue))[ids[1]] is None
+    # A doc deleted before the lookup, and one not embedded yet, are left alone.
+    assert not await watcher.handle({**update({"text": "?"}), "fullDocument": None})
+    assert not await watcher.handle(
+        {**update({"text": "?"}), "fullDocument": {"_id": "x", "text": "never embedded"}}
+    )
+    assert watcher.requeued == 1
