@@ -4,8 +4,9 @@ On a replica set (or sharded cluster) a MongoDB change stream reports updates an
 replacements as they happen; a doc whose text field changed and whose mark holds another text
 hash is re-queued at once. The stream's resume token is kept in the queue's control document,
 so a restarted worker carries on where it stopped. Without change streams (a standalone
-server) the watcher says so and falls back to a periodic scan of embedded docs' text hashes
-(``embedder requeue --changed-text``, in bounded batches).
+server) the watcher says so and falls back to polling: passes over the embedded docs' text
+hashes in ``_id`` order, a bounded batch at a time (what ``embedder requeue --changed-text``
+does in one go), a new pass every poll interval.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from embedder.queue_spec import QueueSpec
 log = logging.getLogger(__name__)
 
 _SAVE_TOKEN_EVERY_S = 5.0
+_SCAN_BATCH = 1000  # embedded docs checked per polling step
+_BATCH_PAUSE_S = 0.2  # between steps of one pass: bounded load on MongoDB
 _HISTORY_LOST = 286  # ChangeStreamHistoryLost: the token is older than the oplog
 
 
@@ -45,6 +48,7 @@ class ChangeWatcher:
         self._poll_interval_s = poll_interval_s
         self.requeued = 0
         self.mode = "starting"
+        self._scan_after: Any = None  # where the polling scan goes on from
 
     async def run(self) -> None:
         try:
@@ -53,20 +57,23 @@ class ChangeWatcher:
             if exc.code == _HISTORY_LOST:
                 log.warning("change stream history lost; scanning for changed texts once")
                 await self._forget_token()
-                await self._scan()
+                await self._scan_all()
                 await self.run()
                 return
             log.warning(
                 "change streams are not available here (%s): MongoDB offers them on replica "
-                "sets only. Falling back to polling: embedded docs' text hashes are checked "
-                "every %.0f s",
+                "sets only. Falling back to polling: embedded docs' text hashes are checked in "
+                "batches of %d, a pass every %.1f s",
                 scrub(str(exc.details.get("errmsg") if exc.details else exc)),
+                _SCAN_BATCH,
                 self._poll_interval_s,
             )
             self.mode = "polling"
             while True:
                 await self._scan()
-                await asyncio.sleep(self._poll_interval_s)
+                # Between passes the poll interval; within one, a short breath per batch.
+                done = self._scan_after is None
+                await asyncio.sleep(self._poll_interval_s if done else _BATCH_PAUSE_S)
 
     async def _stream(self) -> None:
         control = await self._control.find_one({"_id": self._spec.key}, {"change_stream": 1})
@@ -135,12 +142,12 @@ class ChangeWatcher:
         return True
 
     async def _scan(self) -> None:
+        """One bounded batch of the scan, carrying on from the last one: a large collection
+        is read a batch at a time, never whole at once."""
+        report = requeuing.Report("changed texts", dry_run=False)
         try:
-            report = await requeuing.requeue(
-                self._client,
-                self._spec,
-                requeuing.Selection(changed_text=True),
-                dry_run=False,
+            self._scan_after = await requeuing.changed_text_batch(
+                self._docs, self._spec, report, _SCAN_BATCH, after=self._scan_after
             )
         except PyMongoError as exc:
             log.warning("scanning for changed texts failed: %s", scrub(str(exc)))
@@ -148,6 +155,13 @@ class ChangeWatcher:
         self.requeued += report.requeued
         if report.requeued:
             log.info("re-queued %d docs whose text changed", report.requeued)
+
+    async def _scan_all(self) -> None:
+        self._scan_after = None
+        while True:
+            await self._scan()
+            if self._scan_after is None:
+                return
 
     async def _save_token(self, token: Mapping[str, Any]) -> None:
         await self._control.update_one(

@@ -323,7 +323,8 @@ def cli(log_level: str, log_json: bool) -> None:
     default=60.0,
     show_default=True,
     envvar="EMBEDDER_CHANGES_POLL_INTERVAL",
-    help="Seconds between scans for changed texts where change streams are not available.",
+    help="Where change streams are not available: seconds between passes over the embedded "
+    "docs' text hashes (each pass reads 1,000 docs at a time).",
 )
 @click.option(
     "--metrics-port", type=int, envvar="EMBEDDER_METRICS_PORT", help="Serve Prometheus metrics."

@@ -241,7 +241,7 @@ class AdaptiveLimit:
     # --- probing the queue depth -----------------------------------------------------------
     # Latency alone cannot tell a deeper queue that TEI merges into bigger, more efficient
     # batches (short texts on a large GPU) from one that only waits. So now and then the
-    # queue share is doubled (or halved) for a few windows and the delivered throughput
+    # queue share is quadrupled (or halved) for a few windows and the delivered throughput
     # compared: deeper is kept only for a clear gain, shallower whenever it costs (almost)
     # nothing. Failed probes come ever more rarely, so a settled endpoint is rarely disturbed.
 

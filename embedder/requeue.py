@@ -128,32 +128,49 @@ async def requeue(
 async def _changed_text(
     docs: AsyncCollection[dict[str, Any]], spec: QueueSpec, report: Report, batch_size: int
 ) -> None:
+    last: Any = None
+    while True:
+        last = await changed_text_batch(docs, spec, report, batch_size, after=last)
+        if last is None:
+            return
+
+
+async def changed_text_batch(
+    docs: AsyncCollection[dict[str, Any]],
+    spec: QueueSpec,
+    report: Report,
+    batch_size: int,
+    *,
+    after: Any,
+) -> Any:
+    """Check (and unless a dry run, re-queue) one batch of embedded docs after ``after`` in
+    ``_id`` order; the last ``_id`` checked, or None past the end."""
     target = spec.target_field
     base = condition(spec, Selection(changed_text=True))
     projection = {spec.text_field: 1, f"{target}.text_hash": 1}
-    last: Any = None
-    while True:
-        query = dict(base) if last is None else {**base, "_id": {"$gt": last}}
-        cursor = docs.find(query, projection).sort("_id", 1).limit(batch_size)
-        batch = [d async for d in cursor]
-        if not batch:
-            return
-        last = batch[-1]["_id"]
-        changed: list[UpdateOne] = []
-        for raw in batch:
-            stored = _stored_hash(raw.get(target))
-            if stored is None:
-                report.without_hash += 1
-                continue
-            current = to_doc(raw, spec.text_field)
-            if not isinstance(current, Doc) or current.text_hash != stored:
-                # Only if the mark still holds the hash compared against.
-                still = {"_id": raw["_id"], **base, f"{target}.text_hash": Binary(stored)}
-                changed.append(UpdateOne(still, {"$unset": {target: ""}}))
-        report.matched += len(changed)
-        if changed and not report.dry_run:
-            result = await docs.bulk_write(changed, ordered=False)
-            report.requeued += result.modified_count
+    query = dict(base) if after is None else {**base, "_id": {"$gt": after}}
+    # The _id index, walked in order: one pass over the collection in all, never a sort of
+    # every embedded doc per batch.
+    cursor = docs.find(query, projection, hint=[("_id", 1)]).sort("_id", 1).limit(batch_size)
+    batch = [d async for d in cursor]
+    if not batch:
+        return None
+    changed: list[UpdateOne] = []
+    for raw in batch:
+        stored = _stored_hash(raw.get(target))
+        if stored is None:
+            report.without_hash += 1
+            continue
+        current = to_doc(raw, spec.text_field)
+        if not isinstance(current, Doc) or current.text_hash != stored:
+            # Only if the mark still holds the hash compared against.
+            still = {"_id": raw["_id"], **base, f"{target}.text_hash": Binary(stored)}
+            changed.append(UpdateOne(still, {"$unset": {target: ""}}))
+    report.matched += len(changed)
+    if changed and not report.dry_run:
+        result = await docs.bulk_write(changed, ordered=False)
+        report.requeued += result.modified_count
+    return batch[-1]["_id"]
 
 
 def _stored_hash(mark: Any) -> bytes | None:
