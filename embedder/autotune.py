@@ -90,11 +90,18 @@ class Report:
                 "max_concurrent_requests": self.max_concurrent_requests,
                 "max_batch_tokens": self.max_batch_tokens,
             },
-            "cells": [asdict(c) for c in self.cells],
+            "cells": [_finite(asdict(c)) for c in self.cells],
             "skipped": self.skipped,
-            "best": asdict(self.best) if self.best else None,
+            "best": _finite(asdict(self.best)) if self.best else None,
             "advice": self.advice,
         }
+
+
+def _finite(cell: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: a cell where nothing succeeded has no latency, written as null."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in cell.items()
+    }
 
 
 # --- one cell ---------------------------------------------------------------------------
