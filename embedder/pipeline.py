@@ -375,6 +375,7 @@ class Worker:
                 "rate_docs_per_s": round(self._rate, 1),
                 "leases": self._leases_held,
                 "last_shard": self._last_shard,
+                "reused": summary.reused_in_run + summary.reused_from_cache,
             }
             try:
                 await self._queue.heartbeat(progress)

@@ -32,6 +32,7 @@ class WorkerState:
     embedded: int
     rate_docs_per_s: float
     last_shard: str
+    reused: int = 0  # docs that got an equal text's vector instead of a fleet request
 
 
 @dataclass
@@ -74,8 +75,8 @@ class QueueStatus:
             state = "alive" if worker.alive else "silent"
             lines.append(
                 f"  worker {worker.owner[:8]} on {worker.host} pid {worker.pid}: {state}, "
-                f"{worker.leases} leases, {worker.embedded:,} embedded, {worker.rate_docs_per_s:,.1f} docs/s, "
-                f"last shard {worker.last_shard or '-'}"
+                f"{worker.leases} leases, {worker.embedded:,} embedded ({worker.reused:,} by re-use), "
+                f"{worker.rate_docs_per_s:,.1f} docs/s, last shard {worker.last_shard or '-'}"
             )
         if self.consolidated_rows is not None:
             lines.append(
@@ -153,6 +154,7 @@ def _workers(control: dict[str, Any]) -> list[WorkerState]:
                 embedded=int(raw.get("embedded", 0)),
                 rate_docs_per_s=float(raw.get("rate_docs_per_s", 0.0)),
                 last_shard=str(raw.get("last_shard", "")),
+                reused=int(raw.get("reused", 0)),
             )
         )
     return states
