@@ -299,11 +299,12 @@ def cli(log_level: str, log_json: bool) -> None:
     help="Send each distinct text to the fleet once; equal texts share its vector.",
 )
 @click.option(
-    "--vector-cache-rows",
-    default=2_000_000,
+    "--vector-cache-size",
+    default="4G",
     show_default=True,
-    envvar="EMBEDDER_VECTOR_CACHE_ROWS",
-    help="Vectors kept across runs in the hot dir (SQLite, per model); 0: no cache.",
+    callback=_size,
+    envvar="EMBEDDER_VECTOR_CACHE_SIZE",
+    help="Vectors kept across runs in the hot dir (SQLite, per model), as 4G or 512M; 0: none.",
 )
 @click.option(
     "--store-text-hash",
@@ -360,7 +361,7 @@ def embed(
     outage_timeout: float,
     mongo_outage_timeout: float,
     reuse_texts: bool,
-    vector_cache_rows: int,
+    vector_cache_size: int,
     store_text_hash: bool,
     watch_changes: bool,
     changes_poll_interval: float,
@@ -397,7 +398,7 @@ def embed(
         metrics_host=metrics_host,
         mongo_outage_timeout_s=mongo_outage_timeout,
         reuse_texts=reuse_texts,
-        vector_cache_rows=vector_cache_rows,
+        vector_cache_bytes=vector_cache_size,
         store_text_hash=store_text_hash,
         watch_changes=watch_changes,
         changes_poll_interval_s=changes_poll_interval,

@@ -48,7 +48,7 @@ class EmbedJob:
     progress_bar: bool | None = None  # None: a bar when stderr is a terminal
     mongo_outage_timeout_s: float = 600.0
     reuse_texts: bool = True  # each distinct text to the fleet once
-    vector_cache_rows: int = 2_000_000  # 0: no cache across runs
+    vector_cache_bytes: int = 4 << 30  # 0: no cache across runs
     reuse_memory_bytes: int = 256 << 20  # recent vectors kept in memory within a run
     store_text_hash: bool = False
     # Continuous mode: re-queue docs whose text changes (change streams, or polling).
@@ -140,11 +140,13 @@ async def run_embed(job: EmbedJob) -> Summary:
 
 async def _open_cache(job: EmbedJob, key: str, dimension: int) -> VectorCache | None:
     """The vector cache of this embed key on the hot tier; rebuilt from the shards if lost."""
-    if job.vector_cache_rows <= 0:
+    # A row is the vector plus its 16-byte key and SQLite's own overhead, about 64 bytes.
+    rows = job.vector_cache_bytes // (dimension * 4 + 64)
+    if rows <= 0:
         return None
     path = job.shards.hot_dir / "vector-cache" / f"{key}.sqlite"
     cache = await asyncio.to_thread(
-        VectorCache, path, embed_key=key, dimension=dimension, max_rows=job.vector_cache_rows
+        VectorCache, path, embed_key=key, dimension=dimension, max_rows=rows
     )
     if cache.fresh:
         added = await asyncio.to_thread(cache.rebuild, job.shards.cold_uri, job.shards.filesystem)
