@@ -75,10 +75,8 @@ class Endpoint:
     client: EndpointClient
     info: tei.Info | None = None
     limit: Limit = field(default_factory=lambda: FixedLimit(0))
-    inflight_inputs: int = 0
-    inflight_requests: int = 0
-    # (sent at, inputs) of the requests in flight, and when the last answer came: the
-    # adaptive limit's pacing predicts from them how long a new request would wait.
+    # (sent at, inputs) of the requests in flight, in the order sent, and when the last answer
+    # came: the adaptive limit's pacing predicts from them how long a new request would wait.
     sent: list[tuple[float, int]] = field(default_factory=list)
     answered_at: float = 0.0
     up: bool = False
@@ -91,6 +89,14 @@ class Endpoint:
     @property
     def input_limit(self) -> int:
         return self.limit.value
+
+    @property
+    def inflight_requests(self) -> int:
+        return len(self.sent)
+
+    @property
+    def inflight_inputs(self) -> int:
+        return sum(inputs for _, inputs in self.sent)
 
     def under_limit(self, inputs: int) -> bool:
         return self.inflight_inputs == 0 or self.inflight_inputs + inputs <= self.input_limit
@@ -107,7 +113,7 @@ class Endpoint:
             return 0.0
         per_input, allowed = pacing
         finish = self.answered_at
-        for sent_at, inputs in sorted(self.sent):
+        for sent_at, inputs in self.sent:
             finish = max(finish, sent_at) + per_input * inputs
         return max(0.0, finish - now - allowed)
 
@@ -360,8 +366,6 @@ class Fleet:
                 if endpoint is not None:
                     ticket = (now, inputs)
                     endpoint.sent.append(ticket)
-                    endpoint.inflight_inputs += inputs
-                    endpoint.inflight_requests += 1
                     self._gauge_inflight(endpoint)
                     return endpoint, ticket
                 self._check_outage()
@@ -392,8 +396,6 @@ class Fleet:
         async with self._changed:
             endpoint.sent.remove(ticket)
             endpoint.answered_at = time.monotonic()
-            endpoint.inflight_inputs -= ticket[1]
-            endpoint.inflight_requests -= 1
             self._gauge_inflight(endpoint)
             self._changed.notify_all()
 

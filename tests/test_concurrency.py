@@ -110,19 +110,16 @@ async def test_pacing_lets_the_next_request_go_just_before_the_server_frees_up()
         feed(limit, 0.1, 3, 0.1, held=True)
         endpoint = Endpoint(EndpointClient("http://e", http), limit=limit, up=True)
         endpoint.sent.append((10.0, STEP))
-        endpoint.inflight_inputs, endpoint.inflight_requests = STEP, 1
         # Sent at 10.0, predicted done at 10.1; a new one may wait 0.05 s behind it.
         assert not endpoint.has_room(STEP, now=10.02)
         assert endpoint.wait_s(10.02) == pytest.approx(0.03)
         assert endpoint.has_room(STEP, now=10.05)
         # A second one in flight pushes the next slot one service time further.
         endpoint.sent.append((10.05, STEP))
-        endpoint.inflight_inputs, endpoint.inflight_requests = 2 * STEP, 2
         assert endpoint.wait_s(10.05) == pytest.approx(0.1)
         # A fixed limit does not pace.
         fixed = Endpoint(EndpointClient("http://f", http), limit=FixedLimit(4 * STEP), up=True)
         fixed.sent.append((10.0, STEP))
-        fixed.inflight_inputs, fixed.inflight_requests = STEP, 1
         assert fixed.has_room(STEP, now=10.0)
 
 

@@ -189,7 +189,8 @@ def test_token_estimate_is_capped_when_the_server_truncates() -> None:
 
 
 endpoint_states = st.lists(
-    st.tuples(st.booleans(), st.integers(0, 300), st.integers(0, 20), st.integers(1, 256)),
+    # up, the inputs of each request in flight, the limit
+    st.tuples(st.booleans(), st.lists(st.integers(1, 64), max_size=20), st.integers(1, 256)),
     min_size=1,
     max_size=6,
 )
@@ -197,7 +198,7 @@ endpoint_states = st.lists(
 
 @given(endpoint_states, st.integers(1, 64), st.sets(st.integers(0, 5)))
 def test_routing_picks_the_least_loaded_healthy_endpoint_with_room(
-    states: list[tuple[bool, int, int, int]], inputs: int, avoided: set[int]
+    states: list[tuple[bool, list[int], int]], inputs: int, avoided: set[int]
 ) -> None:
     import httpx
 
@@ -210,11 +211,10 @@ def test_routing_picks_the_least_loaded_healthy_endpoint_with_room(
         Endpoint(
             EndpointClient(f"http://e{i}", http),
             limit=FixedLimit(limit),
-            inflight_inputs=busy,
-            inflight_requests=requests,
+            sent=[(0.0, size) for size in requests],
             up=up,
         )
-        for i, (up, busy, requests, limit) in enumerate(states)
+        for i, (up, requests, limit) in enumerate(states)
     ]
     avoid = {f"http://e{i}" for i in avoided}
     chosen = choose_endpoint(endpoints, inputs, avoid, now=0.0)
