@@ -173,6 +173,40 @@ def _secret(value: str | None, path: Path | None, what: str) -> str | None:
     return value
 
 
+def tei_endpoints(func: Any) -> Any:
+    """The fleet's URLs and API key; the command receives ``urls`` and ``api_key``."""
+
+    @functools.wraps(func)
+    def with_endpoints(
+        tei_urls: str, tei_api_key: str | None, tei_api_key_file: Path | None, **kwargs: Any
+    ) -> Any:
+        urls = tuple(u for u in (x.strip() for x in tei_urls.split(",")) if u)
+        api_key = _secret(tei_api_key, tei_api_key_file, "TEI API key")
+        return func(urls=urls, api_key=api_key, **kwargs)
+
+    options = [
+        click.option(
+            "--tei-urls",
+            required=True,
+            envvar="EMBEDDER_TEI_URLS",
+            help="Comma-separated TEI endpoints, with or without the /embed path.",
+        ),
+        click.option(
+            "--tei-api-key",
+            envvar="EMBEDDER_TEI_API_KEY",
+            help="Sent as 'Authorization: Bearer'.",
+        ),
+        click.option(
+            "--tei-api-key-file",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            envvar="EMBEDDER_TEI_API_KEY_FILE",
+        ),
+    ]
+    for option in reversed(options):
+        with_endpoints = option(with_endpoints)
+    return with_endpoints
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="embedder")
 @click.option(
@@ -190,20 +224,7 @@ def cli(log_level: str, log_json: bool) -> None:
 
 @cli.command()
 @queue_options
-@click.option(
-    "--tei-urls",
-    required=True,
-    envvar="EMBEDDER_TEI_URLS",
-    help="Comma-separated TEI endpoints, with or without the /embed path.",
-)
-@click.option(
-    "--tei-api-key", envvar="EMBEDDER_TEI_API_KEY", help="Sent as 'Authorization: Bearer'."
-)
-@click.option(
-    "--tei-api-key-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="EMBEDDER_TEI_API_KEY_FILE",
-)
+@tei_endpoints
 @click.option(
     "--batch-size",
     default=32,
@@ -342,9 +363,8 @@ def cli(log_level: str, log_json: bool) -> None:
 def embed(
     spec: QueueSpec,
     mongo_uri: str,
-    tei_urls: str,
-    tei_api_key: str | None,
-    tei_api_key_file: Path | None,
+    urls: tuple[str, ...],
+    api_key: str | None,
     batch_size: int,
     concurrency: int | None,
     output_dir: str,
@@ -370,12 +390,11 @@ def embed(
     summary_json: Path | None,
 ) -> None:
     """Embed pending docs of a collection into Parquet shards and mark them done."""
-    api_key = _secret(tei_api_key, tei_api_key_file, "TEI API key")
     job = EmbedJob(
         mongo_uri=mongo_uri,
         queue=spec,
         fleet=FleetSettings(
-            urls=tuple(u for u in (x.strip() for x in tei_urls.split(",")) if u),
+            urls=urls,
             options=tei_protocol.EmbedOptions(normalize=normalize, truncate=truncate),
             batch_size=batch_size,
             concurrency=concurrency,
@@ -628,13 +647,7 @@ def _numbers(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
 
 
 @cli.command()
-@click.option("--tei-urls", required=True, envvar="EMBEDDER_TEI_URLS", help="Comma-separated.")
-@click.option("--tei-api-key", envvar="EMBEDDER_TEI_API_KEY")
-@click.option(
-    "--tei-api-key-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="EMBEDDER_TEI_API_KEY_FILE",
-)
+@tei_endpoints
 @click.option("--collection", envvar="EMBEDDER_COLLECTION", help="Sample texts from it.")
 @click.option(
     "--mongo-uri", default=DEFAULT_MONGO_URI, show_default=True, envvar="EMBEDDER_MONGO_URI"
@@ -675,9 +688,8 @@ def _numbers(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[
     help="Writes REPORT.json and REPORT.md.",
 )
 def autotune(
-    tei_urls: str,
-    tei_api_key: str | None,
-    tei_api_key_file: Path | None,
+    urls: tuple[str, ...],
+    api_key: str | None,
     collection: str | None,
     mongo_uri: str,
     database: str,
@@ -701,7 +713,6 @@ def autotune(
     from embedder import autotune as tuning
     from embedder.autotune_inputs import texts_from_collection, texts_from_file
 
-    api_key = _secret(tei_api_key, tei_api_key_file, "TEI API key")
     if (texts_file is None) == (collection is None):
         raise click.UsageError("give --collection to sample texts from, or --file")
     try:
@@ -726,7 +737,6 @@ def autotune(
             ),
             mongo_uri,
         )
-    urls = [u.strip() for u in tei_urls.split(",") if u.strip()]
     cells = len(batch_sizes) * len(concurrency_levels)
     with tqdm(total=cells, unit="cell", disable=not sys.stderr.isatty(), desc="autotune") as bar:
 
