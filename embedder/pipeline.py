@@ -376,6 +376,7 @@ class Worker:
                 "leases": self._leases_held,
                 "last_shard": self._last_shard,
                 "reused": summary.reused_in_run + summary.reused_from_cache,
+                "paused": self._paused_logged,  # waiting for `embedder resume`
             }
             try:
                 await self._queue.heartbeat(progress)

@@ -33,6 +33,7 @@ class WorkerState:
     rate_docs_per_s: float
     last_shard: str
     reused: int = 0  # docs that got an equal text's vector instead of a fleet request
+    paused: bool = False  # holds nothing and waits for `embedder resume`
 
 
 @dataclass
@@ -72,7 +73,7 @@ class QueueStatus:
         for reason, count in self.failure_reasons:
             lines.append(f"  failed x{count:,}: {reason}")
         for worker in self.workers:
-            state = "alive" if worker.alive else "silent"
+            state = ("paused" if worker.paused else "alive") if worker.alive else "silent"
             lines.append(
                 f"  worker {worker.owner[:8]} on {worker.host} pid {worker.pid}: {state}, "
                 f"{worker.leases} leases, {worker.embedded:,} embedded ({worker.reused:,} by re-use), "
@@ -155,6 +156,7 @@ def _workers(control: dict[str, Any]) -> list[WorkerState]:
                 rate_docs_per_s=float(raw.get("rate_docs_per_s", 0.0)),
                 last_shard=str(raw.get("last_shard", "")),
                 reused=int(raw.get("reused", 0)),
+                paused=bool(raw.get("paused", False)),
             )
         )
     return states

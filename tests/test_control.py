@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import json
 import signal
@@ -38,7 +39,11 @@ async def test_pause_stops_every_worker_claiming_and_resume_lets_them_finish(
     tei.set_faults(delay_s=0.5)  # each 20-doc request: the run takes many seconds
     corpus = corpora.tweets(300)
     queue = await seed(mongo, ws.database, corpus)
-    extra = ("--once", "--claim-size", "20", "--shard-rows", "20", "--concurrency", "1")
+    # A heartbeat every 0.5 s (a third of the lease TTL).
+    extra = (
+        *("--once", "--claim-size", "20", "--shard-rows", "20"),
+        *("--concurrency", "1", "--lease-ttl", "1.5"),
+    )
     workers = [ws.popen([tei.url], *extra, log=f"w{i}.log", summary=f"w{i}.json") for i in (0, 1)]
     await wait_until(some_done(mongo, ws), what="some docs done")
 
@@ -61,7 +66,17 @@ async def test_pause_stops_every_worker_claiming_and_resume_lets_them_finish(
     assert json.loads(status.stdout)["paused"] is True, status.stderr
     held = await done_count(mongo, ws)
     assert held < len(corpus.eligible) + len(corpus.bad)
-    await asyncio.sleep(1.5)  # three poll intervals of the workers, paused
+    drained_at = dt.datetime.now(dt.UTC)
+
+    async def both_beat_paused_since() -> bool:
+        doc = await control.find_one({"_id": queue.key})
+        workers = list((doc or {}).get("workers", {}).values())
+        return len(workers) == 2 and all(
+            w.get("paused") and w["seen_at"] > drained_at for w in workers
+        )
+
+    # Each worker has lived through a heartbeat since, still paused, and claimed nothing.
+    await wait_until(both_beat_paused_since, what="heartbeats of paused workers")
     assert await done_count(mongo, ws) == held
     assert all(w.poll() is None for w in workers), "--once workers wait while paused"
 
