@@ -274,7 +274,6 @@ def test_timing_headers_split_the_time_as_tei_does(tei_factory: Callable[..., Fa
                 range(4),
             )
         )
-    queued = []
     for answer in answers:
         assert answer.status_code == 200
         ms = {
@@ -287,12 +286,18 @@ def test_timing_headers_split_the_time_as_tei_does(tei_factory: Callable[..., Fa
             )
         }
         assert ms[tei.HEADER_INFERENCE_TIME] >= 390, ms
-        parts = ms[tei.HEADER_QUEUE_TIME] + ms[tei.HEADER_INFERENCE_TIME]
-        assert parts + ms[tei.HEADER_TOKENIZATION_TIME] <= ms[tei.HEADER_TOTAL_TIME] + 3, ms
-        queued.append(ms[tei.HEADER_QUEUE_TIME])
-    # One batch at a time: four requests cannot all have started at once unless merged, and
-    # a request that waited behind a batch says so.
-    assert max(queued) >= 390 or len({a.headers[tei.HEADER_INFERENCE_TIME] for a in answers}) == 1
+        parts = sum(
+            ms[name]
+            for name in (
+                tei.HEADER_QUEUE_TIME,
+                tei.HEADER_INFERENCE_TIME,
+                tei.HEADER_TOKENIZATION_TIME,
+            )
+        )
+        # The parts never exceed the total, and they account for it: a request that waited
+        # behind another batch reports that wait as queue time, whenever it arrived.
+        assert parts <= ms[tei.HEADER_TOTAL_TIME] + 3, ms
+        assert ms[tei.HEADER_TOTAL_TIME] - parts <= 100, ms
 
 
 def test_a_client_that_disconnects_frees_its_permits(tei_factory: Callable[..., FaultTei]) -> None:
