@@ -112,7 +112,7 @@ class Lineage:
             )
         lines.extend(f"  FAILED: {problem}" for problem in self.problems)
         if not self.problems:
-            lines.append("  OK" if status == "done" else "  OK (nothing to check until it is done)")
+            lines.append("  OK" if status == "done" else "  OK (not marked done: no row expected)")
         return lines
 
 

@@ -162,6 +162,12 @@ async def test_pending_and_failed_are_counted_and_unexplained_rows_fail(
     assert orphaned.returncode == 1, orphaned.stdout
     assert _first_line(orphaned) == "verify: FAILED"
     assert f"rows whose doc is not marked done: {len(corpus.eligible)}" in orphaned.stdout
+    unmarked = next(iter(corpus.eligible))
+    shown = await asyncio.to_thread(_verify_doc, ws, out, unmarked)
+    assert shown.returncode == 1, shown.stdout
+    assert "a row in the consolidated output, but the doc is not marked done" in shown.stdout
+    failed = await asyncio.to_thread(_verify_doc, ws, out, next(iter(corpus.bad)))
+    assert failed.returncode == 0 and "failed: " in failed.stdout, failed.stdout
 
 
 async def test_each_row_must_be_the_one_its_mark_names(
