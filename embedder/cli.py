@@ -563,7 +563,9 @@ def consolidate(
     "--doc",
     "doc_ids",
     multiple=True,
-    help='Only say which model embedded this doc (an id: 42, abc, {"$oid": ...}); repeatable.',
+    help='Only say which model embedded this doc (an id: 42, abc, {"$oid": ...}) and check its '
+    "row; repeatable. Exit 1 when a doc is not found or its row is missing, or from another "
+    "model than its mark or another text than it holds now; 3 when MongoDB is unreachable.",
 )
 def verify(
     spec: QueueSpec,
@@ -574,29 +576,47 @@ def verify(
     as_json: bool,
     doc_ids: tuple[str, ...],
 ) -> None:
-    """Check the consolidated output against MongoDB; exit 1 on any discrepancy.
+    """Check the consolidated output against MongoDB.
 
-    With --doc, show the lineage of those docs instead: the model in their mark, and their
-    rows (model, revision, text hash) in the output and the shards.
+    OK: every doc marked done is in the output exactly once, with the row its mark names
+    (model, embed key, text hash where the mark keeps one), and no row is unexplained.
+    Pending and failed docs are counted. With --doc, show the lineage of those docs instead:
+    their mark, their rows in the output and the shards, and whether the row is the one the
+    mark names and the text the doc holds now.
+
+    \b
+    Exit codes:
+      0  OK
+      1  FAILED: a discrepancy (missing, duplicate, unexplained or stale rows, bad vectors)
+      2  usage error
+      3  COULD NOT CHECK: MongoDB unreachable, no output, output of another queue or model
+      4  NOTHING TO VERIFY: no doc is marked done and the output holds no rows
     """
+    from embedder.verify import VerifyReport
     from embedder.verify import verify as run_verify
 
     if doc_ids:
         _show_lineage(spec, mongo_uri, shards_dir, consolidated_dir, doc_ids, as_json=as_json)
         return
 
-    report = _run(
-        _with_mongo(
-            mongo_uri,
-            lambda client: run_verify(
-                client, spec, consolidated_dir, shards_uri=shards_dir, memory_limit=memory_limit
-            ),
-        ),
-        mongo_uri,
-    )
+    try:
+        report = _event_loop_runner()(
+            _with_mongo(
+                mongo_uri,
+                lambda client: run_verify(
+                    client,
+                    spec,
+                    consolidated_dir,
+                    shards_uri=shards_dir,
+                    memory_limit=memory_limit,
+                ),
+            )
+        )
+    except EmbedderError as exc:
+        # Whatever stopped the check is not a verdict on the data: its own exit code.
+        report = VerifyReport.cannot(mongo.scrub(str(exc), mongo_uri))
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
-    if not report.ok:
-        sys.exit(1)
+    sys.exit(report.verdict.value)
 
 
 @cli.command()
@@ -776,6 +796,7 @@ def _show_lineage(
     as_json: bool,
 ) -> None:
     from embedder.provenance import lineage, parse_doc_id
+    from embedder.verify import VerifyReport
 
     async def collect(client: AsyncMongoClient[dict[str, Any]]) -> list[Any]:
         return [
@@ -789,12 +810,17 @@ def _show_lineage(
             for value in doc_ids
         ]
 
-    found = _run(_with_mongo(mongo_uri, collect), mongo_uri)
+    try:
+        found = _event_loop_runner()(_with_mongo(mongo_uri, collect))
+    except EmbedderError as exc:
+        report = VerifyReport.cannot(mongo.scrub(str(exc), mongo_uri))
+        click.echo(json.dumps(report.as_dict()) if as_json else "\n".join(report.lines()))
+        sys.exit(report.verdict.value)
     if as_json:
         click.echo(json.dumps([f.as_dict() for f in found], indent=2))
     else:
         click.echo("\n".join(line for f in found for line in f.lines()))
-    if not all(f.found for f in found):
+    if not all(f.ok for f in found):
         sys.exit(1)
 
 

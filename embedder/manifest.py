@@ -44,6 +44,9 @@ class Manifest:
     model_sha: str | None = None
     dimension: int | None = None
     normalized: bool | None = None
+    # The key of the queue whose rows the output holds (QueueSpec.key); None in outputs
+    # made before it was recorded.
+    queue: str | None = None
     files: list[OutputFile] = field(default_factory=list)
     runs: list[RunRecord] = field(default_factory=list)
 
@@ -69,6 +72,7 @@ class Manifest:
             model_sha=body.get("model_sha"),
             dimension=body.get("dimension"),
             normalized=body.get("normalized"),
+            queue=body.get("queue"),
             files=[OutputFile(**f) for f in body.get("files", [])],
             runs=[RunRecord(**r) for r in body.get("runs", [])],
         )

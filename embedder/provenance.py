@@ -4,6 +4,11 @@ The mark on the MongoDB doc names the model, its revision, the embed key (model 
 and the shard; the Parquet row (in the consolidated output, or still in its shard) carries the
 model, revision and the hash of the text it was made from. Comparing that hash with the hash
 of the doc's text now says whether the vector is still the text's.
+
+The doc's row is the one in the shard its mark names while that shard waits for
+consolidation, else its row in the consolidated output. It is right when it exists, once in
+the output, from the model (and embed key) the mark names and from the text the doc holds
+now (and the mark's text, where the mark keeps its hash).
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from bson import ObjectId, json_util
 from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
 
 from embedder import manifest as mf
 from embedder import storage
 from embedder.documents import Doc, to_doc
-from embedder.errors import StorageError
+from embedder.errors import QueueError, StorageError
 from embedder.ids import encode_id
 from embedder.queue_spec import QueueSpec
 
@@ -49,6 +55,11 @@ class Lineage:
     mark: dict[str, Any] | None = None
     text_hash_now: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.found and not self.problems
 
     @property
     def model(self) -> str | None:
@@ -66,6 +77,8 @@ class Lineage:
                     "mark": self.mark,
                     "text_hash_now": self.text_hash_now,
                     "rows": self.rows,
+                    "problems": self.problems,
+                    "ok": self.ok,
                 }
             )
         )
@@ -97,8 +110,9 @@ class Lineage:
                 f"  row in {row['file']}: {row['model']} @ {row['model_sha']}, embedded "
                 f"{row['embedded_at']}, text hash {row['text_hash']} ({agrees})"
             )
-        if status == "done" and not self.rows:
-            lines.append("  no row found in the consolidated output or the shards")
+        lines.extend(f"  FAILED: {problem}" for problem in self.problems)
+        if not self.problems:
+            lines.append("  OK" if status == "done" else "  OK (not marked done: no row expected)")
         return lines
 
 
@@ -112,10 +126,13 @@ async def lineage(
 ) -> Lineage:
     docs = client[spec.database][spec.collection]
     raw = None
-    for doc_id in candidates:
-        raw = await docs.find_one({"_id": doc_id}, {spec.text_field: 1, spec.target_field: 1})
-        if raw is not None:
-            break
+    try:
+        for doc_id in candidates:
+            raw = await docs.find_one({"_id": doc_id}, {spec.text_field: 1, spec.target_field: 1})
+            if raw is not None:
+                break
+    except PyMongoError as exc:
+        raise QueueError(f"reading doc {candidates[0]!r} failed: {exc}") from exc
     if raw is None:
         return Lineage(candidates[0])
     found = Lineage(raw["_id"], found=True)
@@ -128,7 +145,40 @@ async def lineage(
     found.rows = _rows(consolidated_uri, key, kind, manifest=True) + (
         _rows(shards_uri, key, kind, manifest=False)
     )
+    found.problems = _problems(found)
     return found
+
+
+def _problems(found: Lineage) -> list[str]:
+    """What is wrong with the doc's row, judged against its mark and its text now."""
+    mark = found.mark or {}
+    in_output = [row for row in found.rows if row["in_output"]]
+    if mark.get("status") != "done":
+        # Pending or failed: its vector is yet to come, and none may be in the output.
+        if in_output:
+            return ["a row in the consolidated output, but the doc is not marked done"]
+        return []
+    named = [r for r in found.rows if not r["in_output"] and r["file"] == mark.get("shard")]
+    current = named or in_output
+    if not current:
+        return ["no row found in the consolidated output or the shards"]
+    problems = []
+    if len(in_output) > 1:
+        problems.append(f"{len(in_output)} rows in the consolidated output (one expected)")
+    named_model = f"{mark.get('model')} @ {mark.get('model_sha') or ''}"
+    for row in current:
+        model = f"{row['model']} @ {row['model_sha'] or ''}"
+        key, named_key = row["embed_key"], mark.get("embed_key")
+        if model != named_model or (key and named_key and key != named_key):
+            problems.append(
+                f"row in {row['file']} is from another model ({model}, embed key {key or '?'}) "
+                f"than its mark names ({named_model}, embed key {named_key or '?'})"
+            )
+        if row["text_hash"] != found.text_hash_now:
+            problems.append(f"row in {row['file']} is from another text than the doc holds now")
+        if mark.get("text_hash") and row["text_hash"] != mark["text_hash"]:
+            problems.append(f"row in {row['file']} is from another text than its mark names")
+    return problems
 
 
 def _rows(uri: str, key: str, kind: str, *, manifest: bool) -> list[dict[str, Any]]:
@@ -147,11 +197,15 @@ def _rows(uri: str, key: str, kind: str, *, manifest: bool) -> list[dict[str, An
     expression = (pc.field("_id") == key) & (pc.field("_id_kind") == kind)
     rows = []
     for fragment in dataset.get_fragments():
+        metadata = fragment.physical_schema.metadata or {}
+        embed_key = metadata.get(b"embedder.embed_key", b"").decode()
         for row in fragment.to_table(columns=columns, filter=expression).to_pylist():
             text_hash = row.get("text_hash")
             rows.append(
                 {
                     "file": fragment.path.rsplit("/", 1)[-1],
+                    "in_output": manifest,
+                    "embed_key": embed_key,
                     "model": row.get("model"),
                     "model_sha": row.get("model_sha"),
                     "text_hash": text_hash.hex() if isinstance(text_hash, bytes) else None,
