@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,36 @@ async def test_a_lease_spanning_two_id_types_is_taken_over_a_page_at_a_time(
     assert redone == lost_ids, "exactly the lost lease's docs, in order"
     pending = [*corpus.eligible, *corpus.bad]
     assert sorted(redone + rest, key=sort_key) == sorted(pending, key=sort_key)
+
+
+async def test_a_killed_workers_lease_spanning_two_id_types_is_redone(
+    ws: Workspace, mongo: Client, tei: FaultTei
+) -> None:
+    corpus = corpora.mixed_ids(30)  # 35 pending docs of each type
+    queue = await seed(mongo, ws.database, corpus)
+    tei.set_faults(delay_s=2)  # slow: the first worker is killed holding its first lease
+    control = mongo[ws.database]["embedder_control"]
+
+    async def spanning_lease() -> bool:
+        doc = await control.find_one({"_id": queue.key})
+        leases = (doc or {}).get("leases") or []
+        return any(isinstance(x["lo"], int) and isinstance(x["hi"], str) for x in leases)
+
+    extra = ("--claim-size", "50", "--lease-ttl", "2")
+    doomed = ws.popen([tei.url], "--once", *extra, "--concurrency", "1", log="doomed.log")
+    try:
+        await ws.wait_for(doomed, spanning_lease, "a lease over ints and strings", "doomed.log")
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(doomed.wait, 10)
+
+    tei.set_faults()
+    code = await asyncio.to_thread(
+        ws.run, [tei.url], "--once", "--claim-size", "20", "--lease-ttl", "2", log="taker.log"
+    )
+    assert code == 0, ws.log("taker.log")
+    assert ws.summary()["leases_taken_over"] >= 1
+    assert_complete(ws.rows_allowing_repeats(), await marks(mongo, queue), corpus)
 
 
 async def test_a_pending_doc_whose_id_type_no_range_reaches_is_named(
