@@ -21,7 +21,7 @@ from embedder.queue import DoneMark, MongoWorkQueue
 from embedder.queue_spec import QueueSpec
 from tests import corpus as corpora
 from tests.servers import ROOT, FaultTei, run_python
-from tests.worker import Workspace, assert_complete, marks, seed
+from tests.worker import Workspace, assert_complete, marks, seed, wait_until
 
 Client = AsyncMongoClient[dict[str, Any]]
 
@@ -353,7 +353,7 @@ async def test_a_killed_workers_lease_spanning_two_id_types_is_redone(
     extra = ("--claim-size", "50", "--lease-ttl", "2")
     doomed = ws.popen([tei.url], "--once", *extra, "--concurrency", "1", log="doomed.log")
     try:
-        await ws.wait_for(doomed, spanning_lease, "a lease over ints and strings", "doomed.log")
+        await wait_until(spanning_lease, what="a lease over ints and strings")
     finally:
         doomed.send_signal(signal.SIGKILL)
         await asyncio.to_thread(doomed.wait, 10)
