@@ -3,7 +3,9 @@
 A lease covers the ``_id`` range [lo, hi] of the docs it was claimed with. A claim is the run
 of pending candidates after the cursor that lies outside every lease, cut short before the
 next lease, so two leases never overlap and taking over a dead worker's lease can never
-touch docs a live worker holds.
+touch docs a live worker holds. Ranges are in MongoDB's ``_id`` order, types first
+(:func:`embedder.ids.sort_key`): a lease may span ids of two types, and is then read a type
+at a time (:func:`embedder.ids.range_clauses`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The MongoDB work queue: claim runs of pending docs under leases, mark them, release.
 
 Round trips per claim: one range read of pending docs (``_id`` and text, through the partial
-index) and one compare-and-set of the queue's control document that advances the cursor and
-records the lease together. Marking a shard's docs is one bulk write. No write ever touches a
+index; one more per BSON type where a page crosses from one ``_id`` type to the next, since
+MongoDB's range predicates stay within a type) and one compare-and-set of the queue's control
+document that advances the cursor and records the lease together. Marking a shard's docs is one bulk write. No write ever touches a
 document to claim it.
 """
 
@@ -24,7 +25,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from embedder.claims import ClaimPlan, ControlView, Lease, plan_claim
-from embedder.errors import QueueError
+from embedder.errors import ConfigurationError, QueueError
+from embedder.ids import Bound, after, id_type, read_range, unsupported_clause
 from embedder.mongo_retry import MongoRetry
 from embedder.queue_spec import QueueSpec
 
@@ -152,6 +154,7 @@ class MongoWorkQueue:
             candidates = await self._pending_after(position)
             if not candidates:
                 if position is None or wrapped:
+                    await self._refuse_unpageable_ids()
                     return None
                 # End of a pass: start again from the beginning (cheap; the index holds
                 # pending docs only). Docs inserted behind the cursor are found this way.
@@ -209,29 +212,97 @@ class MongoWorkQueue:
         return await self._adopt(Lease(lease.id, lease.lo, lease.hi, self.owner))
 
     async def _adopt(self, lease: Lease) -> Claim | None:
-        """Work on a lease now ours: only its docs still pending are redone."""
+        """Work on a lease now ours: only its docs still pending are redone, a claim's worth
+        at a time.
+
+        A lease can hold more pending docs than one claim (a dead worker's larger claim size,
+        docs re-queued into its range). Then the lease is cut after the first page and the
+        rest of its range becomes a new lease of this worker, which its next claim adopts:
+        a huge range is never read at once, and no other worker can take any of it.
+        """
         self._held.add(lease.id)
-        documents = await self._find(
-            self.spec.pending_query({"$gte": lease.lo, "$lte": lease.hi}), limit=0
-        )
-        log.info(
-            "lease %s [%r..%r]: %d docs still pending", lease.id, lease.lo, lease.hi, len(documents)
+        documents = await self._pending(
+            Bound(lease.lo, inclusive=True), Bound(lease.hi, inclusive=True), self._claim_size + 1
         )
         if not documents:
+            log.info("lease %s [%r..%r]: no docs still pending", lease.id, lease.lo, lease.hi)
             await self.release([lease])
             return None
+        if len(documents) > self._claim_size:
+            rest_lo = documents[self._claim_size]["_id"]
+            documents = documents[: self._claim_size]
+            cut = await self._split(lease, documents[-1]["_id"], rest_lo)
+            if cut is None:
+                return None
+            lease = cut
+        log.info(
+            "lease %s [%r..%r]: redoing %d docs still pending",
+            lease.id,
+            lease.lo,
+            lease.hi,
+            len(documents),
+        )
         return Claim(lease, documents, taken_over=True)
 
+    async def _split(self, lease: Lease, hi: Any, rest_lo: Any) -> Lease | None:
+        """Cut ``lease`` to end at ``hi``; [``rest_lo``, its old end] becomes a new lease of
+        this worker (one atomic write). None if the lease is no longer ours."""
+        rest = Lease(uuid.uuid4().hex, rest_lo, lease.hi, self.owner)
+        # An update pipeline: set one element's hi and append another in a single write (an
+        # update document cannot both $set an element and $push to the same array). Values
+        # are $literal: an id string starting with "$" is not a field path.
+        cut = {
+            "$map": {
+                "input": "$leases",
+                "in": {
+                    "$cond": [
+                        {"$eq": ["$$this.id", lease.id]},
+                        {"$mergeObjects": ["$$this", {"hi": {"$literal": hi}}]},
+                        "$$this",
+                    ]
+                },
+            }
+        }
+        raw = await self._find_and_update(
+            {"_id": self.spec.key, "leases": {"$elemMatch": {"id": lease.id, "owner": self.owner}}},
+            [{"$set": {"leases": {"$concatArrays": [cut, [{"$literal": rest.to_bson()}]]}}}],
+        )
+        if raw is None:
+            self._held.discard(lease.id)
+            log.warning("lease %s is no longer ours; leaving it", lease.id)
+            return None
+        self._view = ControlView.from_bson(raw)  # the next claim adopts the rest at once
+        return Lease(lease.id, lease.lo, hi, self.owner)
+
     async def _pending_after(self, cursor: Any) -> list[dict[str, Any]]:
-        id_range = None if cursor is None else {"$gt": cursor}
-        return await self._find(self.spec.pending_query(id_range), limit=self._claim_size)
+        return await self._pending(after(cursor), None, self._claim_size)
+
+    async def _pending(
+        self, lower: Bound | None, upper: Bound | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The first ``limit`` pending docs of an ``_id`` range, read a BSON type at a time."""
+
+        async def read(clause: dict[str, Any], n: int) -> list[dict[str, Any]]:
+            return await self._find(self.spec.pending_query(clause), limit=n)
+
+        return await read_range(read, limit, lower, upper)
+
+    async def _refuse_unpageable_ids(self) -> None:
+        """A pending doc whose ``_id`` type no range reaches would wait forever: say so."""
+        found = await self._find(self.spec.pending_query(unsupported_clause()), limit=1)
+        if found:
+            doc_id = found[0]["_id"]
+            try:
+                id_type(doc_id)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"doc {doc_id!r}: {exc}") from None
 
     async def _find(self, query: Mapping[str, Any], *, limit: int) -> list[dict[str, Any]]:
         projection = {"_id": 1, self.spec.text_field: 1}
 
         async def read() -> list[dict[str, Any]]:
             cursor = self._docs.find(query, projection).sort("_id", 1).hint(self.spec.index_name)
-            return await (cursor.limit(limit) if limit else cursor).to_list()
+            return await cursor.limit(limit).to_list()
 
         return await self._retry("reading pending docs", read)
 
@@ -335,7 +406,7 @@ class MongoWorkQueue:
         return True
 
     async def _find_and_update(
-        self, query: Mapping[str, Any], update: Mapping[str, Any]
+        self, query: Mapping[str, Any], update: Mapping[str, Any] | Sequence[Mapping[str, Any]]
     ) -> Mapping[str, Any] | None:
         return await self._retry(
             "updating the control document",

@@ -7,7 +7,8 @@ index; the next claim pass finds it. Selections:
 * by failure: docs that failed, optionally only those whose reason contains a string;
 * by changed text: docs whose text no longer has the hash stored in their mark (workers
   store it with ``--store-text-hash``). Finding them reads every embedded doc's text: a scan,
-  in bounded batches in ``_id`` order.
+  in bounded batches in ``_id`` order, a BSON type at a time (MongoDB's range predicates
+  never cross types).
 
 Every batch's update repeats the selection's condition, so a run that is interrupted or
 repeated re-queues each doc at most once and never one that changed state meanwhile.
@@ -24,6 +25,7 @@ from bson import Binary
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
+from embedder import ids
 from embedder.documents import Doc, to_doc
 from embedder.errors import ConfigurationError
 from embedder.queue_spec import QueueSpec
@@ -148,11 +150,15 @@ async def changed_text_batch(
     target = spec.target_field
     base = condition(spec, Selection(changed_text=True))
     projection = {spec.text_field: 1, f"{target}.text_hash": 1}
-    query = dict(base) if after is None else {**base, "_id": {"$gt": after}}
-    # The _id index, walked in order: one pass over the collection in all, never a sort of
-    # every embedded doc per batch.
-    cursor = docs.find(query, projection, hint=[("_id", 1)]).sort("_id", 1).limit(batch_size)
-    batch = [d async for d in cursor]
+
+    async def read(clause: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        # The _id index, walked in order: one pass over the collection in all, never a sort
+        # of every embedded doc per batch.
+        query = {**base, "_id": clause}
+        cursor = docs.find(query, projection, hint=[("_id", 1)]).sort("_id", 1).limit(limit)
+        return [d async for d in cursor]
+
+    batch = await ids.read_range(read, batch_size, ids.after(after))
     if not batch:
         return None
     changed: list[UpdateOne] = []

@@ -1,7 +1,8 @@
 """Fixtures: a MongoDB (mongoeco's wire server, or a real one) and TEI-compatible servers.
 
 Set ``EMBEDDER_TEST_MONGODB_URI`` to run every MongoDB test against a real MongoDB; each test
-uses a database of its own and drops it afterwards.
+uses a database of its own and drops it afterwards. Without it the tests run on mongoeco held
+to MongoDB's type bracketing of range predicates (``tests.strict_mongo``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield REAL_MONGO
         return
     log = tmp_path_factory.mktemp("mongo") / "dev-mongo.log"
-    server = start(["-m", "embedder.cli", "dev-mongo", "--port", "0"], log)
+    server = start(["-m", "tests.strict_mongo", "--port", "0"], log)
     yield server.address
     server.stop()
 

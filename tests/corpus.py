@@ -87,6 +87,19 @@ def tweets(
     return corpus
 
 
+def mixed_ids(n_per_kind: int) -> Corpus:
+    """``tweets`` of int, string and ObjectId ids in one collection: three BSON types, which
+    MongoDB's range predicates never compare with one another."""
+    mixed = Corpus([])
+    for kind in ("int", "string", "objectid"):
+        part = tweets(n_per_kind, id_kind=kind)
+        mixed.docs += part.docs
+        mixed.eligible.update(part.eligible)
+        mixed.bad.update(part.bad)
+        mixed.ineligible += part.ineligible
+    return mixed
+
+
 def _text(field_path: str, value: Any) -> dict[str, Any]:
     parts = field_path.split(".")
     doc: dict[str, Any] = {parts[-1]: value}

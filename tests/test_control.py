@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 from pymongo import AsyncMongoClient
 
+from embedder import changes
 from embedder.changes import ChangeWatcher
 from embedder.lineage import text_hash
 from tests import corpus as corpora
@@ -172,3 +174,46 @@ async def test_change_events_requeue_only_docs_whose_text_changed(
         {**update({"text": "?"}), "fullDocument": {"_id": "x", "text": "never embedded"}}
     )
     assert watcher.requeued == 1
+
+
+async def test_changed_texts_are_found_among_ids_of_every_type(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``requeue --changed-text`` and the polling watcher page ``_id`` a type at a time: a
+    range predicate on one type never reaches the next (MongoDB's type bracketing)."""
+    corpus = corpora.mixed_ids(20)
+    queue = await seed(mongo, ws.database, corpus)
+    tei = tei_factory()
+    code = await asyncio.to_thread(
+        ws.run, [tei.url], "--once", "--store-text-hash", "--claim-size", "10"
+    )
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+    tweets = mongo[ws.database]["tweets"]
+    by_kind = [[i for i in corpus.eligible if isinstance(i, kind)] for kind in (int, str)]
+    by_kind.append([i for i in corpus.eligible if not isinstance(i, (int, str))])
+
+    async def edit(position: int) -> list[Any]:
+        edited = [ids[position] for ids in by_kind]  # one doc of each type
+        for doc_id in edited:
+            await tweets.update_one({"_id": doc_id}, {"$set": {"text": f"edited {doc_id}"}})
+        return edited
+
+    edited = await edit(-1)  # the last of each type: a scan must walk every type to the end
+    done = run_python(ws.queue_command("requeue", "--changed-text", "--batch-size", "7", "--json"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["requeued"] == 3, done.stdout
+    state = await marks(mongo, queue)
+    assert [state[i] for i in edited] == [None, None, None]
+
+    # The polling watcher's pass (what it does without change streams), in small batches.
+    monkeypatch.setattr(changes, "_SCAN_BATCH", 7)
+    edited = await edit(-2)
+    watcher = ChangeWatcher(mongo, queue)
+    await watcher._scan_all()
+    assert watcher.requeued == 3
+    state = await marks(mongo, queue)
+    assert [state[i] for i in edited] == [None, None, None]

@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bson import ObjectId
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from embedder import mongo as mongo_setup
 from embedder.errors import ConfigurationError
+from embedder.ids import Bound, range_clauses, sort_key
 from embedder.queue import DoneMark, MongoWorkQueue
 from embedder.queue_spec import QueueSpec
 from tests import corpus as corpora
-from tests.servers import ROOT, run_python
-from tests.worker import seed
+from tests.servers import ROOT, FaultTei, run_python
+from tests.worker import Workspace, assert_complete, marks, seed, wait_until
 
 Client = AsyncMongoClient[dict[str, Any]]
 
@@ -42,10 +45,12 @@ async def test_queue_queries_run_on_the_partial_index(mongo: Client, db_name: st
     spec = await seed(mongo, db_name, corpora.tweets(50))
     docs = mongo[db_name]["tweets"]
 
+    per_type = range_clauses(Bound(10, inclusive=False), Bound("tweet-9", inclusive=True))
     for query in (
         spec.pending_query(),
         spec.pending_query({"$gt": 10}),
         spec.pending_query({"$gte": 1, "$lte": 9}),
+        *(spec.pending_query(clause) for clause in per_type),
     ):
         plan = await docs.find(query).sort("_id", 1).hint(spec.index_name).explain()
         assert _uses_index(plan, spec.index_name), plan
@@ -266,3 +271,125 @@ async def test_endpoints_serving_different_models_are_refused(
     other = tei_factory("--dimension", "64", "--model-seed", "1")  # same name, other weights
     done = await asyncio.to_thread(run_python, ws.args([one.url, other.url], "--once"))
     assert done.returncode != 0 and "endpoints serve different models" in done.stderr
+
+
+async def test_range_predicates_on_the_test_server_match_their_own_type_only(
+    mongo: Client, db_name: str
+) -> None:
+    """The suite's server applies MongoDB's type bracketing, so code that pages ``_id``
+    across types fails here as it would on a real MongoDB."""
+    docs = mongo[db_name]["mixed"]
+    oid = ObjectId()
+    await docs.insert_many([{"_id": 5}, {"_id": 7.5}, {"_id": "abc"}, {"_id": oid}])
+
+    async def ids(query: dict[str, Any]) -> list[Any]:
+        return [d["_id"] async for d in docs.find({"_id": query}).sort("_id", 1)]
+
+    assert await ids({"$gt": 5}) == [7.5]
+    assert await ids({"$gte": "a"}) == ["abc"]
+    assert await ids({"$lt": oid}) == []
+    assert await ids({"$gte": 0, "$lte": "zzz"}) == []  # no value is both a number and a string
+    # Sorting still orders every type: numbers, then strings, then ObjectIds.
+    assert [d["_id"] async for d in docs.find().sort("_id", 1)] == [5, 7.5, "abc", oid]
+
+
+async def test_once_embeds_docs_of_every_id_type(
+    ws: Workspace, mongo: Client, tei: FaultTei
+) -> None:
+    corpus = corpora.mixed_ids(300)
+    queue = await seed(mongo, ws.database, corpus)
+    code = await asyncio.to_thread(ws.run, [tei.url], "--once", "--claim-size", "100")
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+
+
+async def test_a_lease_spanning_two_id_types_is_taken_over_a_page_at_a_time(
+    mongo: Client, db_name: str
+) -> None:
+    corpus = corpora.mixed_ids(30)  # 35 pending docs of each type: ints < strings < ObjectIds
+    spec = await seed(mongo, db_name, corpus)
+    clock = _Clock()
+    doomed = MongoWorkQueue(mongo, spec, claim_size=50, lease_ttl_s=10, clock=clock)
+    taker = MongoWorkQueue(mongo, spec, claim_size=20, lease_ttl_s=10, clock=clock)
+    await doomed.register()
+    await taker.register()
+    lost = await doomed.claim()
+    assert lost is not None
+    lost_ids = [d["_id"] for d in lost.documents]
+    assert {str if isinstance(i, str) else int for i in lost_ids} == {int, str}, (
+        "the lease spans two BSON types"
+    )
+
+    # The doomed worker dies; its lease is redone, in pages of the taker's claim size.
+    clock.now += dt.timedelta(seconds=11)
+    await taker.heartbeat()
+    mark = DoneMark("m", None, "shard.parquet")
+    redone: list[Any] = []
+    rest: list[Any] = []
+    while (claim := await taker.claim()) is not None:
+        ids = [d["_id"] for d in claim.documents]
+        assert len(ids) <= 20
+        (redone if claim.taken_over else rest).extend(ids)
+        assert await taker.mark(ids, mark, []) == len(ids)
+        await taker.release([claim.lease])
+    assert redone == lost_ids, "exactly the lost lease's docs, in order"
+    pending = [*corpus.eligible, *corpus.bad]
+    assert sorted(redone + rest, key=sort_key) == sorted(pending, key=sort_key)
+
+
+async def test_a_killed_workers_lease_spanning_two_id_types_is_redone(
+    ws: Workspace, mongo: Client, tei: FaultTei
+) -> None:
+    corpus = corpora.mixed_ids(30)  # 35 pending docs of each type
+    queue = await seed(mongo, ws.database, corpus)
+    tei.set_faults(delay_s=2)  # slow: the first worker is killed holding its first lease
+    control = mongo[ws.database]["embedder_control"]
+
+    async def spanning_lease() -> bool:
+        doc = await control.find_one({"_id": queue.key})
+        leases = (doc or {}).get("leases") or []
+        return any(isinstance(x["lo"], int) and isinstance(x["hi"], str) for x in leases)
+
+    extra = ("--claim-size", "50", "--lease-ttl", "2")
+    doomed = ws.popen([tei.url], "--once", *extra, "--concurrency", "1", log="doomed.log")
+    try:
+        await wait_until(spanning_lease, what="a lease over ints and strings")
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(doomed.wait, 10)
+
+    tei.set_faults()
+    code = await asyncio.to_thread(
+        ws.run, [tei.url], "--once", "--claim-size", "20", "--lease-ttl", "2", log="taker.log"
+    )
+    assert code == 0, ws.log("taker.log")
+    assert ws.summary()["leases_taken_over"] >= 1
+    assert_complete(ws.rows_allowing_repeats(), await marks(mongo, queue), corpus)
+
+
+async def test_a_pending_doc_whose_id_type_no_range_reaches_is_named(
+    mongo: Client, db_name: str
+) -> None:
+    spec = await seed(mongo, db_name, corpora.tweets(5))
+    await mongo[db_name]["tweets"].insert_one(
+        {"_id": {"tenant": 7}, "lang": "en", "classified": True, "text": "an object id"}
+    )
+    queue = MongoWorkQueue(mongo, spec, claim_size=100)
+    await queue.register()
+    claim = await queue.claim()
+    assert claim is not None and len(claim.documents) == 10  # 5 eligible, 5 bad texts
+    with pytest.raises(ConfigurationError, match=r"doc \{'tenant': 7\}: _id of type dict"):
+        await queue.claim()
+
+
+def test_an_id_range_becomes_one_clause_per_type_in_mongodb_order() -> None:
+    oid = ObjectId()
+    assert range_clauses(Bound(5, inclusive=False), Bound(oid, inclusive=True)) == [
+        {"$type": "number", "$gt": 5},
+        {"$type": "string"},
+        {"$type": "objectId", "$lte": oid},
+    ]
+    assert range_clauses(Bound("a", inclusive=True), Bound("b", inclusive=False)) == [
+        {"$type": "string", "$gte": "a", "$lt": "b"}
+    ]
+    assert [c["$type"] for c in range_clauses()] == ["number", "string", "objectId", "bool", "date"]
