@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 from pymongo import AsyncMongoClient
@@ -317,3 +318,94 @@ async def test_twenty_kills_of_the_worker_and_the_consolidator_lose_nothing(
     assert set(ids) == {str(i) for i in corpus.eligible}
     state = await marks(mongo, queue)
     assert all(state[i]["status"] == "done" for i in corpus.eligible)
+
+
+# --- whose fault is it (issue 12, case 2) -----------------------------------------------------
+
+SICK = {"fail_every": 1, "fail_status": 424, "after": 1}  # TEI's Backend error, after the probe
+
+
+def _failed_eligible(state: dict[Any, Any], corpus: corpora.Corpus) -> list[Any]:
+    return [i for i in corpus.eligible if state[i] and state[i]["status"] == "failed"]
+
+
+async def test_a_sick_endpoint_beside_a_busy_healthy_one_fails_no_doc(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    healthy = tei_factory("--dimension", str(DIM))
+    healthy.set_faults(delay_s=0.5)  # busy: answers take a while
+    sick = tei_factory("--dimension", str(DIM))
+    sick.set_faults(**SICK)
+    corpus = corpora.tweets(800)
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(ws.run, [sick.url, healthy.url], "--once", timeout=300)
+
+    assert code == 0, ws.log()
+    assert sick.stats()["faults_injected"] >= 1
+    state = await marks(mongo, queue)
+    assert not _failed_eligible(state, corpus), ws.log()[-3000:]
+    assert_complete(ws.rows(), state, corpus)  # every vector compared exactly
+    assert ws.summary()["failed"] == len(corpus.bad)
+    assert "ejected" in ws.log()
+
+
+@pytest.mark.parametrize("second", [SICK, {"garbage": "json", "after": 1}])
+async def test_a_whole_sick_fleet_is_waited_out_then_exits_non_zero_failing_no_doc(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+    second: dict[str, Any],
+) -> None:
+    first, other = tei_factory("--dimension", str(DIM)), tei_factory("--dimension", str(DIM))
+    first.set_faults(**SICK)
+    other.set_faults(**second)
+    corpus = corpora.tweets(100)
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(
+        ws.run, [first.url, other.url], "--once", "--outage-timeout", "3", timeout=120
+    )
+
+    assert code != 0, ws.log()
+    assert "no embedding endpoint" in ws.log(), ws.log()
+    state = await marks(mongo, queue)
+    assert not _failed_eligible(state, corpus)
+    assert not [i for i in corpus.eligible if state[i]], "no eligible doc may be marked"
+
+
+async def test_an_endpoint_back_with_another_model_stays_out(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    steady = tei_factory("--dimension", str(DIM))
+    steady.set_faults(delay_s=0.3)
+    switching = tei_factory("--dimension", str(DIM))
+    switching.set_faults(delay_s=0.3)
+    corpus = corpora.tweets(200)
+    queue = await seed(mongo, ws.database, corpus)
+    metrics_port = free_port()
+    proc = ws.popen(
+        [steady.url, switching.url],
+        *("--once", "--batch-size", "4", "--concurrency", "1"),
+        *("--metrics-port", str(metrics_port)),
+    )
+    await ws.wait_for(proc, lambda: switching.stats()["requests"] > 2, "requests to the endpoint")
+    switching.set_faults(fail_every=1, fail_status=503)
+    await ws.wait_for(proc, lambda: "ejected" in ws.log(), "the endpoint to leave rotation")
+    # Restarted with another model of the same dimension (its /info says so).
+    switching.set_faults(info={"model_id": "other/model-64"}, model_seed=7)
+    await ws.wait_for(
+        proc, lambda: "stays out of rotation" in ws.log(), "the re-admission check to refuse it"
+    )
+    async with httpx.AsyncClient() as http:
+        scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)).text
+    code = await asyncio.to_thread(proc.wait, 180)
+
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)  # no vector of the other model
+    refused = [
+        line
+        for line in scraped.splitlines()
+        if line.startswith("embedder_endpoint_refused_total{") and 'reason="wrong_model"' in line
+    ]
+    assert refused and float(refused[0].split()[-1]) >= 1, scraped
