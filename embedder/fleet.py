@@ -41,15 +41,13 @@ from embedder.errors import (
     FaultKind,
     FleetUnavailableError,
 )
+from embedder.lineage import same_vector
 from embedder.tei_client import Embedded, EndpointClient
 from embedder.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 PROBE_TEXT = "dimension probe"  # embedded at start and at every re-admission
-# The least cosine similarity of an endpoint's probe vector to the one learnt at start: a
-# float16 server on another GPU stays far above it, another model or pooling falls below.
-SAME_VECTOR_COSINE = 0.99
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +173,7 @@ class Fleet:
         self._down_since: float | None = None
         self._prober: asyncio.Task[None] | None = None
         self.dimension = 0
+        self.probe_vector = np.zeros(0, np.float32)  # the probe text's vector, learnt at start
 
     @classmethod
     async def connect(cls, settings: FleetSettings, telemetry: Telemetry) -> Fleet:
@@ -266,6 +265,7 @@ class Fleet:
                 f"model files behind the same /info?): {', '.join(sorted(vectors))}"
             )
         self.dimension = len(self._reference)
+        self.probe_vector = self._reference
         if self.info.model_sha is None:
             log.warning(
                 "TEI reports no revision for %s (a local model directory, or no --revision): "
@@ -609,11 +609,3 @@ def choose_endpoint(
 
 def _worth_retrying(exc: BaseException) -> bool:
     return isinstance(exc, EndpointError) and exc.means.retried
-
-
-def same_vector(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two answers for one text come from the same model and settings."""
-    if a.shape != b.shape:
-        return False
-    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return norms > 0 and float(np.dot(a, b)) / norms >= SAME_VECTOR_COSINE

@@ -16,9 +16,14 @@ import hashlib
 import json
 from dataclasses import asdict
 
+import numpy as np
+
 from embedder import tei_protocol as tei
 
 TEXT_HASH_BYTES = 16
+# The least cosine similarity between two answers for one text from "the same" model: float16
+# on another GPU stays far above it; another model, pooling or set of weights falls below.
+SAME_VECTOR_COSINE = 0.99
 
 
 def text_hash(text: str) -> bytes:
@@ -52,3 +57,11 @@ def embed_key(info: tei.Info, options: tei.EmbedOptions, dimension: int) -> str:
     )
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return digest[:16]
+
+
+def same_vector(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two answers for one text come from the same model and settings."""
+    if a.shape != b.shape:
+        return False
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return norms > 0 and float(np.dot(a, b)) / norms >= SAME_VECTOR_COSINE
