@@ -557,12 +557,12 @@ class Fleet:
             probe = await endpoint.client.embed([PROBE_TEXT], self.settings.options)
             self._check_dimension(endpoint, probe)
             self._check_vector(endpoint, probe.vectors[0])
-        except (EndpointError, ConfigurationError) as exc:
-            kind = exc.kind if isinstance(exc, EndpointError) else FaultKind.WRONG_MODEL
-            self._telemetry.refused(endpoint.name, kind)
-            if endpoint.refused != kind:  # once per reason, not at every probe
-                log.error("endpoint %s stays out of rotation (%s): %s", endpoint.name, kind, exc)
-                endpoint.refused = kind
+        except ConfigurationError as exc:  # our credentials refused: nothing to retry with
+            self._keep_out(endpoint, None, exc)
+            return
+        except EndpointError as exc:
+            self._telemetry.refused(endpoint.name, exc.kind)
+            self._keep_out(endpoint, exc.kind, exc)
             return
         endpoint.refused = None
         async with self._changed:
@@ -570,8 +570,20 @@ class Fleet:
             log.info("endpoint %s is back in rotation", endpoint.name)
             self._changed.notify_all()
 
+    def _keep_out(self, endpoint: Endpoint, kind: FaultKind | None, exc: Exception) -> None:
+        if endpoint.refused != kind or kind is None:  # once per reason, not at every probe
+            why = kind or "configuration"
+            log.error("endpoint %s stays out of rotation (%s): %s", endpoint.name, why, exc)
+        endpoint.refused = kind
+
     def _check_identity(self, endpoint: Endpoint, info: tei.Info) -> None:
-        ours, theirs = self.info.identity, self._with_revision(info).identity
+        try:
+            theirs = self._with_revision(info).identity
+        except ConfigurationError as exc:
+            raise EndpointError(
+                str(exc), endpoint=endpoint.name, kind=FaultKind.WRONG_MODEL
+            ) from exc
+        ours = self.info.identity
         if theirs != ours:
             raise EndpointError(
                 f"/info differs from the start in {'; '.join(ours.differences(theirs))}",

@@ -476,3 +476,32 @@ def test_the_probe_vector_tells_another_model_from_rounding() -> None:
     assert same_vector(vector, vector.astype(np.float16).astype(np.float32))
     assert not same_vector(vector, rng.standard_normal(64).astype(np.float32))
     assert not same_vector(vector, vector[:32])
+
+
+@pytest.mark.parametrize("refusing", [1, 2])
+async def test_a_refused_input_fails_only_when_another_endpoint_refuses_it_too(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+    refusing: int,
+) -> None:
+    servers = [tei_factory("--dimension", str(DIM)) for _ in range(2)]
+    for server in servers[:refusing]:
+        server.set_faults(reject_containing="POISON")
+    servers[1].set_faults(delay_s=0.3, reject_containing="POISON" if refusing == 2 else None)
+    corpus = corpora.tweets(100)
+    poisoned = list(corpus.eligible)[:8]
+    for doc in corpus.docs:
+        if doc["_id"] in poisoned:
+            doc["text"] = corpus.eligible[doc["_id"]] = f"POISON pill {doc['_id']}"
+    if refusing == 2:  # the doc itself: refused everywhere, it fails with the server's reason
+        for doc_id in poisoned:
+            del corpus.eligible[doc_id]
+            corpus.bad[doc_id] = "poisoned"
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(ws.run, [s.url for s in servers], "--once")
+
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+    assert ws.summary()["failed"] == len(corpus.bad)
