@@ -306,6 +306,12 @@ def cli(log_level: str, log_json: bool) -> None:
     help="Seconds the worker waits out a fleet outage before exiting non-zero.",
 )
 @click.option(
+    "--model-revision",
+    envvar="EMBEDDER_MODEL_REVISION",
+    help="Name of the model files' revision where TEI reports none (a local model directory):"
+    " recorded in the embed key, marks and shards. Change it whenever the files change.",
+)
+@click.option(
     "--mongo-outage-timeout",
     default=600.0,
     show_default=True,
@@ -379,6 +385,7 @@ def embed(
     poll_interval: float,
     request_timeout: float,
     outage_timeout: float,
+    model_revision: str | None,
     mongo_outage_timeout: float,
     reuse_texts: bool,
     vector_cache_size: int,
@@ -401,6 +408,7 @@ def embed(
             api_key=api_key,
             request_timeout_s=request_timeout,
             retry=RetryPolicy(outage_timeout_s=outage_timeout),
+            model_revision=model_revision,
         ),
         shards=ShardSettings(
             cold_uri=output_dir,
@@ -1058,9 +1066,10 @@ def _run[T](coroutine: Coroutine[Any, Any, T], *secrets: str | None) -> T:
     try:
         result: T = _event_loop_runner()(coroutine)
     except ConfigurationError as exc:
-        raise click.ClickException("configuration: " + mongo.scrub(str(exc), *secrets)) from None
+        message = logs.redact(mongo.scrub(str(exc), *secrets))
+        raise click.ClickException("configuration: " + message) from None
     except EmbedderError as exc:
-        raise click.ClickException(mongo.scrub(str(exc), *secrets)) from None
+        raise click.ClickException(logs.redact(mongo.scrub(str(exc), *secrets))) from None
     return result
 
 

@@ -1,11 +1,36 @@
-"""Logging set-up: plain lines for people, JSON lines for log pipelines."""
+"""Logging set-up: plain lines for people, JSON lines for log pipelines; no credentials.
+
+Every line passes :func:`redact` on its way out, whatever logger wrote it (ours, httpx's,
+pymongo's), so a URL with credentials in it never reaches a log.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+
+# scheme://user:password@ or scheme://token@ in any URL (http, https, mongodb, s3...).
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/\s?#]*)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced: ``user:***@`` where the
+    URL names a user and a password, ``***@`` where it carries a single token."""
+    return _USERINFO.sub(_hidden, text)
+
+
+def _hidden(match: re.Match[str]) -> str:
+    user, colon, _ = match.group("userinfo").partition(":")
+    shown = f"{user}:***" if colon and user else "***"
+    return f"{match.group('scheme')}{shown}@"
+
+
+class _Redacting(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -15,10 +40,10 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -27,7 +52,7 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(_Redacting("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prometheus_client import start_http_server
@@ -92,7 +93,7 @@ async def run_embed(job: EmbedJob) -> Summary:
                 store_text_hash=job.store_text_hash or job.watch_changes,
             )
             if job.reuse_texts:
-                cache = await _open_cache(job, key, fleet.dimension)
+                cache = await _open_cache(job, key, fleet.dimension, fleet.probe_vector)
                 reuse = TextReuse(cache, job.reuse_memory_bytes, fleet.dimension)
             progress = for_stream(await queue.pending_count(), enabled=job.progress_bar)
             worker = Worker(
@@ -138,7 +139,9 @@ async def run_embed(job: EmbedJob) -> Summary:
         await client.close()
 
 
-async def _open_cache(job: EmbedJob, key: str, dimension: int) -> VectorCache | None:
+async def _open_cache(
+    job: EmbedJob, key: str, dimension: int, probe: np.ndarray
+) -> VectorCache | None:
     """The vector cache of this embed key on the hot tier; rebuilt from the shards if lost."""
     # A row is the vector plus its 16-byte key and SQLite's own overhead, about 64 bytes.
     rows = job.vector_cache_bytes // (dimension * 4 + 64)
@@ -146,7 +149,7 @@ async def _open_cache(job: EmbedJob, key: str, dimension: int) -> VectorCache | 
         return None
     path = job.shards.hot_dir / "vector-cache" / f"{key}.sqlite"
     cache = await asyncio.to_thread(
-        VectorCache, path, embed_key=key, dimension=dimension, max_rows=rows
+        VectorCache, path, embed_key=key, dimension=dimension, max_rows=rows, probe=probe
     )
     if cache.fresh:
         added = await asyncio.to_thread(cache.rebuild, job.shards.cold_uri, job.shards.filesystem)

@@ -105,9 +105,45 @@ class Info:
             raise ProtocolError(f"/info answer lacks a required field: {exc}") from exc
 
     @property
-    def identity(self) -> tuple[str, str | None]:
-        """What makes two endpoints serve "the same model"."""
-        return self.model_id, self.model_sha
+    def identity(self) -> ModelIdentity:
+        """What makes two endpoints (or one before and after a restart) give the same vector
+        for the same text: the fields of /info that change the output (see ModelIdentity)."""
+        return ModelIdentity(
+            model_id=self.model_id,
+            model_sha=self.model_sha,
+            model_dtype=self.model_dtype,
+            model_type=orjson.dumps(self.model_type, option=orjson.OPT_SORT_KEYS).decode(),
+            max_input_length=self.max_input_length,
+            auto_truncate=self.auto_truncate,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    """The output-changing fields of TEI's ``/info`` (its ``Info`` struct, router/src/lib.rs).
+
+    In: ``model_id``; ``model_sha`` (TEI reports the ``--revision`` it was started with, so
+    none for a local model directory or a hub model without one); ``model_dtype`` (float16
+    and float32 give different vectors); ``model_type`` (``{"embedding": {"pooling": "cls"}}``:
+    the pooling, or a classifier served in place of an embedding model); ``max_input_length``
+    (where truncation cuts); ``auto_truncate`` (whether a long input is cut or refused).
+    Out: the batching and admission limits, tokenization workers, ``version``, ``sha`` and
+    ``docker_label`` of the server build, ``served_model_name`` (a label): none changes a vector.
+    TEI's ``--default-prompt`` does change vectors but is not reported: name it in the model
+    revision (``--model-revision``) when used.
+    """
+
+    model_id: str
+    model_sha: str | None
+    model_dtype: str
+    model_type: str  # canonical JSON
+    max_input_length: int
+    auto_truncate: bool
+
+    def differences(self, other: ModelIdentity) -> list[str]:
+        """``field: ours -> theirs`` for each field that differs."""
+        ours, theirs = asdict(self), asdict(other)
+        return [f"{k}: {ours[k]!r} -> {theirs[k]!r}" for k in ours if ours[k] != theirs[k]]
 
 
 def _opt_str(value: Any) -> str | None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from embedder.errors import FaultKind
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -98,6 +100,19 @@ class Telemetry:
         self.retries = Counter(
             "embedder_retries_total", "Requests sent again after a failure.", ["kind"], registry=r
         )
+        self.ejections = Counter(
+            "embedder_endpoint_ejections_total",
+            "Endpoints taken out of rotation, by the fault kind that did it.",
+            ["endpoint", "kind"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "embedder_endpoint_refused_total",
+            "Re-admission checks an endpoint failed (its /info, dimension or probe vector), "
+            "by reason.",
+            ["endpoint", "reason"],
+            registry=r,
+        )
         self.inflight_requests = Gauge(
             "embedder_inflight_requests",
             "Requests in flight per endpoint.",
@@ -162,7 +177,7 @@ class Telemetry:
         first scrape rather than from the first event of their kind."""
         for cause in FAILURE_CAUSES:
             self.docs_failed.labels(cause=cause)
-        for kind in ERROR_KINDS:
+        for kind in FaultKind:
             self.retries.labels(kind)
             for endpoint in endpoints:
                 self.errors.labels(endpoint, kind)
@@ -207,15 +222,21 @@ class Telemetry:
             self.summary.tokens += tokens
             self.tokens.inc(tokens)
 
-    def request_failed(self, endpoint: str, kind: str) -> None:
+    def request_failed(self, endpoint: str, kind: FaultKind) -> None:
         self.summary.requests += 1
-        self.summary.errors_by_kind[kind] += 1
+        self.summary.errors_by_kind[str(kind)] += 1
         self.requests.labels(endpoint, "error").inc()
         self.errors.labels(endpoint, kind).inc()
 
-    def retried(self, kind: str) -> None:
+    def retried(self, kind: FaultKind) -> None:
         self.summary.retries += 1
         self.retries.labels(kind).inc()
+
+    def ejected(self, endpoint: str, kind: FaultKind) -> None:
+        self.ejections.labels(endpoint, kind).inc()
+
+    def refused(self, endpoint: str, reason: FaultKind) -> None:
+        self.refusals.labels(endpoint, reason).inc()
 
     def shard_written(self, size: int) -> None:
         self.summary.shards += 1
@@ -235,17 +256,6 @@ _CAUSES = (
     ("payload limit", "too_large"),
 )
 FAILURE_CAUSES = (*(cause for _, cause in _CAUSES), "rejected_by_server")
-ERROR_KINDS = (
-    "connection",
-    "timeout",
-    "overloaded",
-    "unhealthy",
-    "server_error",
-    "backend",
-    "garbage",
-    "too_large",
-    "rejected",
-)
 
 
 def failure_cause(reason: str) -> str:

@@ -25,7 +25,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from embedder import storage
-from embedder.errors import StorageError
+from embedder.errors import ConfigurationError, StorageError
+from embedder.lineage import same_vector
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,22 @@ CREATE TABLE IF NOT EXISTS about (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 class VectorCache:
-    def __init__(self, path: Path, *, embed_key: str, dimension: int, max_rows: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        embed_key: str,
+        dimension: int,
+        max_rows: int,
+        probe: np.ndarray | None = None,
+    ) -> None:
         self.path = path
         self.embed_key = embed_key
         self.dimension = dimension
         self.max_rows = max_rows
+        # The fleet's vector for its probe text: where TEI reports nothing that changed (local
+        # model files replaced, no --model-revision), a different one is the only sign.
+        self.probe = None if probe is None else np.asarray(probe, np.float32)
         # WAL lets lookups read while the writer writes: one connection each, so a lookup on
         # the claim path never waits behind a store.
         self._lock = threading.Lock()
@@ -77,11 +89,26 @@ class VectorCache:
         db.executescript(_SCHEMA)
         stored = dict(db.execute("SELECT name, value FROM about").fetchall())
         expected = {"embed_key": self.embed_key, "dimension": str(self.dimension)}
+        probe = stored.pop("probe", None)
         if stored and stored != expected:
             raise sqlite3.DatabaseError(f"it holds {stored}, this run needs {expected}")
+        self._check_probe(probe)
+        if self.probe is not None:
+            expected["probe"] = self.probe.tobytes().hex()
         db.executemany("INSERT OR IGNORE INTO about VALUES (?, ?)", expected.items())
         db.commit()
         return db
+
+    def _check_probe(self, stored: str | None) -> None:
+        if stored is None or self.probe is None:
+            return
+        cached = np.frombuffer(bytes.fromhex(stored), dtype=np.float32)
+        if not same_vector(cached, self.probe):
+            raise ConfigurationError(
+                f"the fleet answers other vectors than the ones cached in {self.path} under the "
+                f"same embed key {self.embed_key}: the model (or its files) changed while /info "
+                "reports the same. Name the new revision with --model-revision"
+            )
 
     def close(self) -> None:
         with self._lock, self._read_lock:

@@ -12,6 +12,14 @@ on demand. Tests steer it over HTTP: ``POST /_faults`` sets the faults (JSON bel
     {"reject_containing": "POISON"}         422 Validation for any batch holding that text
     {"unhealthy": true}                     /health answers 503
     {"after": 1, ...}                       the first request (a client's start-up probe) is spared
+    {"info": {"model_id": "other/model"}}   /info reports these fields instead (model_sha,
+                                            model_type's pooling, model_dtype...)
+    {"model_seed": 7}                       /embed answers as the hash model of that seed: another
+                                            model of the same dimension (its /info unchanged
+                                            unless "info" says otherwise)
+
+Error answers are TEI's: ``{"error", "error_type"}`` with its status codes; 424 is TEI's
+``Backend`` error (the forward pass failed, e.g. CUDA out of memory).
 """
 
 from __future__ import annotations
@@ -27,13 +35,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedder import tei_protocol as tei
 from embedder.serve.app import ServerSettings, TeiServer
-from embedder.serve.backends import HashBackend
+from embedder.serve.backends import HashBackend, normalized
 from embedder.serve.main import serve
 
 _ERRORS = {
     429: (tei.ErrorType.OVERLOADED, "Model is overloaded"),
     503: (tei.ErrorType.UNHEALTHY, "unhealthy"),
-    424: (tei.ErrorType.BACKEND, "backend failed"),
+    # TEI's wording: "Backend error: " + the backend's own message.
+    424: (tei.ErrorType.BACKEND, "Backend error: CUDA_ERROR_OUT_OF_MEMORY: out of memory"),
 }
 
 
@@ -47,6 +56,8 @@ class Faults:
     reject_containing: str | None = None
     unhealthy: bool = False
     after: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    model_seed: int | None = None
 
 
 @dataclass
@@ -70,14 +81,27 @@ class Stats:
 
 
 class FaultInjector:
-    def __init__(self, app: ASGIApp, faults: Faults) -> None:
+    def __init__(self, app: ASGIApp, faults: Faults, dimension: int) -> None:
         self.app = app
         self.faults = faults
         self.stats = Stats()
+        self._dimension = dimension
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path not in ("/embed", "/_faults", "/_stats", "/health"):
+        if scope["type"] != "http" or path not in (
+            "/embed",
+            "/_faults",
+            "/_stats",
+            "/health",
+            "/info",
+        ):
+            await self.app(scope, receive, send)
+            return
+        if path == "/info" and self.faults.info:
+            await self._info(scope, receive, send)
+            return
+        if path == "/info":
             await self.app(scope, receive, send)
             return
         if path == "/_stats":
@@ -132,6 +156,9 @@ class FaultInjector:
             self.stats.faults_injected += 1
             await self._garbage(f.garbage, len(inputs), send)
             return
+        if f.model_seed is not None:
+            await _answer(send, 200, self._as_model(f.model_seed, body))
+            return
         self.stats.inflight_inputs += len(inputs)
         self.stats.max_inflight_inputs = max(
             self.stats.max_inflight_inputs, self.stats.inflight_inputs
@@ -140,6 +167,28 @@ class FaultInjector:
             await self.app(scope, _replay(body, receive), send)
         finally:
             self.stats.inflight_inputs -= len(inputs)
+
+    async def _info(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The server's own /info with the fields of ``info`` replaced."""
+        captured: list[Message] = []
+
+        async def capture(message: Message) -> None:
+            captured.append(message)
+
+        await self.app(scope, receive, capture)
+        body = b"".join(m.get("body", b"") for m in captured if m["type"] == "http.response.body")
+        await _answer(send, 200, orjson.dumps({**orjson.loads(body), **self.faults.info}))
+
+    def _as_model(self, seed: int, body: bytes) -> bytes:
+        """What the hash model of ``seed`` answers (auto-truncating, as the server does)."""
+        request = tei.decode_embed_request(body)
+        backend = HashBackend(self._dimension, seed=seed)
+        limit, direction = backend.max_input_length, request.options.truncation_direction
+        ids = [t.truncated(limit, direction).ids for t in backend.tokenize(request.inputs)]
+        vectors = backend.embed(ids)
+        return tei.encode_embed_response(
+            normalized(vectors) if request.options.normalize else vectors
+        )
 
     async def _garbage(self, kind: str, count: int, send: Send) -> None:
         if kind == "json":
@@ -235,7 +284,9 @@ def main() -> None:
         ),
     )
     faults = Faults(**orjson.loads(args.faults))
-    serve(server, "127.0.0.1", args.port, wrap=lambda app: FaultInjector(app, faults))
+    serve(
+        server, "127.0.0.1", args.port, wrap=lambda app: FaultInjector(app, faults, args.dimension)
+    )
 
 
 if __name__ == "__main__":

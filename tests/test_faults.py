@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from pymongo import AsyncMongoClient
 
+from embedder import tei_protocol as tei
+from embedder.errors import FaultKind
+from embedder.lineage import same_vector
+from embedder.tei_client import EndpointClient
 from tests import corpus as corpora
 from tests.conftest import REAL_MONGO
 from tests.servers import ROOT, FaultTei, Process, free_port, start
@@ -317,3 +323,185 @@ async def test_twenty_kills_of_the_worker_and_the_consolidator_lose_nothing(
     assert set(ids) == {str(i) for i in corpus.eligible}
     state = await marks(mongo, queue)
     assert all(state[i]["status"] == "done" for i in corpus.eligible)
+
+
+# --- whose fault is it (issue 12, case 2) -----------------------------------------------------
+
+SICK = {"fail_every": 1, "fail_status": 424, "after": 1}  # TEI's Backend error, after the probe
+
+
+def _failed_eligible(state: dict[Any, Any], corpus: corpora.Corpus) -> list[Any]:
+    return [i for i in corpus.eligible if state[i] and state[i]["status"] == "failed"]
+
+
+async def test_a_sick_endpoint_beside_a_busy_healthy_one_fails_no_doc(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    healthy = tei_factory("--dimension", str(DIM))
+    healthy.set_faults(delay_s=0.5)  # busy: answers take a while
+    sick = tei_factory("--dimension", str(DIM))
+    sick.set_faults(**SICK)
+    corpus = corpora.tweets(800)
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(ws.run, [sick.url, healthy.url], "--once", timeout=300)
+
+    assert code == 0, ws.log()
+    assert sick.stats()["faults_injected"] >= 1
+    state = await marks(mongo, queue)
+    assert not _failed_eligible(state, corpus), ws.log()[-3000:]
+    assert_complete(ws.rows(), state, corpus)  # every vector compared exactly
+    assert ws.summary()["failed"] == len(corpus.bad)
+    assert "ejected" in ws.log()
+
+
+@pytest.mark.parametrize("second", [SICK, {"garbage": "json", "after": 1}])
+async def test_a_whole_sick_fleet_is_waited_out_then_exits_non_zero_failing_no_doc(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+    second: dict[str, Any],
+) -> None:
+    first, other = tei_factory("--dimension", str(DIM)), tei_factory("--dimension", str(DIM))
+    first.set_faults(**SICK)
+    other.set_faults(**second)
+    corpus = corpora.tweets(100)
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(
+        ws.run, [first.url, other.url], "--once", "--outage-timeout", "3", timeout=120
+    )
+
+    assert code != 0, ws.log()
+    assert "no embedding endpoint" in ws.log(), ws.log()
+    state = await marks(mongo, queue)
+    assert not _failed_eligible(state, corpus)
+    assert not [i for i in corpus.eligible if state[i]], "no eligible doc may be marked"
+
+
+async def test_an_endpoint_back_with_another_model_stays_out(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    steady = tei_factory("--dimension", str(DIM))
+    steady.set_faults(delay_s=0.3)
+    switching = tei_factory("--dimension", str(DIM))
+    switching.set_faults(delay_s=0.3)
+    corpus = corpora.tweets(200)
+    queue = await seed(mongo, ws.database, corpus)
+    metrics_port = free_port()
+    proc = ws.popen(
+        [steady.url, switching.url],
+        *("--once", "--batch-size", "4", "--concurrency", "1"),
+        *("--metrics-port", str(metrics_port)),
+    )
+    await ws.wait_for(proc, lambda: switching.stats()["requests"] > 2, "requests to the endpoint")
+    switching.set_faults(fail_every=1, fail_status=503)
+    await ws.wait_for(proc, lambda: "ejected" in ws.log(), "the endpoint to leave rotation")
+    # Restarted with another model of the same dimension (its /info says so).
+    switching.set_faults(info={"model_id": "other/model-64"}, model_seed=7)
+    await ws.wait_for(
+        proc, lambda: "stays out of rotation" in ws.log(), "the re-admission check to refuse it"
+    )
+    async with httpx.AsyncClient() as http:
+        scraped = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)).text
+    code = await asyncio.to_thread(proc.wait, 180)
+
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)  # no vector of the other model
+    refused = [
+        line
+        for line in scraped.splitlines()
+        if line.startswith("embedder_endpoint_refused_total{") and 'reason="wrong_model"' in line
+    ]
+    assert refused and float(refused[0].split()[-1]) >= 1, scraped
+
+
+# --- the fault table's consequences, without servers ----------------------------------------
+
+
+def test_no_fault_of_a_server_ever_fails_a_doc_and_every_one_is_retried_elsewhere() -> None:
+    for kind in FaultKind:
+        means = kind.means
+        assert means.endpoint_fault != means.fails_doc, kind  # one owner per kind
+        if means.endpoint_fault:
+            assert means.retried and not means.splits, kind
+        else:
+            assert not means.retried and means.splits, kind
+        assert not (means.ejects_at_once and not means.counts_against_endpoint), kind
+    assert {k for k in FaultKind if k.means.fails_doc} == {FaultKind.REJECTED, FaultKind.TOO_LARGE}
+
+
+def test_what_each_server_fault_does_to_its_endpoint() -> None:
+    against = {k for k in FaultKind if k.means.counts_against_endpoint}
+    assert FaultKind.BACKEND in against and FaultKind.GARBAGE in against  # issue 12, case 2
+    assert FaultKind.OVERLOADED not in against  # busy is not sick: it only shrinks the limit
+    assert {k for k in FaultKind if k.means.shrinks_limit} == {
+        FaultKind.OVERLOADED,
+        FaultKind.TIMEOUT,
+    }
+    assert {k for k in FaultKind if k.means.ejects_at_once} == {
+        FaultKind.WRONG_DIMENSION,
+        FaultKind.WRONG_MODEL,
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (424, tei.encode_error(tei.ErrorType.BACKEND, "Backend error: out of memory"), "backend"),
+        (429, tei.encode_error(tei.ErrorType.OVERLOADED, "Model is overloaded"), "overloaded"),
+        (503, tei.encode_error(tei.ErrorType.UNHEALTHY, "unhealthy"), "unhealthy"),
+        (500, b"Internal Server Error", "server_error"),
+        (422, tei.encode_error(tei.ErrorType.VALIDATION, "Input validation error"), "rejected"),
+        (422, tei.encode_error(tei.ErrorType.TOKENIZER, "tokenizer error"), "rejected"),
+        (400, tei.encode_error(tei.ErrorType.EMPTY, "`inputs` cannot be empty"), "rejected"),
+        (413, b"Failed to buffer the request body: length limit exceeded", "too_large"),
+        (
+            422,
+            tei.encode_error(tei.ErrorType.VALIDATION, tei.batch_size_message(64, 32)),
+            "too_large",
+        ),
+    ],
+)
+def test_tei_answers_map_to_their_fault_kind(status: int, body: bytes, kind: str) -> None:
+    client = EndpointClient("http://127.0.0.1:1", httpx.AsyncClient())
+    error = client._error(httpx.Response(status, content=body))
+    assert error.kind == FaultKind(kind)
+    assert error.means.endpoint_fault == (kind not in ("rejected", "too_large"))
+
+
+def test_the_probe_vector_tells_another_model_from_rounding() -> None:
+    rng = np.random.default_rng(0)
+    vector = rng.standard_normal(64).astype(np.float32)
+    assert same_vector(vector, vector.astype(np.float16).astype(np.float32))
+    assert not same_vector(vector, rng.standard_normal(64).astype(np.float32))
+    assert not same_vector(vector, vector[:32])
+
+
+@pytest.mark.parametrize("refusing", [1, 2])
+async def test_a_refused_input_fails_only_when_another_endpoint_refuses_it_too(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+    refusing: int,
+) -> None:
+    servers = [tei_factory("--dimension", str(DIM)) for _ in range(2)]
+    for server in servers[:refusing]:
+        server.set_faults(reject_containing="POISON")
+    servers[1].set_faults(delay_s=0.3, reject_containing="POISON" if refusing == 2 else None)
+    corpus = corpora.tweets(100)
+    poisoned = list(corpus.eligible)[:8]
+    for doc in corpus.docs:
+        if doc["_id"] in poisoned:
+            doc["text"] = corpus.eligible[doc["_id"]] = f"POISON pill {doc['_id']}"
+    if refusing == 2:  # the doc itself: refused everywhere, it fails with the server's reason
+        for doc_id in poisoned:
+            del corpus.eligible[doc_id]
+            corpus.bad[doc_id] = "poisoned"
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(ws.run, [s.url for s in servers], "--once")
+
+    assert code == 0, ws.log()
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+    assert ws.summary()["failed"] == len(corpus.bad)

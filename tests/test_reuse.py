@@ -6,16 +6,21 @@ import asyncio
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from pymongo import AsyncMongoClient
 
+from embedder.ids import decode_id
 from embedder.lineage import text_hash
 from embedder.mongo import ensure_indexes
 from embedder.queue_spec import QueueSpec
+from embedder.serve.backends import HashBackend, normalized
 from tests import corpus as corpora
 from tests.servers import FaultTei, run_python
 from tests.worker import Workspace, assert_complete, marks, seed
@@ -191,3 +196,104 @@ async def test_requeue_by_failure_reason_and_by_changed_text(
         assert state[doc_id]["text_hash"] == text_hash(corpus.eligible[doc_id])
     # The newest row of each doc is the vector of its text now; the empties failed again.
     assert_complete(ws.latest_rows(), state, corpus)
+
+
+def _vectors_of_model(texts: list[str], seed: int, dimension: int = 64) -> np.ndarray:
+    """What the hash model of ``seed`` answers for ``texts`` (auto-truncated at 512 tokens)."""
+    backend = HashBackend(dimension, seed=seed)
+    ids = [t.truncated(512, "Right").ids for t in backend.tokenize(texts)]
+    return normalized(backend.embed(ids))
+
+
+def _rows(shards: Path) -> dict[Any, np.ndarray]:
+    table = pa.concat_tables(pq.read_table(p) for p in sorted(shards.glob("*.parquet")))
+    ids = [
+        decode_id(t, k)
+        for t, k in zip(table["_id"].to_pylist(), table["_id_kind"].to_pylist(), strict=True)
+    ]
+    return dict(zip(ids, table["embedding"].to_numpy(zero_copy_only=False), strict=True))
+
+
+# A TEI restarted with --pooling cls (same model id and sha), and a local model directory
+# (no sha) whose files were replaced: both answer other vectors.
+POOLING_CLS = {"info": {"model_type": {"embedding": {"pooling": "cls"}}}, "model_seed": 3}
+LOCAL = {"info": {"model_sha": None}}
+LOCAL_REPLACED = {"info": {"model_sha": None}, "model_seed": 3}
+
+
+@dataclass(frozen=True)
+class Change:
+    """What the server reports and answers before and after, and the revisions users give."""
+
+    before: dict[str, Any]
+    after: dict[str, Any]
+    revisions: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        Change({}, POOLING_CLS),
+        Change(LOCAL, LOCAL_REPLACED, (("--model-revision", "v1"), ("--model-revision", "v2"))),
+    ],
+    ids=["pooling", "local-model-revision"],
+)
+async def test_a_changed_server_configuration_never_hits_the_old_cache(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+    change: Change,
+) -> None:
+    before, after, revisions = change.before, change.after, change.revisions
+    corpus = corpora.tweets(120)
+    queue = await seed(mongo, ws.database, corpus)
+    distinct = len(set(corpus.eligible.values()))
+    first = tei_factory("--faults", json.dumps(before))
+    code = await asyncio.to_thread(ws.run, [first.url], "--once", *revisions[0])
+    assert code == 0, ws.log()
+    assert first.stats()["inputs"] == distinct + PROBE
+
+    requeued = run_python(ws.queue_command("requeue", "--model", "embedder/hash-64", "--json"))
+    assert json.loads(requeued.stdout)["requeued"] == len(corpus.eligible), requeued.stderr
+    changed = tei_factory("--faults", json.dumps(after))
+    code = await asyncio.to_thread(
+        ws.run,
+        [changed.url],
+        *("--once", "--output-dir", str(ws.root / "after"), *revisions[1]),
+        log="after.log",
+    )
+
+    assert code == 0, ws.log("after.log")
+    assert ws.summary()["reused_from_cache"] == 0
+    assert changed.stats()["inputs"] == distinct + PROBE  # every text fetched again
+    rows = _rows(ws.root / "after")
+    ids = list(corpus.eligible)
+    got = np.stack([rows[i] for i in ids])
+    np.testing.assert_allclose(
+        got, _vectors_of_model([corpus.eligible[i] for i in ids], 3), atol=1e-5
+    )
+    state = await marks(mongo, queue)
+    assert len({state[i]["embed_key"] for i in ids}) == 1
+    if revisions[1]:
+        assert {state[i]["model_sha"] for i in ids} == {"v2"}
+
+
+async def test_replaced_model_files_without_a_new_revision_are_refused(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    corpus = corpora.tweets(40)
+    await seed(mongo, ws.database, corpus)
+    first = tei_factory("--faults", json.dumps(LOCAL))
+    assert await asyncio.to_thread(ws.run, [first.url], "--once") == 0, ws.log()
+    assert "name it with --model-revision" in ws.log()
+    run_python(ws.queue_command("requeue", "--model", "embedder/hash-64"))
+    replaced = tei_factory("--faults", json.dumps(LOCAL_REPLACED))
+    code = await asyncio.to_thread(
+        ws.run,
+        [replaced.url],
+        *("--once", "--output-dir", str(ws.root / "after")),
+        log="after.log",
+    )
+    assert code != 0
+    assert "--model-revision" in ws.log("after.log")
+    assert replaced.stats()["inputs"] == PROBE  # nothing embedded, nothing handed from the cache

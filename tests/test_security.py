@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
+from embedder.logs import redact
+from embedder.tei_client import address
 from tests import corpus as corpora
 from tests.conftest import REAL_MONGO
-from tests.servers import ROOT, free_port, start
+from tests.servers import ROOT, FaultTei, free_port, start
 from tests.worker import Workspace, seed
 
 MONGO_SECRET = "m0ngo-Pa55-never-shown"
@@ -131,3 +134,67 @@ async def _scrape_when_embedded(port: int) -> str:
                 return text
             await asyncio.sleep(0.05)
     raise AssertionError("the worker never reported its embedded docs on /metrics")
+
+
+URL_SECRET = "url-token-never-shown"
+
+
+async def test_credentials_in_a_tei_url_appear_nowhere(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    """Issue 12 (case 7): ``http://user:token@host`` in --tei-urls, one endpoint answering,
+    one refusing connections (so its URL is in errors and log lines)."""
+    tei = tei_factory()
+    await seed(mongo, ws.database, corpora.tweets(60))
+    port = tei.url.rsplit(":", 1)[1]
+    answering = f"http://embedder:{URL_SECRET}@127.0.0.1:{port}"
+    closed = free_port()
+    refusing = f"http://{URL_SECRET}@127.0.0.1:{closed}"  # a token as the user
+    metrics_port = free_port()
+    args = ws.args([answering, refusing], "--metrics-port", str(metrics_port))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    metrics = await _scrape_when_embedded(metrics_port)
+    proc.terminate()
+    output = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0, output
+
+    endpoints = {
+        line.split('endpoint="', 1)[1].split('"', 1)[0]
+        for line in metrics.splitlines()
+        if 'endpoint="' in line
+    }
+    assert endpoints == {f"http://127.0.0.1:{port}", f"http://127.0.0.1:{closed}"}
+    assert f"127.0.0.1:{closed}" in output  # the refusing endpoint is named in the log
+    everything = "\n".join([output, metrics, ws.summary_text()])
+    assert URL_SECRET not in everything
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "GET http://user:s3cret@gpu1:18080/embed failed",
+            "GET http://user:***@gpu1:18080/embed failed",
+        ),
+        ("https://tok3n@gpu2/embed", "https://***@gpu2/embed"),
+        ("mongodb://app:pw@db1,db2/?replicaSet=rs0", "mongodb://app:***@db1,db2/?replicaSet=rs0"),
+        ("no url here: a@b", "no url here: a@b"),
+    ],
+)
+def test_redact_hides_the_credentials_of_every_url(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+def test_an_endpoint_is_named_without_its_credentials_and_sends_them_as_basic_auth() -> None:
+    where = address("http://embedder:p%40ss@gpu1:18080/embed")
+    assert where.url == "http://gpu1:18080"
+    assert where.auth is not None
+    request = httpx.Request("GET", where.url)
+    assert next(where.auth.auth_flow(request)).headers["authorization"].startswith("Basic ")
+    assert address("http://gpu1:18080").auth is None
