@@ -3,8 +3,8 @@
 Round trips per claim: one range read of pending docs (``_id`` and text, through the partial
 index; one more per BSON type where a page crosses from one ``_id`` type to the next, since
 MongoDB's range predicates stay within a type) and one compare-and-set of the queue's control
-document that advances the cursor and records the lease together. Marking a shard's docs is one bulk write. No write ever touches a
-document to claim it.
+document that advances the cursor and records the lease together. Marking a shard's docs is
+one bulk write. No write ever touches a document to claim it.
 """
 
 from __future__ import annotations
