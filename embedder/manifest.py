@@ -44,6 +44,8 @@ class Manifest:
     model_sha: str | None = None
     dimension: int | None = None
     normalized: bool | None = None
+    # The queue (QueueSpec.key) whose rows this output holds; one output holds one queue's.
+    queue: str | None = None
     files: list[OutputFile] = field(default_factory=list)
     runs: list[RunRecord] = field(default_factory=list)
 
@@ -69,6 +71,7 @@ class Manifest:
             model_sha=body.get("model_sha"),
             dimension=body.get("dimension"),
             normalized=body.get("normalized"),
+            queue=body.get("queue"),
             files=[OutputFile(**f) for f in body.get("files", [])],
             runs=[RunRecord(**r) for r in body.get("runs", [])],
         )
