@@ -634,7 +634,6 @@ def consolidate(
         sys.exit(3)
 
 
-
 def _report_consolidation(report: Any, report_json: Path | None) -> None:
     if report_json:
         report_json.write_text(json.dumps(report.as_dict(), indent=2))

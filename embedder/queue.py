@@ -43,6 +43,10 @@ class Claim:
     lease: Lease
     documents: Sequence[Mapping[str, Any]]
     taken_over: bool
+    # Issued by MongoDB (the control document's version after this claim's write): a later
+    # claim of a doc has a higher one, whatever the hosts' clocks. Rows carry it, and the
+    # consolidator keeps the row of the latest claim.
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +191,9 @@ class MongoWorkQueue:
         if not await self._compare_and_set(view, update):
             return None
         self._held.add(lease.id)
-        return Claim(lease, candidates[plan.start : plan.start + len(plan.ids)], taken_over=False)
+        assert self._view is not None  # the document after our write
+        documents = candidates[plan.start : plan.start + len(plan.ids)]
+        return Claim(lease, documents, taken_over=False, seq=self._view.version)
 
     async def _take_over(self, lease: Lease) -> Claim | None:
         now = self._clock()
@@ -200,16 +206,21 @@ class MongoWorkQueue:
                 {f"workers.{dead}.expires_at": {"$lt": now}},
             ],
         }
-        won = await self._find_and_update(query, {"$set": {"leases.$.owner": self.owner}})
+        won = await self._find_and_update(
+            query, {"$set": {"leases.$.owner": self.owner}, "$inc": {"version": 1}}
+        )
         if won is None:
             return None  # another worker took it first, or its owner came back
         log.warning(
             "taking over lease %s [%r..%r] of worker %s", lease.id, lease.lo, lease.hi, dead
         )
-        return await self._adopt(Lease(lease.id, lease.lo, lease.hi, self.owner))
+        return await self._adopt(Lease(lease.id, lease.lo, lease.hi, self.owner), won["version"])
 
-    async def _adopt(self, lease: Lease) -> Claim | None:
+    async def _adopt(self, lease: Lease, seq: int | None = None) -> Claim | None:
         """Work on a lease now ours: only its docs still pending are redone."""
+        if seq is None:  # a fresh value, so the redone rows outrank any earlier ones
+            issued = await self._find_and_update({"_id": self.spec.key}, {"$inc": {"version": 1}})
+            seq = int(issued["version"]) if issued else 0
         self._held.add(lease.id)
         documents = await self._find(
             self.spec.pending_query({"$gte": lease.lo, "$lte": lease.hi}), limit=0
@@ -220,7 +231,7 @@ class MongoWorkQueue:
         if not documents:
             await self.release([lease])
             return None
-        return Claim(lease, documents, taken_over=True)
+        return Claim(lease, documents, taken_over=True, seq=int(seq))
 
     async def _pending_after(self, cursor: Any) -> list[dict[str, Any]]:
         id_range = None if cursor is None else {"$gt": cursor}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import shutil
@@ -23,10 +24,13 @@ import pytest
 
 from embedder import manifest as mf
 from embedder.consolidate import ConsolidateSettings, Consolidator
+from embedder.ids import decode_id
 from embedder.lineage import text_hash
 from embedder.output_lease import LEASE_DIR, Holder, LeaseHeld, LeaseLost, OutputLease
 from embedder.shards import ShardSettings, ShardWriter
-from tests.servers import ROOT
+from tests import corpus as corpora
+from tests.servers import ROOT, run_python
+from tests.worker import Workspace, marks, seed
 
 DIM = 16
 LEASE_HELD_EXIT = 4  # `embedder consolidate` when another consolidator holds the output
@@ -559,3 +563,58 @@ def test_shards_of_another_queue_are_refused_by_name(dirs: tuple[Path, Path]) ->
     # Without being told, the output keeps the queue it holds.
     again = Consolidator(settings(shards, out)).run()
     assert other in again.bad_shards and again.duplicates_dropped == 0
+
+
+# --- the winner does not depend on host clocks (issue 12, case 5) ---------------------------
+
+
+async def test_the_row_of_the_latest_claim_wins_whatever_the_hosts_clocks(
+    mongo: Any, ws: Workspace, tei: Any, tmp_path: Path
+) -> None:
+    """A worker whose clock is 10 minutes fast embeds everything; texts are then edited and
+    re-queued, and a worker with a true clock embeds the new texts. The consolidated row of
+    each edited doc must be the new text's, the one its mark names."""
+    corpus = corpora.tweets(60)
+    queue = await seed(mongo, ws.database, corpus)
+    fast = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "tests.skewed_clock",
+            "600",
+            *ws.args([tei.url], "--once", "--store-text-hash")[1:],
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    edited = {doc_id: f"edited text of {doc_id}" for doc_id in list(corpus.eligible)[:20]}
+    docs = mongo[ws.database][queue.collection]
+    for doc_id, text in edited.items():
+        await docs.update_one({"_id": doc_id}, {"$set": {"text": text}})
+    requeued = await asyncio.to_thread(run_python, ws.queue_command("requeue", "--changed-text"))
+    assert requeued.returncode == 0, requeued.stderr
+    true_clock = await asyncio.to_thread(ws.run, [tei.url], "--once", "--store-text-hash")
+    assert true_clock == 0, ws.log()
+
+    out = tmp_path / "consolidated"
+    done = await asyncio.to_thread(ws.consolidate, out)
+    assert done.returncode == 0, done.stderr
+
+    table = pa.concat_tables(pq.read_table(out / f.name) for f in mf.load(*_local(out)).files)
+    ids = [
+        decode_id(t, k)
+        for t, k in zip(table["_id"].to_pylist(), table["_id_kind"].to_pylist(), strict=True)
+    ]
+    rows = dict(zip(ids, range(len(ids)), strict=True))
+    state = await marks(mongo, queue)
+    expected = corpora.expected_vectors(list(edited.values()), 64)
+    for (doc_id, text), vector in zip(edited.items(), expected, strict=True):
+        row = rows[doc_id]
+        assert table["text_hash"][row].as_py() == text_hash(text), f"{doc_id}: a stale row won"
+        assert table["text_hash"][row].as_py() == bytes(state[doc_id]["text_hash"])
+        np.testing.assert_allclose(table["embedding"][row].values.to_numpy(), vector, atol=1e-5)
