@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -27,6 +28,9 @@ from embedder.consolidate import ConsolidateSettings, Consolidator
 from embedder.ids import decode_id
 from embedder.lineage import text_hash
 from embedder.output_lease import LEASE_DIR, Holder, LeaseHeld, LeaseLost, OutputLease
+from embedder.queue_spec import CONTROL_COLLECTION as CONTROL
+from embedder.queue_spec import DEFAULT_TARGET_FIELD as DEFAULT_TARGET
+from embedder.queue_spec import QueueSpec
 from embedder.shards import ShardSettings, ShardWriter
 from tests import corpus as corpora
 from tests.servers import ROOT, run_python
@@ -618,3 +622,96 @@ async def test_the_row_of_the_latest_claim_wins_whatever_the_hosts_clocks(
         assert table["text_hash"][row].as_py() == text_hash(text), f"{doc_id}: a stale row won"
         assert table["text_hash"][row].as_py() == bytes(state[doc_id]["text_hash"])
         np.testing.assert_allclose(table["embedding"][row].values.to_numpy(), vector, atol=1e-5)
+
+
+# --- two queues never share an output (issue 12, case 8) ------------------------------------
+
+
+def _embed_in(cwd: Path, ws: Workspace, urls: list[str]) -> subprocess.CompletedProcess[str]:
+    """``embedder embed --once`` run from ``cwd`` with the default shard directory."""
+    args = ws.args(urls, "--once")[1:]
+    at = args.index("--output-dir")
+    del args[at : at + 2]
+    return subprocess.run(
+        [sys.executable, "-m", "embedder.cli", "embed", *args],
+        check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def test_two_collections_with_equal_ids_never_merge(
+    mongo: Any, ws: Workspace, tei: Any, tmp_path: Path
+) -> None:
+    tweets, articles = corpora.tweets(40), corpora.tweets(40)  # the same ids
+    await seed(mongo, ws.database, tweets, collection="tweets")
+    other = Workspace(ws.mongo_uri, ws.database, ws.root, collection="articles")
+    await seed(mongo, ws.database, articles, collection="articles")
+    keys = {QueueSpec("tweets", ws.database).key, QueueSpec("articles", ws.database).key}
+
+    # One shard directory given to both: the consolidator takes one queue and refuses the
+    # other's shards by name, dropping nothing as a "duplicate".
+    for workspace in (ws, other):
+        code = await asyncio.to_thread(workspace.run, [tei.url], "--once")
+        assert code == 0, workspace.log()
+    out = tmp_path / "shared-out"
+    report_path = tmp_path / "report.json"
+    mixed = await asyncio.to_thread(
+        run_python,
+        [
+            "consolidate_embeddings.py",
+            "--shards-dir",
+            str(ws.shards),
+            "--consolidated-dir",
+            str(out),
+            "--report-json",
+            str(report_path),
+        ],
+    )
+    assert mixed.returncode == 3, mixed.stderr
+    report = orjson.loads(report_path.read_bytes())
+    assert report["duplicates_dropped"] == 0 and report["rows_out"] == len(tweets.eligible)
+    refusals = list(report["bad_shards"].values())
+    assert refusals and all(key in refusals[0] for key in keys), refusals
+    assert mf.load(*_local(out)).queue in keys
+    assert len(list(ws.shards.glob("*.parquet"))) == len(report["bad_shards"])
+
+    # With every option at its default, the two queues write and consolidate apart.
+    await mongo[ws.database]["tweets"].update_many({}, {"$unset": {DEFAULT_TARGET: ""}})
+    await mongo[ws.database]["articles"].update_many({}, {"$unset": {DEFAULT_TARGET: ""}})
+    await mongo[ws.database][CONTROL].delete_many({})
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    outputs = []
+    for workspace in (ws, other):
+        embedded = await asyncio.to_thread(_embed_in, deploy, workspace, [tei.url])
+        assert embedded.returncode == 0, embedded.stderr[-3000:]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "embedder.cli",
+                "consolidate",
+                "--collection",
+                workspace.collection,
+                "--database",
+                ws.database,
+            ],
+            check=False,
+            cwd=deploy,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(next(deploy.glob(f"embeddings/*/{workspace.collection}/*/consolidated")))
+    assert outputs[0] != outputs[1]
+    for output, corpus in zip(outputs, (tweets, articles), strict=True):
+        manifest = mf.load(*_local(output))
+        assert manifest.total_rows == len(corpus.eligible)
+    assert {mf.load(*_local(o)).queue for o in outputs} == keys
