@@ -3,8 +3,8 @@
 The first half of the shards holds every id once; the second half holds every id again, from
 later claims, so 5,000,000 rows lose. Vectors are tiny (--dimension 4) so the figure is the
 de-duplication's and the rewrite's, not the vectors'. Prints the peak RSS of
-``embedder consolidate --memory-limit 512M`` beside that of a process that only imports
-what it does (the fixed overhead), each in a process of its own.
+``embedder consolidate --memory-limit 512M`` beside that of the same command with nothing to
+merge (the fixed overhead: interpreter, pyarrow, DuckDB), each in a process of its own.
 
     python -m bench.dedup_memory [--rows 10000000] [--shards 100] [--memory-limit 512M] [--dir PATH]
 """
@@ -106,8 +106,18 @@ def main() -> None:
             flush=True,
         )
         os.sync()
-        # The same imports, no work: what any consolidate process costs before it starts.
-        _, base_peak, _ = measure(["embedder.cli", "consolidate", "--help"])
+        # The same command with nothing to merge: what any consolidate process costs.
+        (root / "empty").mkdir()
+        _, base_peak, _ = measure(
+            [
+                "embedder.cli",
+                "consolidate",
+                "--shards-dir",
+                str(root / "empty"),
+                "--consolidated-dir",
+                str(root / "empty-out"),
+            ]
+        )
         cons_s, cons_peak, log = measure(
             [
                 "embedder.cli",
@@ -132,7 +142,7 @@ def main() -> None:
     )
     print(f"consolidate --memory-limit {args.memory_limit}: {cons_s:.1f}s")
     print(f"peak RSS of the run:                  {cons_peak / 2**20:>7.0f} MiB")
-    print(f"peak RSS of the same imports, no work: {base_peak / 2**20:>6.0f} MiB")
+    print(f"peak RSS with nothing to merge:       {base_peak / 2**20:>7.0f} MiB")
     print(f"output rows: {out_rows:,} (duplicates dropped: {args.rows - out_rows:,})")
     print(log.strip().splitlines()[-1] if log.strip() else "")
 

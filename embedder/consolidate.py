@@ -272,6 +272,8 @@ class Consolidator:
             schema,
             target_bytes=self.settings.target_file_bytes,
             row_bytes=row_bytes,
+            # A row group is buffered whole: at most a quarter of the memory limit.
+            group_bytes=min(_ROW_GROUP_BYTES, self.settings.memory_limit_bytes // 4),
         )
         for index, source in attempt.to_copy:
             self._copy(source, index, losers, writer, dimension=dimension, normalized=normalized)
@@ -554,12 +556,16 @@ class _RollingWriter:
         *,
         target_bytes: int,
         row_bytes: float,
+        group_bytes: int = _ROW_GROUP_BYTES,
     ) -> None:
         self._fs, self._dir, self._run_id, self._schema = fs, directory, run_id, schema
         self.schema = schema
         row_bytes = max(row_bytes, 1.0)
         self._rows_per_file = max(1, int(target_bytes / row_bytes))
-        self._rows_per_group = max(1024, int(min(_ROW_GROUP_BYTES, target_bytes) / row_bytes))
+        self._rows_per_group = max(1024, int(min(group_bytes, target_bytes) / row_bytes))
+        # Rows on disk are compressed; a buffered row group is not: bound its memory too.
+        self._group_bytes = group_bytes
+        self._pending_bytes = 0
         self._writer: pq.ParquetWriter | None = None
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -575,9 +581,13 @@ class _RollingWriter:
             head, batch = batch.slice(0, room), batch.slice(room)
             self._pending.append(head)
             self._pending_rows += head.num_rows
+            self._pending_bytes += head.nbytes
             if not self._sources or self._sources[-1] != source:
                 self._sources.append(source)
-            if self._pending_rows >= self._rows_per_group:
+            if (
+                self._pending_rows >= self._rows_per_group
+                or self._pending_bytes >= self._group_bytes
+            ):
                 self._flush()
             if self._file_rows + self._pending_rows >= self._rows_per_file:
                 self._finish()
@@ -597,7 +607,7 @@ class _RollingWriter:
         if self._pending and self._writer is not None:
             self._writer.write_table(pa.Table.from_batches(self._pending, self._schema))
             self._file_rows += self._pending_rows
-            self._pending, self._pending_rows = [], 0
+            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def _finish(self) -> None:
         self._flush()

@@ -41,6 +41,9 @@ _KEY_SCHEMA = pa.schema(
     ]
 )
 _READ_ROWS = 65_536
+# While the losers are streamed (and the caller rewrites files beside it), the work database
+# gives back all but this much of its memory: the sort of (file, row) pairs spills.
+_STREAM_MEMORY_MB = 64
 
 _CREATE_KEYS = """
 CREATE TABLE keys (_id VARCHAR, _id_kind VARCHAR, claim_seq BIGINT, embedded_at BIGINT,
@@ -128,6 +131,8 @@ def find_losers(
             }
             con.execute(_CREATE_LOSERS)
             counts = con.execute("SELECT file, count(*) FROM losers GROUP BY file").fetchall()
+            con.execute("DROP TABLE keys")
+            con.execute(f"SET memory_limit = '{_STREAM_MEMORY_MB}MB'")
             yield Losers({int(f): int(n) for f, n in counts}, unreadable, con)
         finally:
             con.close()

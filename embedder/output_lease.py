@@ -262,7 +262,7 @@ class LeaseKeeper:
             except LeaseLost as lost:
                 self._lost = lost
                 return
-            except (OSError, pa.ArrowException) as exc:  # retried at the next beat
+            except (OSError, pa.ArrowException, StorageError) as exc:  # tried at the next beat
                 log.warning("renewing the output lease failed: %s", exc)
 
 
