@@ -205,13 +205,27 @@ class OutputLease:
             names = self._generations()
             if not names:
                 return None
+            path = f"{self._dir}/{names[-1]}"
             try:
-                return Holder.from_bytes(storage.read_bytes(self._fs, f"{self._dir}/{names[-1]}"))
+                return Holder.from_bytes(storage.read_bytes(self._fs, path))
             except FileNotFoundError:
                 continue  # removed by a taker between the listing and the read
-            except (orjson.JSONDecodeError, TypeError) as exc:
-                raise StorageError(f"lease record {names[-1]} is damaged: {exc}") from exc
+            except (orjson.JSONDecodeError, TypeError):
+                return self._unreadable(path, int(names[-1].removesuffix(".json")))
         raise StorageError(f"the lease records of {self._root} keep changing")
+
+    def _unreadable(self, path: str, generation: int) -> Holder:
+        """A record its creator died writing: held until a TTL after it was last written."""
+        written = self._fs.get_file_info(path).mtime
+        at = written.timestamp() if written is not None else self._clock()
+        return Holder(
+            token="unreadable",
+            generation=generation,
+            host="unknown (a damaged lease record)",
+            pid=0,
+            since=dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="seconds"),
+            expires_at=at + self._ttl,
+        )
 
     def _generations(self) -> list[str]:
         infos = self._fs.get_file_info(pafs.FileSelector(self._dir, allow_not_found=True))

@@ -715,3 +715,23 @@ async def test_two_collections_with_equal_ids_never_merge(
         manifest = mf.load(*_local(output))
         assert manifest.total_rows == len(corpus.eligible)
     assert {mf.load(*_local(o)).queue for o in outputs} == keys
+
+
+def test_a_lease_record_its_writer_died_writing_expires_like_any_other(
+    dirs: tuple[Path, Path],
+) -> None:
+    shards, out = dirs
+    write_shard(shards, [1, 2], version=1)
+    damaged = out / LEASE_DIR / "000000000001.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"")  # created exclusively, then killed before writing
+
+    refused = _consolidate_cli(shards, out)
+    assert refused.returncode == LEASE_HELD_EXIT, refused.stderr
+    assert "damaged" in refused.stderr.strip().splitlines()[-1]
+
+    an_hour_ago = time.time() - 3600
+    os.utime(damaged, (an_hour_ago, an_hour_ago))
+    done = _consolidate_cli(shards, out)
+    assert done.returncode == 0, done.stderr
+    assert set(output_rows(out)) == {"1", "2"}
