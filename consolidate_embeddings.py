@@ -2,9 +2,12 @@
 
     python consolidate_embeddings.py
 
-With no arguments it merges the shards the embedder wrote (embeddings/shards) into large,
-de-duplicated, verified files (embeddings/consolidated). It is ``embedder consolidate``;
-see ``embedder consolidate --help`` for every option.
+With no arguments it merges the shards the embedder wrote for the seed queue
+(embeddings/shards) into large, de-duplicated, verified files (embeddings/consolidated); with
+``--collection`` (and ``--database``, ``--target-field``) it finds that queue's own default
+directories. It is ``embedder consolidate``; see ``embedder consolidate --help`` for every
+option. Exit codes: 3 when shards were left in place, 4 when another consolidator holds the
+output.
 """
 
 import sys

@@ -39,9 +39,16 @@ from embedder.shards import ShardSettings
 log = logging.getLogger("embedder")
 
 DEFAULT_MONGO_URI = "mongodb://localhost:27017"
+# The seed queue (twitter_data.tweets into gemma_embedded_768) keeps the seed's directories;
+# every other queue gets its own (default_dirs), so two queues never share an output.
 DEFAULT_OUTPUT_DIR = "embeddings/shards"
 DEFAULT_HOT_DIR = "embeddings/hot"
 DEFAULT_CONSOLIDATED_DIR = "embeddings/consolidated"
+SEED_COLLECTION = "tweets"
+LEASE_HELD_EXIT = 4  # consolidate: another consolidator holds the output
+_DIRS_HELP = (
+    "embeddings/<database>/<collection>/<target field>/{}; embeddings/{} for the seed queue"
+)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -243,10 +250,10 @@ def cli(log_level: str, log_json: bool) -> None:
 )
 @click.option(
     "--output-dir",
-    default=DEFAULT_OUTPUT_DIR,
-    show_default=True,
     envvar="EMBEDDER_OUTPUT_DIR",
-    help="Cold storage for shards: a path or a pyarrow.fs URI (s3://, gs://).",
+    help="Cold storage for shards: a path or a pyarrow.fs URI (s3://, gs://). [default: "
+    + _DIRS_HELP.format("shards", "shards")
+    + "]",
 )
 @click.option(
     "--hot-dir",
@@ -373,7 +380,7 @@ def embed(
     api_key: str | None,
     batch_size: int,
     concurrency: int | None,
-    output_dir: str,
+    output_dir: str | None,
     hot_dir: Path,
     normalize: bool,
     truncate: bool | None,
@@ -411,7 +418,7 @@ def embed(
             model_revision=model_revision,
         ),
         shards=ShardSettings(
-            cold_uri=output_dir,
+            cold_uri=output_dir or default_dirs(spec)[0],
             hot_dir=hot_dir,
             max_rows=shard_rows,
             max_age_s=shard_age,
@@ -449,24 +456,87 @@ def indexes(
     click.echo(f"indexes ready on {spec.database}.{spec.collection}: {', '.join(names)}")
 
 
+def default_dirs(spec: QueueSpec | None) -> tuple[str, str]:
+    """The shards and consolidated directories of a queue when none are given."""
+    seed = (DEFAULT_DATABASE, SEED_COLLECTION, DEFAULT_TARGET_FIELD)
+    if spec is None or (spec.database, spec.collection, spec.target_field) == seed:
+        return DEFAULT_OUTPUT_DIR, DEFAULT_CONSOLIDATED_DIR
+    parts = (spec.database, spec.collection, spec.target_field)
+    base = "/".join(["embeddings", *(p.replace("/", "_") for p in parts)])
+    return f"{base}/shards", f"{base}/consolidated"
+
+
+def _dirs(spec: QueueSpec | None, shards: str | None, consolidated: str | None) -> tuple[str, str]:
+    default_shards, default_consolidated = default_dirs(spec)
+    return shards or default_shards, consolidated or default_consolidated
+
+
 def consolidation_dirs(func: Any) -> Any:
     func = click.option(
         "--consolidated-dir",
-        default=DEFAULT_CONSOLIDATED_DIR,
-        show_default=True,
         envvar="EMBEDDER_CONSOLIDATED_DIR",
-        help="Where the large files go: a path or a pyarrow.fs URI.",
+        help="Where the large files go: a path or a pyarrow.fs URI. [default: "
+        + _DIRS_HELP.format("consolidated", "consolidated")
+        + "]",
     )(func)
     return click.option(
         "--shards-dir",
-        default=DEFAULT_OUTPUT_DIR,
-        show_default=True,
         envvar=["EMBEDDER_SHARDS_DIR", "EMBEDDER_OUTPUT_DIR"],
-        help="The shards the embedder wrote.",
+        help="The shards the embedder wrote. [default: "
+        + _DIRS_HELP.format("shards", "shards")
+        + "]",
     )(func)
 
 
+def queue_naming_options(func: Any) -> Any:
+    """Optional options naming a queue (no MongoDB needed); the command receives
+    ``spec: QueueSpec | None``, None when no --collection is given."""
+
+    @functools.wraps(func)
+    def with_spec(
+        collection: str | None,
+        database: str,
+        queue_filter: dict[str, Any] | None,
+        exclude: dict[str, Any] | None,
+        target_field: str,
+        **kwargs: Any,
+    ) -> Any:
+        spec = None
+        if collection is not None:
+            try:
+                spec = _spec(
+                    collection, database, queue_filter, exclude, DEFAULT_TEXT_FIELD, target_field
+                )
+            except ConfigurationError as exc:
+                raise click.UsageError(str(exc)) from None
+        return func(spec=spec, **kwargs)
+
+    options = [
+        click.option(
+            "--collection",
+            envvar="EMBEDDER_COLLECTION",
+            help="The queue whose shards these are: its directories by default, and only its "
+            "shards are taken. [default: the seed queue, without a check]",
+        ),
+        click.option(
+            "--database", default=DEFAULT_DATABASE, show_default=True, envvar="EMBEDDER_DATABASE"
+        ),
+        click.option("--filter", "queue_filter", callback=_json_object, envvar="EMBEDDER_FILTER"),
+        click.option("--exclude", callback=_json_object, envvar="EMBEDDER_EXCLUDE"),
+        click.option(
+            "--target-field",
+            default=DEFAULT_TARGET_FIELD,
+            show_default=True,
+            envvar="EMBEDDER_TARGET_FIELD",
+        ),
+    ]
+    for option in reversed(options):
+        with_spec = option(with_spec)
+    return with_spec
+
+
 @cli.command()
+@queue_naming_options
 @consolidation_dirs
 @click.option(
     "--target-file-size",
@@ -509,9 +579,17 @@ def consolidation_dirs(func: Any) -> Any:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the run report here.",
 )
+@click.option(
+    "--lease-ttl",
+    default=60.0,
+    show_default=True,
+    envvar="EMBEDDER_CONSOLIDATE_LEASE_TTL",
+    help="Seconds the output's lease outlives a silent holder (it renews every third).",
+)
 def consolidate(
-    shards_dir: str,
-    consolidated_dir: str,
+    spec: QueueSpec | None,
+    shards_dir: str | None,
+    consolidated_dir: str | None,
     target_file_size: int,
     memory_limit: int,
     retire: str,
@@ -519,10 +597,17 @@ def consolidate(
     watch: bool,
     interval: float,
     report_json: Path | None,
+    lease_ttl: float,
 ) -> None:
-    """Merge shards into large, de-duplicated, verified Parquet files with a manifest."""
-    from embedder.consolidate import ConsolidateSettings, Consolidator
+    """Merge shards into large, de-duplicated, verified Parquet files with a manifest.
 
+    One consolidator commits to an output at a time: another one holding it makes this one
+    exit 4 naming the holder, or wait for it with --watch.
+    """
+    from embedder.consolidate import ConsolidateSettings, Consolidator
+    from embedder.output_lease import LeaseHeld
+
+    shards_dir, consolidated_dir = _dirs(spec, shards_dir, consolidated_dir)
     try:
         settings = ConsolidateSettings(
             shards_uri=shards_dir,
@@ -531,29 +616,43 @@ def consolidate(
             memory_limit_bytes=memory_limit,
             retire="move" if retire == "move" else "delete",
             work_dir=work_dir,
+            queue=spec.key if spec else None,
+            lease_ttl_s=lease_ttl,
         )
     except ConfigurationError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
     stop = _stop_flag() if watch else None
+    bad_shards = False
     while True:
         try:
             report = Consolidator(settings).run()
+        except LeaseHeld as held:
+            if stop is None:
+                click.echo(f"consolidate: {held}", err=True)
+                sys.exit(LEASE_HELD_EXIT)
+            log.warning("%s; waiting", held)
         except EmbedderError as exc:
             raise click.ClickException(str(exc)) from None
-        if report_json:
-            report_json.write_text(json.dumps(report.as_dict(), indent=2))
-        click.echo(
-            f"consolidated {len(report.sources)} shards: {report.rows_in} rows in, {report.rows_out} out, "
-            f"{report.duplicates_dropped} duplicates dropped, {len(report.files)} files written "
-            f"({report.elapsed_s}s)",
-            err=True,
-        )
-        for name, reason in report.bad_shards.items():
-            click.echo(f"  left in place: {name}: {reason}", err=True)
+        else:
+            bad_shards = bool(report.bad_shards)
+            _report_consolidation(report, report_json)
         if stop is None or stop.wait(interval):
             break
-    if report.bad_shards and not watch:
+    if bad_shards and not watch:
         sys.exit(3)
+
+
+def _report_consolidation(report: Any, report_json: Path | None) -> None:
+    if report_json:
+        report_json.write_text(json.dumps(report.as_dict(), indent=2))
+    click.echo(
+        f"consolidated {len(report.sources)} shards: {report.rows_in} rows in, {report.rows_out} out, "
+        f"{report.duplicates_dropped} duplicates dropped, {len(report.files)} files written "
+        f"({report.elapsed_s}s)",
+        err=True,
+    )
+    for name, reason in report.bad_shards.items():
+        click.echo(f"  left in place: {name}: {reason}", err=True)
 
 
 @cli.command()
@@ -578,8 +677,8 @@ def consolidate(
 def verify(
     spec: QueueSpec,
     mongo_uri: str,
-    shards_dir: str,
-    consolidated_dir: str,
+    shards_dir: str | None,
+    consolidated_dir: str | None,
     memory_limit: int,
     as_json: bool,
     doc_ids: tuple[str, ...],
@@ -602,6 +701,8 @@ def verify(
     """
     from embedder.verify import VerifyReport
     from embedder.verify import verify as run_verify
+
+    shards_dir, consolidated_dir = _dirs(spec, shards_dir, consolidated_dir)
 
     if doc_ids:
         _show_lineage(spec, mongo_uri, shards_dir, consolidated_dir, doc_ids, as_json=as_json)
@@ -637,13 +738,15 @@ def verify(
 def status(
     spec: QueueSpec,
     mongo_uri: str,
-    shards_dir: str,
-    consolidated_dir: str,
+    shards_dir: str | None,
+    consolidated_dir: str | None,
     as_json: bool,
     watch_s: float | None,
 ) -> None:
     """Pending, done and failed docs, rate and ETA, workers and leases, consolidation."""
     from embedder.status import collect
+
+    shards_dir, consolidated_dir = _dirs(spec, shards_dir, consolidated_dir)
 
     stop = _stop_flag() if watch_s else None
     while True:

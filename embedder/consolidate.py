@@ -7,6 +7,13 @@ checking every vector on the way; verify the counts; then commit. The commit is 
 written atomically before anything visible changes and applied idempotently, so a run
 killed at any point is finished (or cleanly forgotten) by the next one. Shards are retired
 only after their rows are in verified output.
+
+One consolidator commits to an output at a time: a run holds the output's lease
+(``embedder.output_lease``) from its recovery to its last step, and renews it while it works.
+The manifest is replaced only after every file it lists is in place, and files it no longer
+lists are removed only after it is replaced, so no crash leaves it naming a missing file. A
+commit record that can no longer be applied (its files gone, or built on a manifest that has
+changed since) is rolled back: its sources were never retired, so they are merged again.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,9 +37,10 @@ import pyarrow.parquet as pq
 
 from embedder import manifest as mf
 from embedder import storage
-from embedder.dedup import find_losers
+from embedder.dedup import CLAIM_SEQ, LoserStream, find_losers
 from embedder.errors import ConfigurationError, StorageError
 from embedder.failpoints import failpoint
+from embedder.output_lease import DEFAULT_TTL_S, ExclusiveCreate, LeaseKeeper, OutputLease
 from embedder.shards import PARQUET_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -53,6 +62,12 @@ class ConsolidateSettings:
     norm_tolerance: float = 1e-3
     shards_filesystem: pafs.FileSystem | None = None  # configured pyarrow.fs instances, if any
     output_filesystem: pafs.FileSystem | None = None
+    # The queue (QueueSpec.key) whose rows this output holds; None: the output's own, or
+    # that of the first shard.
+    queue: str | None = None
+    lease_ttl_s: float = DEFAULT_TTL_S
+    # A conditional create for the output's object store (see embedder.output_lease).
+    create_exclusive: ExclusiveCreate | None = None
 
     def __post_init__(self) -> None:
         if self.shards_uri.rstrip("/") == self.output_uri.rstrip("/"):
@@ -63,6 +78,8 @@ class ConsolidateSettings:
             raise ConfigurationError(
                 "the target file size must be >= 16 KiB and the memory limit >= 64 MiB"
             )
+        if self.lease_ttl_s < 3:
+            raise ConfigurationError("the output lease TTL must be at least 3 seconds")
 
 
 @dataclass
@@ -93,11 +110,49 @@ class _Source:
     is_shard: bool
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """One attempt of a run: what it merges, onto which manifest, staged where."""
+
+    shards: list[_Source]
+    manifest: mf.Manifest
+    queue: str | None
+    report: Report
+    staging: str
+    to_copy: list[tuple[int, _Source]] = field(default_factory=list)
+
+
 class _BadSource(Exception):
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"{name}: {reason}")
         self.name = name
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """What a run is about to make visible, written before any of it is."""
+
+    run_id: str
+    staging: str
+    files: list[str]
+    supersedes: list[str]
+    sources: list[str]
+    retire: str
+    manifest: dict[str, Any]  # the manifest to write, as its JSON
+    base: str | None  # the last run of the manifest it was built on (None: an empty one)
+    base_known: bool = True  # False for records of versions that did not keep the base
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CommitRecord:
+        body: dict[str, Any] = orjson.loads(raw)
+        known = "base" in body
+        body.setdefault("base", None)
+        body["base_known"] = body.get("base_known", known)
+        return cls(**body)
 
 
 class Consolidator:
@@ -109,11 +164,30 @@ class Consolidator:
         self.fs_out, self.root_out = storage.open_root(
             settings.output_uri, filesystem=settings.output_filesystem
         )
+        # Raises LeaseLost unless this run still holds the output; set while a run holds it.
+        self._confirm: Callable[[], None] = _not_held
 
     def run(self) -> Report:
+        """One consolidation under the output's lease; ``LeaseHeld`` when another holds it."""
+        lease = OutputLease(
+            self.fs_out,
+            self.root_out,
+            ttl_s=self.settings.lease_ttl_s,
+            create_exclusive=self.settings.create_exclusive,
+        )
+        lease.acquire()
+        try:
+            with LeaseKeeper(lease, self.settings.lease_ttl_s) as keeper:
+                self._confirm = keeper.check
+                return self._run_held()
+        finally:
+            lease.release()
+
+    def _run_held(self) -> Report:
         started = time.monotonic()
         self.recover()
         manifest = mf.load(self.fs_out, self.root_out)
+        queue = self._output_queue(manifest)
         report = Report(run_id=_run_id())
         shards = [
             i
@@ -121,25 +195,36 @@ class Consolidator:
             if i.base_name not in manifest.consumed()
         ]
         while shards:
-            usable = self._check_shards(shards, manifest, report.bad_shards)
+            usable, queue = self._check_shards(shards, manifest, queue, report.bad_shards)
             if not usable:
                 break
             try:
-                self._consolidate(usable, manifest, report)
+                self._consolidate(usable, manifest, queue, report)
                 break
             except _BadSource as bad:
                 # A shard failed while being copied: forget this attempt, leave the shard in
                 # place, and consolidate the others.
                 log.error("shard %s is unreadable (%s); leaving it in place", bad.name, bad.reason)
                 report.bad_shards[bad.name] = bad.reason
-                self._discard_staging()
+                self._discard_staging(only=report.run_id)
                 shards = [s for s in shards if s.base_name not in report.bad_shards]
         report.elapsed_s = round(time.monotonic() - started, 3)
         return report
 
     # --- one attempt -------------------------------------------------------------------------
 
-    def _consolidate(self, shards: list[_Source], manifest: mf.Manifest, report: Report) -> None:
+    def _output_queue(self, manifest: mf.Manifest) -> str | None:
+        wanted = self.settings.queue
+        if wanted and manifest.queue and wanted != manifest.queue:
+            raise ConfigurationError(
+                f"{self.settings.output_uri} holds the rows of queue {manifest.queue}, not of "
+                f"{wanted}: give each queue its own consolidated directory"
+            )
+        return wanted or manifest.queue
+
+    def _consolidate(
+        self, shards: list[_Source], manifest: mf.Manifest, queue: str | None, report: Report
+    ) -> None:
         outputs = [
             _Source(
                 f.name, f"{self.root_out}/{f.name}", self.fs_out, f.rows, f.bytes, is_shard=False
@@ -148,20 +233,33 @@ class Consolidator:
         ]
         inputs = outputs + shards
         work = self.settings.work_dir or Path(tempfile.gettempdir())
-        losers = find_losers(
+        with find_losers(
             [(s.fs, s.path) for s in inputs],
             memory_limit=self.settings.memory_limit_bytes // 2,
             work_dir=work,
-        )
-        for index, reason in losers.unreadable.items():
-            source = inputs[index]
-            if not source.is_shard:
-                raise StorageError(f"consolidated file {source.name} is unreadable: {reason}")
-            raise _BadSource(source.name, reason)
-        to_copy = [(i, s) for i, s in enumerate(inputs) if s.is_shard or i in losers.rows]
-        staging = f"{self.root_out}/{_STAGING_PREFIX}{report.run_id}"
-        self.fs_out.create_dir(staging, recursive=True)
-        schema = _read_schema(shards[0])
+        ) as losers:
+            for index, reason in losers.unreadable.items():
+                source = inputs[index]
+                if not source.is_shard:
+                    raise StorageError(f"consolidated file {source.name} is unreadable: {reason}")
+                raise _BadSource(source.name, reason)
+            attempt = _Attempt(
+                shards,
+                manifest,
+                queue,
+                report,
+                staging=f"{self.root_out}/{_STAGING_PREFIX}{report.run_id}",
+                to_copy=[(i, s) for i, s in enumerate(inputs) if s.is_shard or i in losers.counts],
+            )
+            self.fs_out.create_dir(attempt.staging, recursive=True)
+            written = self._copy_all(attempt, losers.stream())
+            report.duplicates_dropped = losers.count
+        self._commit(attempt, written)
+
+    def _copy_all(self, attempt: _Attempt, losers: LoserStream) -> list[tuple[str, int, list[str]]]:
+        manifest = attempt.manifest
+        inputs = [s for _, s in attempt.to_copy]
+        schema = _output_schema(_read_schema(attempt.shards[0]))
         dimension = schema.field("embedding").type.list_size
         normalized = manifest.normalized if manifest.normalized is not None else _normalized(schema)
         # Inputs are written with the same encoding as the output, so their bytes per row
@@ -169,23 +267,28 @@ class Consolidator:
         row_bytes = sum(s.bytes for s in inputs) / max(1, sum(s.rows for s in inputs))
         writer = _RollingWriter(
             self.fs_out,
-            staging,
-            report.run_id,
+            attempt.staging,
+            attempt.report.run_id,
             schema,
             target_bytes=self.settings.target_file_bytes,
             row_bytes=row_bytes,
+            # A row group is buffered whole: at most a quarter of the memory limit.
+            group_bytes=min(_ROW_GROUP_BYTES, self.settings.memory_limit_bytes // 4),
         )
-        dropped = 0
-        for index, source in to_copy:
-            drop = losers.rows.get(index, np.empty(0, np.int64))
-            dropped += len(drop)
-            self._copy(source, drop, writer, dimension, normalized)
+        for index, source in attempt.to_copy:
+            self._copy(source, index, losers, writer, dimension=dimension, normalized=normalized)
             failpoint("consolidate.mid-copy")
-        written = writer.close()
+        return writer.close()
+
+    def _commit(self, attempt: _Attempt, written: list[tuple[str, int, list[str]]]) -> None:
+        shards, to_copy, manifest = attempt.shards, attempt.to_copy, attempt.manifest
+        staging, report = attempt.staging, attempt.report
+        schema = _read_schema(shards[0])
+        dimension = schema.field("embedding").type.list_size
+        normalized = manifest.normalized if manifest.normalized is not None else _normalized(schema)
         report.sources = [s.name for s in shards]
         report.rewritten = [s.name for _, s in to_copy if not s.is_shard]
         report.rows_in = sum(s.rows for _, s in to_copy)
-        report.duplicates_dropped = dropped
         report.files = [
             self._verify_file(staging, name, rows, sources) for name, rows, sources in written
         ]
@@ -204,6 +307,7 @@ class Consolidator:
             or None,
             dimension=dimension,
             normalized=normalized,
+            queue=attempt.queue,
             files=[f for f in manifest.files if f.name not in report.rewritten] + report.files,
             runs=[
                 *manifest.runs,
@@ -219,20 +323,26 @@ class Consolidator:
                 ),
             ],
         )
-        record = {
-            "run_id": report.run_id,
-            "staging": staging,
-            "files": [f.name for f in report.files],
-            "supersedes": report.rewritten,
-            "sources": report.sources,
-            "retire": self.settings.retire,
-            "manifest": orjson.loads(updated.to_bytes()),
-        }
+        record = CommitRecord(
+            run_id=report.run_id,
+            staging=staging,
+            files=[f.name for f in report.files],
+            supersedes=report.rewritten,
+            sources=report.sources,
+            retire=self.settings.retire,
+            manifest=orjson.loads(updated.to_bytes()),
+            base=manifest.runs[-1].run_id if manifest.runs else None,
+        )
         commit_path = f"{self.root_out}/{_COMMIT_PREFIX}{report.run_id}.json"
         failpoint("consolidate.before-commit")
-        storage.write_bytes_atomically(self.fs_out, commit_path, orjson.dumps(record))
+        self._confirm()  # the lease is ours for a fresh TTL: no one else recovers meanwhile
+        storage.write_bytes_atomically(self.fs_out, commit_path, record.to_bytes())
         failpoint("consolidate.after-commit-record")
-        self._apply(commit_path, record)
+        if not self._apply(commit_path, record):
+            raise StorageError(
+                f"run {report.run_id} could not be committed (another consolidator changed "
+                "the output meanwhile); it was rolled back and its shards are left in place"
+            )
         log.info(
             "consolidated %d shards: %d rows in, %d out, %d duplicates dropped, %d files",
             len(report.sources),
@@ -245,8 +355,10 @@ class Consolidator:
     def _copy(
         self,
         source: _Source,
-        drop: np.ndarray,
+        index: int,
+        losers: LoserStream,
         writer: _RollingWriter,
+        *,
         dimension: int,
         normalized: bool,
     ) -> None:
@@ -255,9 +367,11 @@ class Consolidator:
             with source.fs.open_input_file(source.path) as handle:
                 for read in pq.ParquetFile(handle).iter_batches(batch_size=8192):
                     keep = np.ones(read.num_rows, dtype=bool)
-                    keep[drop[(drop >= offset) & (drop < offset + read.num_rows)] - offset] = False
+                    keep[losers.take(index, offset + read.num_rows) - offset] = False
                     offset += read.num_rows
-                    batch = read if keep.all() else read.filter(pa.array(keep))
+                    batch = _conform(
+                        read if keep.all() else read.filter(pa.array(keep)), writer.schema
+                    )
                     _check_vectors(
                         batch, dimension, normalized, self.settings.norm_tolerance, source.name
                     )
@@ -288,8 +402,9 @@ class Consolidator:
     # --- checks ----------------------------------------------------------------------------------
 
     def _check_shards(
-        self, infos: list[Any], manifest: mf.Manifest, bad: dict[str, str]
-    ) -> list[_Source]:
+        self, infos: list[Any], manifest: mf.Manifest, queue: str | None, bad: dict[str, str]
+    ) -> tuple[list[_Source], str | None]:
+        """The shards this output can take, and the queue whose rows it holds."""
         usable = []
         reference: tuple[str | None, int | None] = (manifest.model_id, manifest.dimension)
         for info in infos:
@@ -307,52 +422,98 @@ class Consolidator:
             dimension = schema.field("embedding").type.list_size if problem is None else None
             if problem is None and reference[0] is not None and (model, dimension) != reference:
                 problem = f"made by {model} ({dimension}-d), the output holds {reference[0]} ({reference[1]}-d)"
+            # Shards of older versions name no queue; they are taken as this output's.
+            theirs = (schema.metadata or {}).get(b"embedder.queue", b"").decode() or None
+            if problem is None and queue and theirs and theirs != queue:
+                problem = (
+                    f"holds rows of queue {theirs}, this output holds queue {queue}: "
+                    "give each queue its own shards and consolidated directories"
+                )
             if problem:
                 bad[info.base_name] = problem
                 continue
             reference = (model, dimension)
+            queue = queue or theirs
             usable.append(
                 _Source(info.base_name, info.path, self.fs_in, rows, info.size or 0, is_shard=True)
             )
         for name, reason in bad.items():
             log.error("shard %s left in place: %s", name, reason)
-        return usable
+        return usable, queue
 
     # --- commit and recovery --------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Finish a run whose commit record was written; forget any other half-done run."""
+        """Finish (or roll back) a run whose commit record was written, then remove the
+        staging of runs that never wrote one. Called under the output's lease: no other run
+        can be staging meanwhile, and one that lost its lease fails its own next check."""
         infos = self.fs_out.get_file_info(pafs.FileSelector(self.root_out, allow_not_found=True))
         for info in sorted(infos, key=lambda i: i.base_name):
             if info.base_name.startswith(_COMMIT_PREFIX):
                 log.warning("finishing the interrupted consolidation %s", info.base_name)
-                self._apply(info.path, orjson.loads(storage.read_bytes(self.fs_out, info.path)))
+                record = CommitRecord.from_bytes(storage.read_bytes(self.fs_out, info.path))
+                self._apply(info.path, record)
         self._discard_staging()
 
-    def _apply(self, commit_path: str, record: dict[str, Any]) -> None:
-        """Idempotent: every step checks what is already done, so it may run more than once."""
-        staging = record["staging"]
-        for name in record["files"]:
-            staged, final = f"{staging}/{name}", f"{self.root_out}/{name}"
+    def _apply(self, commit_path: str, record: CommitRecord) -> bool:
+        """Idempotent: every step checks what is already done, so it may run more than once.
+        False when the record could not be applied and was rolled back instead."""
+        current = mf.load(self.fs_out, self.root_out)
+        if record.run_id not in {run.run_id for run in current.runs}:
+            # The manifest is not replaced yet: publish, check, then replace it.
+            missing = self._publish(record)
+            last = current.runs[-1].run_id if current.runs else None
+            if missing or (record.base_known and last != record.base):
+                why = (
+                    f"{missing} is neither staged nor in place"
+                    if missing
+                    else (f"it was built on run {record.base}, the output is now at run {last}")
+                )
+                self._roll_back(commit_path, record, current, why)
+                return False
+            self._confirm()
+            failpoint("consolidate.before-manifest")
+            storage.write_bytes_atomically(
+                self.fs_out,
+                f"{self.root_out}/{mf.MANIFEST_NAME}",
+                orjson.dumps(record.manifest, option=orjson.OPT_INDENT_2),
+            )
+            failpoint("consolidate.after-manifest")
+        # From here on the manifest no longer names what is removed.
+        for name in record.supersedes:
+            storage.remove(self.fs_out, f"{self.root_out}/{name}")
+        for name in record.sources:
+            self._retire(name, record.retire)
+            failpoint("consolidate.mid-retire")
+        storage.remove(self.fs_out, commit_path)
+        if storage.exists(self.fs_out, record.staging):
+            self.fs_out.delete_dir(record.staging)
+        return True
+
+    def _publish(self, record: CommitRecord) -> str | None:
+        """Move the record's files into place; the name of one that is nowhere, if any."""
+        for name in record.files:
+            staged, final = f"{record.staging}/{name}", f"{self.root_out}/{name}"
             if storage.exists(self.fs_out, staged):
                 storage.move(self.fs_out, staged, final)
             elif not storage.exists(self.fs_out, final):
-                raise StorageError(f"commit {commit_path}: {name} is neither staged nor in place")
+                return name
             failpoint("consolidate.mid-publish")
-        for name in record["supersedes"]:
-            storage.remove(self.fs_out, f"{self.root_out}/{name}")
-        failpoint("consolidate.before-manifest")
-        storage.write_bytes_atomically(
-            self.fs_out,
-            f"{self.root_out}/{mf.MANIFEST_NAME}",
-            orjson.dumps(record["manifest"], option=orjson.OPT_INDENT_2),
-        )
-        for name in record["sources"]:
-            self._retire(name, record["retire"])
-            failpoint("consolidate.mid-retire")
+        return None
+
+    def _roll_back(
+        self, commit_path: str, record: CommitRecord, current: mf.Manifest, why: str
+    ) -> None:
+        """Forget a commit that cannot be applied. Its sources were never retired (that
+        follows the manifest), so the next run merges them again."""
+        log.error("rolling back consolidation %s: %s", record.run_id, why)
+        listed = {f.name for f in current.files}
+        for name in record.files:
+            if name not in listed:
+                storage.remove(self.fs_out, f"{self.root_out}/{name}")
+        if storage.exists(self.fs_out, record.staging):
+            self.fs_out.delete_dir(record.staging)
         storage.remove(self.fs_out, commit_path)
-        if storage.exists(self.fs_out, staging):
-            self.fs_out.delete_dir(staging)
 
     def _retire(self, name: str, how: str) -> None:
         path = f"{self.root_in}/{name}"
@@ -364,10 +525,22 @@ class Consolidator:
         else:
             self.fs_in.delete_file(path)
 
-    def _discard_staging(self) -> None:
+    def _discard_staging(self, only: str | None = None) -> None:
+        """Staging directories of runs without a commit record (``only``: of this run)."""
         infos = self.fs_out.get_file_info(pafs.FileSelector(self.root_out, allow_not_found=True))
+        committing = {
+            i.base_name.removeprefix(_COMMIT_PREFIX).removesuffix(".json")
+            for i in infos
+            if i.base_name.startswith(_COMMIT_PREFIX)
+        }
         for info in infos:
-            if info.base_name.startswith(_STAGING_PREFIX) and info.type == pafs.FileType.Directory:
+            if (
+                not info.base_name.startswith(_STAGING_PREFIX)
+                or info.type != pafs.FileType.Directory
+            ):
+                continue
+            run_id = info.base_name.removeprefix(_STAGING_PREFIX)
+            if run_id not in committing and (only is None or run_id == only):
                 self.fs_out.delete_dir(info.path)
 
 
@@ -383,11 +556,16 @@ class _RollingWriter:
         *,
         target_bytes: int,
         row_bytes: float,
+        group_bytes: int = _ROW_GROUP_BYTES,
     ) -> None:
         self._fs, self._dir, self._run_id, self._schema = fs, directory, run_id, schema
+        self.schema = schema
         row_bytes = max(row_bytes, 1.0)
         self._rows_per_file = max(1, int(target_bytes / row_bytes))
-        self._rows_per_group = max(1024, int(min(_ROW_GROUP_BYTES, target_bytes) / row_bytes))
+        self._rows_per_group = max(1024, int(min(group_bytes, target_bytes) / row_bytes))
+        # Rows on disk are compressed; a buffered row group is not: bound its memory too.
+        self._group_bytes = group_bytes
+        self._pending_bytes = 0
         self._writer: pq.ParquetWriter | None = None
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -403,9 +581,13 @@ class _RollingWriter:
             head, batch = batch.slice(0, room), batch.slice(room)
             self._pending.append(head)
             self._pending_rows += head.num_rows
+            self._pending_bytes += head.nbytes
             if not self._sources or self._sources[-1] != source:
                 self._sources.append(source)
-            if self._pending_rows >= self._rows_per_group:
+            if (
+                self._pending_rows >= self._rows_per_group
+                or self._pending_bytes >= self._group_bytes
+            ):
                 self._flush()
             if self._file_rows + self._pending_rows >= self._rows_per_file:
                 self._finish()
@@ -425,7 +607,7 @@ class _RollingWriter:
         if self._pending and self._writer is not None:
             self._writer.write_table(pa.Table.from_batches(self._pending, self._schema))
             self._file_rows += self._pending_rows
-            self._pending, self._pending_rows = [], 0
+            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def _finish(self) -> None:
         self._flush()
@@ -480,3 +662,26 @@ def _check_vectors(
 
 def _run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def _not_held() -> None:
+    raise StorageError("the output is changed only under its lease: call run()")
+
+
+def _output_schema(schema: pa.Schema) -> pa.Schema:
+    """The shards' schema, with the claim_seq column even when the first shard predates it."""
+    if CLAIM_SEQ in schema.names:
+        return schema
+    return schema.append(pa.field(CLAIM_SEQ, pa.int64()))
+
+
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """A batch in the output's column order; columns it lacks (claim_seq in rows of older
+    versions) are null."""
+    if batch.schema.names == schema.names:
+        return batch
+    columns = [
+        batch.column(name) if name in batch.schema.names else pa.nulls(batch.num_rows, f.type)
+        for name, f in zip(schema.names, schema, strict=True)
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

@@ -44,8 +44,7 @@ class Manifest:
     model_sha: str | None = None
     dimension: int | None = None
     normalized: bool | None = None
-    # The key of the queue whose rows the output holds (QueueSpec.key); None in outputs
-    # made before it was recorded.
+    # The queue (QueueSpec.key) whose rows this output holds; one output holds one queue's.
     queue: str | None = None
     files: list[OutputFile] = field(default_factory=list)
     runs: list[RunRecord] = field(default_factory=list)

@@ -73,6 +73,7 @@ class LeaseTracker:
 
     lease: Lease
     outstanding: int
+    seq: int = 0  # the claim's MongoDB-issued sequence number, written on every row
 
 
 @dataclass(slots=True)
@@ -207,7 +208,7 @@ class Worker:
         self._telemetry.leases.set(self._leases_held)
         if claim.taken_over:
             self._telemetry.lease_taken_over()
-        tracker = LeaseTracker(claim.lease, len(claim.documents))
+        tracker = LeaseTracker(claim.lease, len(claim.documents), claim.seq)
         docs: list[Doc] = []
         rejected = Outcome()
         for raw in claim.documents:
@@ -309,11 +310,14 @@ class Worker:
         outcomes, self._rows, self._buffered = self._rows, [], 0
         ids = [doc.id for outcome in outcomes for doc, _ in outcome.done]
         hashes = [doc.text_hash for outcome in outcomes for doc, _ in outcome.done]
+        seqs = [tracker.seq for outcome in outcomes for _, tracker in outcome.done]
         vectors = np.concatenate([o.vectors for o in outcomes if o.vectors is not None])
         fresh = np.concatenate(
             [np.full(len(o.done), o.fresh) for o in outcomes if o.vectors is not None]
         )
-        await asyncio.to_thread(self._shards.append, ids, vectors, dt.datetime.now(dt.UTC), hashes)
+        await asyncio.to_thread(
+            self._shards.append, ids, vectors, dt.datetime.now(dt.UTC), hashes, seqs
+        )
         for outcome in outcomes:
             self._unmarked_done.extend(outcome.done)
         cache = self._reuse.cache if self._reuse is not None else None

@@ -45,6 +45,10 @@ class Claim:
     lease: Lease
     documents: Sequence[Mapping[str, Any]]
     taken_over: bool
+    # Issued by MongoDB (the control document's version after this claim's write): a later
+    # claim of a doc has a higher one, whatever the hosts' clocks. Rows carry it, and the
+    # consolidator keeps the row of the latest claim.
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +194,9 @@ class MongoWorkQueue:
         if not await self._compare_and_set(view, update):
             return None
         self._held.add(lease.id)
-        return Claim(lease, candidates[plan.start : plan.start + len(plan.ids)], taken_over=False)
+        assert self._view is not None  # the document after our write
+        documents = candidates[plan.start : plan.start + len(plan.ids)]
+        return Claim(lease, documents, taken_over=False, seq=self._view.version)
 
     async def _take_over(self, lease: Lease) -> Claim | None:
         now = self._clock()
@@ -203,23 +209,28 @@ class MongoWorkQueue:
                 {f"workers.{dead}.expires_at": {"$lt": now}},
             ],
         }
-        won = await self._find_and_update(query, {"$set": {"leases.$.owner": self.owner}})
+        won = await self._find_and_update(
+            query, {"$set": {"leases.$.owner": self.owner}, "$inc": {"version": 1}}
+        )
         if won is None:
             return None  # another worker took it first, or its owner came back
         log.warning(
             "taking over lease %s [%r..%r] of worker %s", lease.id, lease.lo, lease.hi, dead
         )
-        return await self._adopt(Lease(lease.id, lease.lo, lease.hi, self.owner))
+        return await self._adopt(Lease(lease.id, lease.lo, lease.hi, self.owner), won["version"])
 
-    async def _adopt(self, lease: Lease) -> Claim | None:
+    async def _adopt(self, lease: Lease, seq: int | None = None) -> Claim | None:
         """Work on a lease now ours: only its docs still pending are redone, a claim's worth
-        at a time.
+        at a time, under a fresh claim sequence so the redone rows outrank any earlier ones.
 
         A lease can hold more pending docs than one claim (a dead worker's larger claim size,
         docs re-queued into its range). Then the lease is cut after the first page and the
         rest of its range becomes a new lease of this worker, which its next claim adopts:
         a huge range is never read at once, and no other worker can take any of it.
         """
+        if seq is None:
+            issued = await self._find_and_update({"_id": self.spec.key}, {"$inc": {"version": 1}})
+            seq = int(issued["version"]) if issued else 0
         self._held.add(lease.id)
         documents = await self._pending(
             Bound(lease.lo, inclusive=True), Bound(lease.hi, inclusive=True), self._claim_size + 1
@@ -242,7 +253,7 @@ class MongoWorkQueue:
             lease.hi,
             len(documents),
         )
-        return Claim(lease, documents, taken_over=True)
+        return Claim(lease, documents, taken_over=True, seq=seq)
 
     async def _split(self, lease: Lease, hi: Any, rest_lo: Any) -> Lease | None:
         """Cut ``lease`` to end at ``hi``; [``rest_lo``, its old end] becomes a new lease of

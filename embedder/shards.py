@@ -54,6 +54,10 @@ def shard_schema(dimension: int, metadata: dict[str, str]) -> pa.Schema:
             # BLAKE2b-128 of the text as sent (embedder.lineage): which text made the vector.
             pa.field("text_hash", pa.binary(TEXT_HASH_BYTES), nullable=False),
             pa.field("embedded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+            # The claim that produced the row, issued by MongoDB (embedder.queue.Claim.seq):
+            # the consolidator keeps the row of the latest claim. Null in rows written
+            # without one; shards of older versions lack the column.
+            pa.field("claim_seq", pa.int64()),
         ],
         metadata={f"embedder.{k}": v for k, v in metadata.items()},
     )
@@ -108,8 +112,15 @@ class ShardWriter:
         self.opened_at = 0.0
 
     def append(
-        self, ids: list[Any], vectors: np.ndarray, at: dt.datetime, text_hashes: Sequence[bytes]
+        self,
+        ids: list[Any],
+        vectors: np.ndarray,
+        at: dt.datetime,
+        text_hashes: Sequence[bytes],
+        claim_seqs: Sequence[int] | None = None,
     ) -> None:
+        if claim_seqs is not None and len(claim_seqs) != len(ids):
+            raise StorageError(f"{len(claim_seqs)} claim sequence numbers for {len(ids)} ids")
         if vectors.shape != (len(ids), self._dimension) or len(text_hashes) != len(ids):
             raise StorageError(
                 f"vectors of shape {vectors.shape} and {len(text_hashes)} text hashes for "
@@ -137,6 +148,9 @@ class ShardWriter:
                     np.full(len(ids), int(at.timestamp() * 1000), np.int64),
                     pa.timestamp("ms", tz="UTC"),
                 ),
+                pa.nulls(len(ids), pa.int64())
+                if claim_seqs is None
+                else pa.array(np.asarray(claim_seqs, np.int64)),
             ],
             schema=self._schema,
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -16,17 +18,26 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from embedder import manifest as mf
 from embedder.consolidate import ConsolidateSettings, Consolidator
+from embedder.ids import decode_id
 from embedder.lineage import text_hash
+from embedder.output_lease import LEASE_DIR, Holder, LeaseHeld, LeaseLost, OutputLease
+from embedder.queue_spec import CONTROL_COLLECTION as CONTROL
+from embedder.queue_spec import DEFAULT_TARGET_FIELD as DEFAULT_TARGET
+from embedder.queue_spec import QueueSpec
 from embedder.shards import ShardSettings, ShardWriter
-from tests.servers import ROOT
+from tests import corpus as corpora
+from tests.servers import ROOT, run_python
+from tests.worker import Workspace, marks, seed
 
 DIM = 16
+LEASE_HELD_EXIT = 4  # `embedder consolidate` when another consolidator holds the output
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -204,6 +215,7 @@ def test_merged_shards_can_be_moved_aside(dirs: tuple[Path, Path]) -> None:
         "consolidate.after-commit-record",
         "consolidate.mid-publish",
         "consolidate.before-manifest",
+        "consolidate.after-manifest",
         "consolidate.mid-retire",
     ],
 )
@@ -222,6 +234,9 @@ def test_a_kill_at_any_point_then_a_rerun_gives_the_same_output(tmp_path: Path, 
 
     killed = _consolidate_cli(shards, out, env={"EMBEDDER_FAILPOINT": point}, target_size="16K")
     assert killed.returncode == -9, killed.stderr
+    manifest = mf.load(*_local(out))
+    missing = [f.name for f in manifest.files if not (out / f.name).exists()]
+    assert not missing, f"the manifest names deleted files after a kill at {point}"
     rerun = _consolidate_cli(shards, out)
     assert rerun.returncode == 0, rerun.stderr
 
@@ -366,3 +381,357 @@ def _wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str]) -> N
             pass
         time.sleep(0.05)
     raise AssertionError("the watcher did not consolidate in time")
+
+
+# --- one consolidator at a time (issue 12, case 1) ------------------------------------------
+
+
+def test_two_consolidators_at_once_while_shards_arrive(tmp_path: Path) -> None:
+    """Rounds of two consolidator processes started together while shards keep arriving:
+    every run either commits or steps aside naming the holder; then one more run succeeds
+    and the manifest reaches every id exactly once, with nothing outside it."""
+    shards, out, hot = tmp_path / "shards", tmp_path / "out", tmp_path / "hot"
+    write_shard(shards, list(range(100)), version=1, hot=hot)
+    written = {str(i) for i in range(100)}
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        version = 2
+        while not stop.is_set():
+            start = (version * 37) % 500
+            ids = list(range(start, start + 40))
+            write_shard(shards, ids, version=version % 10, hot=hot)
+            written.update(str(i) for i in ids)
+            version += 1
+            stop.wait(0.02)  # a throttle, so rounds see a few shards each
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    outcomes: list[tuple[int, str]] = []
+    try:
+        for _ in range(8):
+            pair = [
+                subprocess.Popen(
+                    _consolidate_args(shards, out, "64K"),
+                    cwd=ROOT,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(2)
+            ]
+            for proc in pair:
+                _, stderr = proc.communicate(timeout=120)
+                outcomes.append((proc.returncode, stderr))
+    finally:
+        stop.set()
+        writer.join()
+    for code, stderr in outcomes:
+        assert code in (0, LEASE_HELD_EXIT), stderr
+        if code == LEASE_HELD_EXIT:
+            last = stderr.strip().splitlines()[-1]
+            assert "held by" in last and "pid" in last and "since" in last, last
+    assert any(code == 0 for code, _ in outcomes)
+
+    final = _consolidate_cli(shards, out)
+    assert final.returncode == 0, final.stderr
+    rows = output_rows(out)  # every output file is in the manifest, every id once
+    assert set(rows) == written
+    assert not [p for p in out.iterdir() if p.name.startswith((".commit-", ".staging-"))]
+    assert not list(shards.glob("*.parquet"))
+
+
+def _hold_lease(out: Path, *, host: str, expires_in_s: float) -> Path:
+    """A lease on ``out`` as another consolidator would have written it."""
+    lease_dir = out / LEASE_DIR
+    lease_dir.mkdir(parents=True, exist_ok=True)
+    holder = Holder(
+        token="t" * 32,
+        generation=1,
+        host=host,
+        pid=4242,
+        since="2026-01-01T00:00:00+00:00",
+        expires_at=time.time() + expires_in_s,
+    )
+    path = lease_dir / holder.file_name
+    path.write_bytes(holder.to_bytes())
+    return path
+
+
+def test_a_second_consolidator_exits_naming_the_holder(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    write_shard(shards, [1, 2, 3], version=1)
+    _hold_lease(out, host="other-host", expires_in_s=600)
+
+    refused = _consolidate_cli(shards, out)
+
+    assert refused.returncode == LEASE_HELD_EXIT, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "other-host" in line and "4242" in line and "2026-01-01T00:00:00" in line, line
+    assert (shards / next(iter(p.name for p in shards.glob("*.parquet")))).exists()
+    assert not mf.load(*_local(out)).files
+
+
+def test_an_expired_lease_is_taken_over(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    write_shard(shards, [1, 2, 3], version=1)
+    stale = _hold_lease(out, host="crashed-host", expires_in_s=-1)
+
+    done = _consolidate_cli(shards, out)
+
+    assert done.returncode == 0, done.stderr
+    assert "crashed-host" in done.stderr  # the takeover is logged
+    assert set(output_rows(out)) == {"1", "2", "3"}
+    assert not stale.exists()
+
+
+def test_watch_mode_waits_for_the_holder(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    write_shard(shards, list(range(20)), version=1)
+    held = _hold_lease(out, host="other-host", expires_in_s=600)
+    args = [*_consolidate_args(shards, out), "--watch", "--interval", "0.3"]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        # It says who holds the output and keeps waiting; nothing is committed meanwhile.
+        log_lines: list[str] = []
+        assert proc.stderr is not None
+        _wait_until(lambda: "held by" in _read_line(proc, log_lines), proc)
+        assert not mf.load(*_local(out)).files
+        held.unlink()
+        _wait_until(lambda: mf.load(*_local(out)).total_rows == 20, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def _read_line(proc: subprocess.Popen[str], into: list[str]) -> str:
+    assert proc.stderr is not None
+    into.append(proc.stderr.readline())
+    return into[-1]
+
+
+def test_a_lease_is_renewed_while_held_and_released_after(tmp_path: Path) -> None:
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.LocalFileSystem(), str(tmp_path)
+    first = OutputLease(fs, root, ttl_s=30)
+    first.acquire()
+    before = first.holder
+    assert before is not None
+    first.renew()
+    after = first.holder
+    assert after is not None and after.expires_at >= before.expires_at
+    with pytest.raises(LeaseHeld) as held:
+        OutputLease(fs, root, ttl_s=30).acquire()
+    assert held.value.holder.token == after.token
+    first.release()
+    second = OutputLease(fs, root, ttl_s=30)
+    second.acquire()  # a released lease is free at once
+    with pytest.raises(LeaseLost):
+        first.renew()  # the first holder knows it no longer holds it
+    second.release()
+
+
+# --- one queue per output (issue 12, case 8) ------------------------------------------------
+
+
+def write_queue_shard(shards: Path, ids: list[int], queue: str) -> str:
+    writer = ShardWriter(
+        ShardSettings(cold_uri=str(shards), hot_dir=shards.parent / "hot", max_rows=10**9),
+        owner=uuid.uuid4().hex,
+        dimension=DIM,
+        metadata={"model_id": "test/model", "normalize": "true", "queue": queue},
+    )
+    writer.append(ids, vectors_for(ids, 1), T0, hashes(ids))
+    receipt = writer.roll()
+    assert receipt is not None
+    return receipt.name
+
+
+def test_shards_of_another_queue_are_refused_by_name(dirs: tuple[Path, Path]) -> None:
+    shards, out = dirs
+    ours = "db.articles:emb:aaaaaaaaaaaa"
+    theirs = "db.tweets:emb:aaaaaaaaaaaa"
+    write_queue_shard(shards, list(range(100)), ours)
+    other = write_queue_shard(shards, list(range(100)), theirs)  # the same ids
+
+    report = Consolidator(settings(shards, out, queue=ours)).run()
+
+    assert report.duplicates_dropped == 0 and report.rows_out == 100
+    assert ours in report.bad_shards[other] and theirs in report.bad_shards[other]
+    assert (shards / other).exists()
+    assert mf.load(*_local(out)).queue == ours
+    # Without being told, the output keeps the queue it holds.
+    again = Consolidator(settings(shards, out)).run()
+    assert other in again.bad_shards and again.duplicates_dropped == 0
+
+
+# --- the winner does not depend on host clocks (issue 12, case 5) ---------------------------
+
+
+async def test_the_row_of_the_latest_claim_wins_whatever_the_hosts_clocks(
+    mongo: Any, ws: Workspace, tei: Any, tmp_path: Path
+) -> None:
+    """A worker whose clock is 10 minutes fast embeds everything; texts are then edited and
+    re-queued, and a worker with a true clock embeds the new texts. The consolidated row of
+    each edited doc must be the new text's, the one its mark names."""
+    corpus = corpora.tweets(60)
+    queue = await seed(mongo, ws.database, corpus)
+    fast = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "tests.skewed_clock",
+            "600",
+            *ws.args([tei.url], "--once", "--store-text-hash")[1:],
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    edited = {doc_id: f"edited text of {doc_id}" for doc_id in list(corpus.eligible)[:20]}
+    docs = mongo[ws.database][queue.collection]
+    for doc_id, text in edited.items():
+        await docs.update_one({"_id": doc_id}, {"$set": {"text": text}})
+    requeued = await asyncio.to_thread(run_python, ws.queue_command("requeue", "--changed-text"))
+    assert requeued.returncode == 0, requeued.stderr
+    true_clock = await asyncio.to_thread(ws.run, [tei.url], "--once", "--store-text-hash")
+    assert true_clock == 0, ws.log()
+
+    out = tmp_path / "consolidated"
+    done = await asyncio.to_thread(ws.consolidate, out)
+    assert done.returncode == 0, done.stderr
+
+    table = pa.concat_tables(pq.read_table(out / f.name) for f in mf.load(*_local(out)).files)
+    ids = [
+        decode_id(t, k)
+        for t, k in zip(table["_id"].to_pylist(), table["_id_kind"].to_pylist(), strict=True)
+    ]
+    rows = dict(zip(ids, range(len(ids)), strict=True))
+    state = await marks(mongo, queue)
+    expected = corpora.expected_vectors(list(edited.values()), 64)
+    for (doc_id, text), vector in zip(edited.items(), expected, strict=True):
+        row = rows[doc_id]
+        assert table["text_hash"][row].as_py() == text_hash(text), f"{doc_id}: a stale row won"
+        assert table["text_hash"][row].as_py() == bytes(state[doc_id]["text_hash"])
+        np.testing.assert_allclose(table["embedding"][row].values.to_numpy(), vector, atol=1e-5)
+
+
+# --- two queues never share an output (issue 12, case 8) ------------------------------------
+
+
+def _embed_in(cwd: Path, ws: Workspace, urls: list[str]) -> subprocess.CompletedProcess[str]:
+    """``embedder embed --once`` run from ``cwd`` with the default shard directory."""
+    args = ws.args(urls, "--once")[1:]
+    at = args.index("--output-dir")
+    del args[at : at + 2]
+    return subprocess.run(
+        [sys.executable, "-m", "embedder.cli", "embed", *args],
+        check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def test_two_collections_with_equal_ids_never_merge(
+    mongo: Any, ws: Workspace, tei: Any, tmp_path: Path
+) -> None:
+    tweets, articles = corpora.tweets(40), corpora.tweets(40)  # the same ids
+    await seed(mongo, ws.database, tweets, collection="tweets")
+    other = Workspace(ws.mongo_uri, ws.database, ws.root, collection="articles")
+    await seed(mongo, ws.database, articles, collection="articles")
+    keys = {QueueSpec("tweets", ws.database).key, QueueSpec("articles", ws.database).key}
+
+    # One shard directory given to both: the consolidator takes one queue and refuses the
+    # other's shards by name, dropping nothing as a "duplicate".
+    for workspace in (ws, other):
+        code = await asyncio.to_thread(workspace.run, [tei.url], "--once")
+        assert code == 0, workspace.log()
+    out = tmp_path / "shared-out"
+    report_path = tmp_path / "report.json"
+    mixed = await asyncio.to_thread(
+        run_python,
+        [
+            "consolidate_embeddings.py",
+            "--shards-dir",
+            str(ws.shards),
+            "--consolidated-dir",
+            str(out),
+            "--report-json",
+            str(report_path),
+        ],
+    )
+    assert mixed.returncode == 3, mixed.stderr
+    report = orjson.loads(report_path.read_bytes())
+    assert report["duplicates_dropped"] == 0 and report["rows_out"] == len(tweets.eligible)
+    refusals = list(report["bad_shards"].values())
+    assert refusals and all(key in refusals[0] for key in keys), refusals
+    assert mf.load(*_local(out)).queue in keys
+    assert len(list(ws.shards.glob("*.parquet"))) == len(report["bad_shards"])
+
+    # With every option at its default, the two queues write and consolidate apart.
+    await mongo[ws.database]["tweets"].update_many({}, {"$unset": {DEFAULT_TARGET: ""}})
+    await mongo[ws.database]["articles"].update_many({}, {"$unset": {DEFAULT_TARGET: ""}})
+    await mongo[ws.database][CONTROL].delete_many({})
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    outputs = []
+    for workspace in (ws, other):
+        embedded = await asyncio.to_thread(_embed_in, deploy, workspace, [tei.url])
+        assert embedded.returncode == 0, embedded.stderr[-3000:]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "embedder.cli",
+                "consolidate",
+                "--collection",
+                workspace.collection,
+                "--database",
+                ws.database,
+            ],
+            check=False,
+            cwd=deploy,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(next(deploy.glob(f"embeddings/*/{workspace.collection}/*/consolidated")))
+    assert outputs[0] != outputs[1]
+    for output, corpus in zip(outputs, (tweets, articles), strict=True):
+        manifest = mf.load(*_local(output))
+        assert manifest.total_rows == len(corpus.eligible)
+    assert {mf.load(*_local(o)).queue for o in outputs} == keys
+
+
+def test_a_lease_record_its_writer_died_writing_expires_like_any_other(
+    dirs: tuple[Path, Path],
+) -> None:
+    shards, out = dirs
+    write_shard(shards, [1, 2], version=1)
+    damaged = out / LEASE_DIR / "000000000001.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"")  # created exclusively, then killed before writing
+
+    refused = _consolidate_cli(shards, out)
+    assert refused.returncode == LEASE_HELD_EXIT, refused.stderr
+    assert "damaged" in refused.stderr.strip().splitlines()[-1]
+
+    an_hour_ago = time.time() - 3600
+    os.utime(damaged, (an_hour_ago, an_hour_ago))
+    done = _consolidate_cli(shards, out)
+    assert done.returncode == 0, done.stderr
+    assert set(output_rows(out)) == {"1", "2"}

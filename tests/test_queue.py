@@ -393,3 +393,30 @@ def test_an_id_range_becomes_one_clause_per_type_in_mongodb_order() -> None:
         {"$type": "string", "$gte": "a", "$lt": "b"}
     ]
     assert [c["$type"] for c in range_clauses()] == ["number", "string", "objectId", "bool", "date"]
+
+
+async def test_every_claim_takeover_and_adoption_gets_a_higher_sequence_number(
+    mongo: Client, db_name: str
+) -> None:
+    """claim_seq is issued by MongoDB: it orders claims of a doc whatever the hosts' clocks."""
+    spec = await seed(mongo, db_name, corpora.tweets(90))
+    clock = _Clock()
+    first = MongoWorkQueue(mongo, spec, claim_size=30, lease_ttl_s=10, clock=clock)
+    doomed = MongoWorkQueue(mongo, spec, claim_size=30, lease_ttl_s=10, clock=clock)
+    await first.register()
+    await doomed.register()
+    a, b = await first.claim(), await doomed.claim()
+    assert a and b and 0 < a.seq < b.seq
+
+    # The same owner after losing a claim's answer adopts its lease under a new number.
+    again = MongoWorkQueue(
+        mongo, spec, claim_size=30, lease_ttl_s=10, clock=clock, owner=first.owner
+    )
+    adopted = await again.claim()
+    assert adopted is not None and adopted.taken_over and adopted.seq > b.seq
+
+    clock.now += dt.timedelta(seconds=11)
+    await again.heartbeat()
+    taken = await again.claim()
+    assert taken is not None and taken.taken_over and taken.lease.id == b.lease.id
+    assert taken.seq > adopted.seq
