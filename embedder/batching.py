@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from embedder.documents import Doc, Rejected
+from embedder.documents import Doc, FailureCause, Rejected
 
 # JSON framing per input: quotes, comma, and room for escapes of a few control characters.
 _PER_INPUT_OVERHEAD = 16
@@ -39,7 +39,9 @@ def oversized(doc: Doc, limits: Limits) -> Rejected | None:
     size = encoded_size(doc) + _BODY_OVERHEAD
     if size > limits.max_bytes:
         return Rejected(
-            doc.id, f"text is {size} bytes, over the endpoint's payload limit of {limits.max_bytes}"
+            doc.id,
+            f"text is {size} bytes, over the endpoint's payload limit of {limits.max_bytes}",
+            FailureCause.TOO_LARGE,
         )
     return None
 

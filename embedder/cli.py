@@ -58,9 +58,12 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | int) -> int
     unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
     number = text[: len(text) - len(unit)]
     try:
-        return int(float(number) * _SIZE_UNITS[unit])
+        size = int(float(number) * _SIZE_UNITS[unit])
     except ValueError as exc:
         raise click.BadParameter(f"{value!r} is not a size such as 1G or 512M") from exc
+    if size < 0:
+        raise click.BadParameter(f"{value!r}: a size cannot be negative")
+    return size
 
 
 def _json_object(
@@ -88,6 +91,13 @@ def _concurrency(_ctx: click.Context, _param: click.Parameter, value: str | int)
     if number < 1:
         raise click.BadParameter("must be at least 1")
     return number
+
+
+# Ranges of the embed command's numbers: a zero or negative value is refused before any work,
+# with click's one-line error naming the option.
+_AT_LEAST_ONE = click.IntRange(min=1)
+_POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
+_SECONDS_OR_ZERO = click.FloatRange(min=0)
 
 
 _QUEUE_PARAMS = ("collection", "database", "queue_filter", "exclude", "text_field", "target_field")
@@ -236,6 +246,7 @@ def cli(log_level: str, log_json: bool) -> None:
     "--batch-size",
     default=32,
     show_default=True,
+    type=_AT_LEAST_ONE,
     envvar="EMBEDDER_BATCH_SIZE",
     help="Inputs per request (capped at the servers' max_client_batch_size).",
 )
@@ -277,6 +288,7 @@ def cli(log_level: str, log_json: bool) -> None:
     "--claim-size",
     default=1000,
     show_default=True,
+    type=_AT_LEAST_ONE,
     envvar="EMBEDDER_CLAIM_SIZE",
     help="Docs per lease.",
 )
@@ -284,14 +296,22 @@ def cli(log_level: str, log_json: bool) -> None:
     "--lease-ttl",
     default=60.0,
     show_default=True,
+    type=click.FloatRange(min=1),
     envvar="EMBEDDER_LEASE_TTL",
-    help="Seconds before a silent worker's leases may be taken over.",
+    help="Seconds before a silent worker's leases may be taken over (at least 1).",
 )
-@click.option("--shard-rows", default=50_000, show_default=True, envvar="EMBEDDER_SHARD_ROWS")
+@click.option(
+    "--shard-rows",
+    default=50_000,
+    show_default=True,
+    type=_AT_LEAST_ONE,
+    envvar="EMBEDDER_SHARD_ROWS",
+)
 @click.option(
     "--shard-age",
     default=300.0,
     show_default=True,
+    type=_POSITIVE_SECONDS,
     envvar="EMBEDDER_SHARD_AGE",
     help="Seconds before an open shard is closed and its docs marked.",
 )
@@ -299,16 +319,22 @@ def cli(log_level: str, log_json: bool) -> None:
     "--poll-interval",
     default=5.0,
     show_default=True,
+    type=_POSITIVE_SECONDS,
     envvar="EMBEDDER_POLL_INTERVAL",
     help="Seconds between looks for new docs when the queue is empty.",
 )
 @click.option(
-    "--request-timeout", default=120.0, show_default=True, envvar="EMBEDDER_REQUEST_TIMEOUT"
+    "--request-timeout",
+    default=120.0,
+    show_default=True,
+    type=_POSITIVE_SECONDS,
+    envvar="EMBEDDER_REQUEST_TIMEOUT",
 )
 @click.option(
     "--outage-timeout",
     default=900.0,
     show_default=True,
+    type=_SECONDS_OR_ZERO,
     envvar="EMBEDDER_OUTAGE_TIMEOUT",
     help="Seconds the worker waits out a fleet outage before exiting non-zero.",
 )
@@ -322,8 +348,19 @@ def cli(log_level: str, log_json: bool) -> None:
     "--mongo-outage-timeout",
     default=600.0,
     show_default=True,
+    type=_SECONDS_OR_ZERO,
     envvar="EMBEDDER_MONGO_OUTAGE_TIMEOUT",
     help="Seconds the worker waits for MongoDB to come back before exiting non-zero.",
+)
+@click.option(
+    "--drain-timeout",
+    default=90.0,
+    show_default=True,
+    type=_SECONDS_OR_ZERO,
+    envvar="EMBEDDER_DRAIN_TIMEOUT",
+    help="On SIGTERM/SIGINT: seconds to finish requests in flight before giving them up; what "
+    "is done is then written and marked, every lease released, exit 0. Keep it under the "
+    "orchestrator's grace period (compose: 2 minutes) with room for the last shard.",
 )
 @click.option(
     "--reuse-texts/--no-reuse-texts",
@@ -343,8 +380,9 @@ def cli(log_level: str, log_json: bool) -> None:
 @click.option(
     "--store-text-hash",
     is_flag=True,
+    hidden=True,
     envvar="EMBEDDER_STORE_TEXT_HASH",
-    help="Keep each doc's text hash in its mark, so `embedder requeue --changed-text` works.",
+    help="Accepted for compatibility: every mark now keeps its text's hash.",
 )
 @click.option(
     "--watch-changes",
@@ -357,12 +395,16 @@ def cli(log_level: str, log_json: bool) -> None:
     "--changes-poll-interval",
     default=60.0,
     show_default=True,
+    type=_POSITIVE_SECONDS,
     envvar="EMBEDDER_CHANGES_POLL_INTERVAL",
     help="Where change streams are not available: seconds between passes over the embedded "
     "docs' text hashes (each pass reads 1,000 docs at a time).",
 )
 @click.option(
-    "--metrics-port", type=int, envvar="EMBEDDER_METRICS_PORT", help="Serve Prometheus metrics."
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    envvar="EMBEDDER_METRICS_PORT",
+    help="Serve Prometheus metrics.",
 )
 @click.option(
     "--metrics-host", default="127.0.0.1", show_default=True, envvar="EMBEDDER_METRICS_HOST"
@@ -394,9 +436,10 @@ def embed(
     outage_timeout: float,
     model_revision: str | None,
     mongo_outage_timeout: float,
+    drain_timeout: float,
     reuse_texts: bool,
     vector_cache_size: int,
-    store_text_hash: bool,
+    store_text_hash: bool,  # always on now; the flag is kept for old scripts
     watch_changes: bool,
     changes_poll_interval: float,
     metrics_port: int | None,
@@ -404,39 +447,42 @@ def embed(
     summary_json: Path | None,
 ) -> None:
     """Embed pending docs of a collection into Parquet shards and mark them done."""
-    job = EmbedJob(
-        mongo_uri=mongo_uri,
-        queue=spec,
-        fleet=FleetSettings(
-            urls=urls,
-            options=tei_protocol.EmbedOptions(normalize=normalize, truncate=truncate),
-            batch_size=batch_size,
-            concurrency=concurrency,
-            api_key=api_key,
-            request_timeout_s=request_timeout,
-            retry=RetryPolicy(outage_timeout_s=outage_timeout),
-            model_revision=model_revision,
-        ),
-        shards=ShardSettings(
-            cold_uri=output_dir or default_dirs(spec)[0],
-            hot_dir=hot_dir,
-            max_rows=shard_rows,
-            max_age_s=shard_age,
-            prefix=spec.target_field,
-        ),
-        once=once,
-        claim_size=claim_size,
-        lease_ttl_s=lease_ttl,
-        poll_interval_s=poll_interval,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        mongo_outage_timeout_s=mongo_outage_timeout,
-        reuse_texts=reuse_texts,
-        vector_cache_bytes=vector_cache_size,
-        store_text_hash=store_text_hash,
-        watch_changes=watch_changes,
-        changes_poll_interval_s=changes_poll_interval,
-    )
+    try:
+        job = EmbedJob(
+            mongo_uri=mongo_uri,
+            queue=spec,
+            fleet=FleetSettings(
+                urls=urls,
+                options=tei_protocol.EmbedOptions(normalize=normalize, truncate=truncate),
+                batch_size=batch_size,
+                concurrency=concurrency,
+                api_key=api_key,
+                request_timeout_s=request_timeout,
+                retry=RetryPolicy(outage_timeout_s=outage_timeout),
+                model_revision=model_revision,
+            ),
+            shards=ShardSettings(
+                cold_uri=output_dir or default_dirs(spec)[0],
+                hot_dir=hot_dir,
+                max_rows=shard_rows,
+                max_age_s=shard_age,
+                prefix=spec.target_field,
+            ),
+            once=once,
+            claim_size=claim_size,
+            lease_ttl_s=lease_ttl,
+            poll_interval_s=poll_interval,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            mongo_outage_timeout_s=mongo_outage_timeout,
+            reuse_texts=reuse_texts,
+            vector_cache_bytes=vector_cache_size,
+            drain_timeout_s=drain_timeout,
+            watch_changes=watch_changes,
+            changes_poll_interval_s=changes_poll_interval,
+        )
+    except EmbedderError as exc:  # the settings objects' own checks
+        raise click.UsageError(str(exc)) from None
     summary = _run(run_embed(job), mongo_uri, api_key).as_dict()
     if summary_json:
         summary_json.write_text(json.dumps(summary, indent=2))
@@ -1024,7 +1070,11 @@ def _stop_flag() -> threading.Event:
     help="onnx: all-MiniLM-L6-v2 int8 on the CPU. hash: deterministic, meaningless, for tests.",
 )
 @click.option(
-    "--dimension", default=384, show_default=True, help="Vector size of the hash backend."
+    "--dimension",
+    default=384,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Vector size of the hash backend.",
 )
 @click.option(
     "--simulate-batch-seconds",

@@ -25,6 +25,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from embedder.claims import ClaimPlan, ControlView, Lease, plan_claim
+from embedder.documents import reading_options
 from embedder.errors import ConfigurationError, QueueError
 from embedder.ids import Bound, after, id_type, read_range, unsupported_clause
 from embedder.mongo_retry import MongoRetry
@@ -84,7 +85,7 @@ class MongoWorkQueue:
         retry: MongoRetry | None = None,
     ) -> None:
         self.spec = spec
-        db = client[spec.database]
+        db = client.get_database(spec.database, codec_options=reading_options(client.codec_options))
         self._docs: AsyncCollection[dict[str, Any]] = db[spec.collection]
         self._control: AsyncCollection[dict[str, Any]] = db[spec.control_collection]
         self._claim_size = claim_size

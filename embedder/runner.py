@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 
 from embedder import __version__, mongo, storage
 from embedder.changes import ChangeWatcher
-from embedder.errors import ConfigurationError
+from embedder.errors import ConfigurationError, EmbedderError, QueueError
 from embedder.fleet import Fleet, FleetSettings
 from embedder.lineage import embed_key
 from embedder.mongo_retry import MongoRetry
@@ -51,10 +51,26 @@ class EmbedJob:
     reuse_texts: bool = True  # each distinct text to the fleet once
     vector_cache_bytes: int = 4 << 30  # 0: no cache across runs
     reuse_memory_bytes: int = 256 << 20  # recent vectors kept in memory within a run
-    store_text_hash: bool = False
     # Continuous mode: re-queue docs whose text changes (change streams, or polling).
     watch_changes: bool = False
     changes_poll_interval_s: float = 60.0
+    drain_timeout_s: float = 90.0  # on a signal: in-flight work is given up past this
+
+    def __post_init__(self) -> None:
+        if self.claim_size < 1:
+            raise ConfigurationError(f"the claim size must be at least 1, not {self.claim_size}")
+        # Heartbeats come every third of the TTL; under a second, a busy worker misses them
+        # and takes over its own leases.
+        if not self.lease_ttl_s >= 1:
+            raise ConfigurationError(f"the lease TTL must be at least 1s, not {self.lease_ttl_s}")
+        for name in ("poll_interval_s", "changes_poll_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be positive, not {getattr(self, name)}")
+        for name in ("mongo_outage_timeout_s", "drain_timeout_s"):
+            if not getattr(self, name) >= 0:
+                raise ConfigurationError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if min(self.vector_cache_bytes, self.reuse_memory_bytes) < 0:
+            raise ConfigurationError("memory and cache sizes must be 0 or more")
 
 
 async def run_embed(job: EmbedJob) -> Summary:
@@ -67,12 +83,13 @@ async def run_embed(job: EmbedJob) -> Summary:
         await mongo.check_reachable(client, job.mongo_uri)
         await mongo.check_indexes(client, job.queue)
         await mongo.check_target_field(client, job.queue)
+        retry = MongoRetry(job.mongo_outage_timeout_s)
         queue = MongoWorkQueue(
             client,
             job.queue,
             claim_size=job.claim_size,
             lease_ttl_s=job.lease_ttl_s,
-            retry=MongoRetry(job.mongo_outage_timeout_s),
+            retry=retry,
         )
         fleet = await Fleet.connect(job.fleet, telemetry)
         reuse: TextReuse[LeaseTracker] | None = None
@@ -90,7 +107,7 @@ async def run_embed(job: EmbedJob) -> Summary:
                 once=job.once,
                 poll_interval_s=job.poll_interval_s,
                 heartbeat_interval_s=job.lease_ttl_s / 3,
-                store_text_hash=job.store_text_hash or job.watch_changes,
+                drain_timeout_s=job.drain_timeout_s,
             )
             if job.reuse_texts:
                 cache = await _open_cache(job, key, fleet.dimension, fleet.probe_vector)
@@ -116,27 +133,49 @@ async def run_embed(job: EmbedJob) -> Summary:
                 len(job.fleet.urls),
                 job.shards.cold_uri,
             )
-            watcher = None
-            if job.watch_changes and not job.once:
-                watcher = asyncio.create_task(
-                    ChangeWatcher(
-                        client, job.queue, poll_interval_s=job.changes_poll_interval_s
-                    ).run(),
-                    name="change-watcher",
-                )
-            try:
-                with _stop_on_signals(worker):
-                    return await worker.run()
-            finally:
-                if watcher is not None:
-                    watcher.cancel()
-                    await asyncio.gather(watcher, return_exceptions=True)
+            with _stop_on_signals(worker):
+                if job.watch_changes and not job.once:
+                    watcher = ChangeWatcher(
+                        client,
+                        job.queue,
+                        poll_interval_s=job.changes_poll_interval_s,
+                        retry=MongoRetry(job.mongo_outage_timeout_s),
+                    )
+                    return await _run_watching(worker, watcher)
+                return await worker.run()
         finally:
             await fleet.close()
             if reuse is not None and reuse.cache is not None:
                 await reuse.cache.aclose()
     finally:
         await client.close()
+
+
+async def _run_watching(worker: Worker, watcher: ChangeWatcher) -> Summary:
+    """The worker beside its change watcher. The watcher ends only by failing (it waits out
+    MongoDB outages up to the bound first): then the worker drains and the run fails with the
+    watcher's error, for a worker that no longer watches must not look healthy."""
+    working = asyncio.create_task(worker.run(), name="worker")
+    watching = asyncio.create_task(watcher.run(), name="change-watcher")
+    try:
+        await asyncio.wait([working, watching], return_when=asyncio.FIRST_COMPLETED)
+        if not watching.done():
+            return working.result()
+        failure = watching.exception() if not watching.cancelled() else None
+        log.error("the change watcher stopped (%s): draining, then exiting", failure)
+        worker.request_stop()
+        try:
+            await working
+        except EmbedderError as drain_failed:  # MongoDB gone: leaving fails too, say so
+            log.error("draining after the watcher stopped failed as well: %s", drain_failed)
+        raise QueueError(
+            f"watching for changed texts failed: {failure}; edits made from now on would be "
+            "missed, so the worker stops (a restart resumes watching where it stopped)"
+        ) from failure
+    finally:
+        for task in (working, watching):
+            task.cancel()
+        await asyncio.gather(working, watching, return_exceptions=True)
 
 
 async def _open_cache(

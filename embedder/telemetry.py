@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from embedder.documents import FailureCause
 from embedder.errors import FaultKind
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
@@ -208,10 +209,10 @@ class Telemetry:
         self.summary.embedded += count
         self.docs_embedded.inc(count)
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, cause: FailureCause) -> None:
         self.summary.failed += 1
         self.summary.failure_reasons[reason] += 1
-        self.docs_failed.labels(cause=failure_cause(reason)).inc()
+        self.docs_failed.labels(cause=cause.value).inc()
 
     def request_ok(self, endpoint: str, inputs: int, seconds: float, tokens: int | None) -> None:
         self.summary.requests += 1
@@ -248,20 +249,4 @@ class Telemetry:
         self.summary.leases_taken_over += 1
 
 
-_CAUSES = (
-    ("missing text", "missing_text"),
-    ("not a string", "not_string"),
-    ("is empty", "empty_text"),
-    ("unicode", "invalid_unicode"),
-    ("payload limit", "too_large"),
-)
-FAILURE_CAUSES = (*(cause for _, cause in _CAUSES), "rejected_by_server")
-
-
-def failure_cause(reason: str) -> str:
-    """A short, bounded label for a failure reason (reasons themselves are unbounded)."""
-    lowered = reason.lower()
-    for needle, cause in _CAUSES:
-        if needle in lowered:
-            return cause
-    return "rejected_by_server"
+FAILURE_CAUSES = tuple(cause.value for cause in FailureCause)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -244,6 +245,47 @@ async def test_a_whole_fleet_outage_is_held_not_failed(
     assert code == 0, ws.log()
     assert_complete(ws.rows(), await marks(mongo, queue), corpus)
     assert "back in rotation" in ws.log()
+
+
+async def test_sigterm_drain_is_bounded_and_a_rerun_finishes_exactly_once(
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei_factory: Callable[..., FaultTei],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signal while the fleet holds requests for minutes: the worker gives them up at the
+    drain bound, marks what its shards hold, releases every lease and exits 0."""
+    # Six requests answered (the start-up probe and five batches), every later one held ten
+    # minutes: the signal always finds requests in flight, whatever the machine's speed.
+    tei = tei_factory("--dimension", str(DIM), "--faults", '{"delay_s": 600, "after": 6}')
+    corpus = corpora.tweets(300)
+    queue = await seed(mongo, ws.database, corpus)
+    monkeypatch.setenv("EMBEDDER_DRAIN_TIMEOUT", "1")  # the option, through its variable
+    proc = ws.popen([tei.url], "--claim-size", "50", "--shard-rows", "20", "--concurrency", "1")
+    await ws.wait_for(proc, ws.has_shard, "a shard")
+    await ws.wait_for(proc, lambda: tei.stats()["requests"] > 6, "a held request")
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.to_thread(proc.wait, 60)  # the bound is 1 s; 60 s is margin
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    assert code == 0, ws.log()
+    assert "drain timeout" in ws.log()
+    rows = ws.rows()  # raises if an id is in two rows
+    state = await marks(mongo, queue)
+    done = {i for i, v in state.items() if v and v["status"] == "done"}
+    assert done and done == set(rows), "marked docs and shard rows differ"
+    assert len(done) < len(corpus.eligible), "the signal should land mid-run"
+    control = await mongo[ws.database]["embedder_control"].find_one({})
+    assert control is not None and control["leases"] == [], "leases were not released"
+
+    tei.set_faults()
+    assert await asyncio.to_thread(ws.run, [tei.url], "--once", log="rerun.log") == 0, ws.log(
+        "rerun.log"
+    )
+    assert_complete(ws.rows(), await marks(mongo, queue), corpus)  # each doc once
 
 
 async def test_cold_storage_failing_mid_run_marks_nothing_and_names_the_path(
