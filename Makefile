@@ -20,14 +20,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# The tests run a real Prometheus and check the compose files with docker-compose: Debian's
-# packages, installed when missing (as root; otherwise install them yourself).
+# The tests run a real Prometheus, check the compose files with docker-compose and run
+# deploy/slurm on a one-node SLURM cluster: Debian's packages, installed when missing (as
+# root; otherwise install them yourself, or the SLURM tests skip).
+SYSTEM_COMMANDS := promtool docker-compose sbatch slurmctld slurmd munged
+SYSTEM_PACKAGES := prometheus docker-compose slurm-wlm munge
 system-deps:
-	@if ! command -v promtool >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then \
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      prometheus docker-compose >/dev/null; \
-	  else echo "please install Debian's prometheus and docker-compose packages" >&2; exit 1; fi; \
+	      $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "missing:$$missing; please install Debian's $(SYSTEM_PACKAGES)" >&2; exit 1; fi; \
 	fi
 
 test: install system-deps
