@@ -30,7 +30,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 ARRAY_SCRIPT = ROOT / "deploy" / "slurm" / "embed-array.sbatch"
-DOCS = 1000
+NODE_SCRIPT = ROOT / "deploy" / "slurm" / "embed-node.sbatch"
+DOCS = 800
 DRAIN_TIMEOUT = 8  # below the test cluster's KillWait (20 s)
 
 
@@ -74,16 +75,16 @@ def job_env(ws: Workspace, cluster: slurm_cluster.SlurmCluster) -> dict[str, str
     }
 
 
-def submit(ws: Workspace, cluster: slurm_cluster.SlurmCluster) -> str:
+def submit(ws: Workspace, cluster: slurm_cluster.SlurmCluster, *, array: bool = True) -> str:
     (ws.root / "logs").mkdir(exist_ok=True)
     return cluster.sbatch(
-        ARRAY_SCRIPT,
-        # The script's shape is for GPU nodes; this machine has two cores and no GPU.
-        "--array=0-1",
+        ARRAY_SCRIPT if array else NODE_SCRIPT,
+        # The scripts' shapes are for GPU nodes; this machine has two cores and no GPU.
+        *(["--array=0-1"] if array else []),
         "--gres=none",
         "--cpus-per-task=1",
         "--mem=1G",
-        f"--output={ws.root / 'logs' / '%x-%A_%a.out'}",
+        f"--output={ws.root / 'logs' / ('%x-%A_%a.out' if array else '%x-%j_0.out')}",
         f"--chdir={ROOT}",
         env=job_env(ws, cluster),
     )
@@ -193,3 +194,37 @@ async def test_scancel_mid_run_then_resubmit_embeds_every_doc_exactly_once(
 
     rows = consolidate_and_verify(ws, corpus)
     assert_complete(rows, await marks(mongo, queue), corpus)
+
+
+async def test_the_time_limit_signal_drains_the_worker_through_the_batch_shell(
+    cluster: slurm_cluster.SlurmCluster,
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+) -> None:
+    """``--signal=B:USR1@N`` reaches the batch shell only (as ``scancel --batch`` does here):
+    the script turns it into one SIGTERM for the worker, and bounds the drain."""
+    corpus = corpora.tweets(600)
+    queue = await seed(mongo, ws.database, corpus)
+    docs = mongo[ws.database][ws.collection]
+
+    job = submit(ws, cluster, array=False)
+
+    async def some_marked() -> bool:
+        assert cluster.active(job), f"the job ended before the signal:\n{task_logs(ws, job)}"
+        return await docs.count_documents({f"{queue.target_field}.status": "done"}) >= 100
+
+    await wait_until(some_marked, what="100 docs marked", within=90)
+    cluster.run("scancel", "--batch", "--signal=USR1", job)
+    cluster.wait_gone(job, within=DRAIN_TIMEOUT + 15 + 30)
+
+    logs = task_logs(ws, job)
+    assert "USR1: draining the worker" in logs, logs
+    assert logs.count("SIGTERM received: finishing in-flight work") == 1, logs
+    (task,) = cluster.tasks(job)
+    if worker_drain_is_bounded():
+        assert (task.state, task.exit_code) == ("COMPLETED", "0:0"), f"{task}\n{logs}"
+        assert "worker exited with 0" in logs, logs
+        assert status(ws)["leases"] == 0
+    else:
+        # An unbounded drain ends by itself (exit 0) or by the script's second SIGTERM.
+        assert "worker exited with 0" in logs or "received again" in logs, logs
