@@ -62,6 +62,31 @@ def config(objects: list[Object]) -> dict[str, str]:
     return data
 
 
+def plan_indexes(explained: dict[str, Any]) -> set[str]:
+    """The indexes (and COLLSCAN) in a count's winning plan. MongoDB names them in
+    queryPlanner.winningPlan; mongoeco, which has no planner stages, lists the indexes whose
+    partial filter the query satisfies."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("stage") == "COLLSCAN":
+                found.add("COLLSCAN")
+            if isinstance(node.get("indexName"), str):
+                found.add(node["indexName"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    if "queryPlanner" in explained:
+        walk(explained["queryPlanner"]["winningPlan"])
+    else:
+        found.update(explained.get("details", {}).get("usableVirtualIndexes", []))
+    return found
+
+
 def test_every_object_is_valid_for_kubernetes(rendered: list[Object]) -> None:
     validator = pytest.importorskip(
         "kubernetes_validate", reason="kubernetes-validate is a test dependency: make install"
@@ -177,7 +202,14 @@ async def test_the_keda_query_counts_the_pending_docs(
         {"_id": {"$in": failed}}, {"$set": {queue.target_field: {"status": "failed"}}}
     )
 
-    counted = await docs.count_documents(json_util.loads(metadata["query"]))
+    query = json_util.loads(metadata["query"])
+    explained = await mongo[ws.database].command(
+        "explain", {"count": metadata["collection"], "query": query}
+    )
+    used = plan_indexes(explained)
+    assert queue.index_name in used and "COLLSCAN" not in used, explained
+
+    counted = await docs.count_documents(query)
 
     assert counted == len(corpus.eligible) - len(done)
     status = run_python(ws.queue_command("status", "--json"))
