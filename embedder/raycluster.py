@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger("embedder.raycluster")
 
+_REPORT_INTERVAL_S = 2.0
 _DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
@@ -132,7 +133,7 @@ class EmbedderActor:
             while worker.poll() is None:
                 self._report(f"http://127.0.0.1:{metrics_port}/metrics")
                 try:
-                    worker.wait(5)
+                    worker.wait(_REPORT_INTERVAL_S)
                 except subprocess.TimeoutExpired:
                     continue
             return worker.returncode

@@ -13,9 +13,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 
 from embedder.ids import decode_id
@@ -29,11 +32,17 @@ pytest.importorskip("ray", reason='Ray is an optional extra: pip install "embedd
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
+@dataclass(frozen=True)
+class RayCluster:
+    address: str
+    metrics_url: str  # Ray's Prometheus export, where the actors' gauges appear
+
+
 @pytest.fixture(scope="module")
-def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
     """A one-node Ray cluster with two CPUs and no GPU; stopped with the module."""
     root = tmp_path_factory.mktemp("ray")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     head = subprocess.Popen(
         [
@@ -46,6 +55,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--num-cpus=2",
             "--num-gpus=0",
             "--include-dashboard=false",
+            f"--metrics-export-port={metrics_port}",
             f"--temp-dir={root}",
             "--disable-usage-stats",
         ],
@@ -66,7 +76,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 break
             assert time.monotonic() < deadline, (root / "head.log").read_text()
             time.sleep(0.5)
-        yield address
+        yield RayCluster(address, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         head.terminate()  # --block: the head stops its raylet, GCS and workers with it
         try:
@@ -101,7 +111,7 @@ def driver(ws: Workspace, address: str) -> subprocess.Popen[bytes]:
             "--actors=2",
             "--cpus-per-actor=1",
             "--backend=hash",
-            "--server-args=--dimension 64 --simulate-batch-seconds 0.3",
+            "--server-args=--dimension 64 --simulate-batch-seconds 0.5",
             f"--log-dir={ws.root / 'ray-logs'}",
             "--status-interval=2",
         ],
@@ -144,13 +154,30 @@ def consolidate_and_verify(ws: Workspace, corpus: corpora.Corpus) -> dict[Any, A
     return {i: np.asarray(v) for i, v in zip(ids, vectors, strict=True)}
 
 
+def exported_docs_embedded(metrics_url: str) -> float:
+    """The actors' embedder_ray_docs_embedded gauges, summed, as Ray exports them."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ray_embedder_ray_docs_embedded"
+    )
+
+
 async def test_two_actors_embed_the_queue_to_completion(
-    ray_address: str, ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]]
+    ray_cluster: RayCluster, ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]]
 ) -> None:
-    corpus = corpora.tweets(600)
+    corpus = corpora.tweets(1000)
     queue = await seed(mongo, ws.database, corpus)
 
-    proc = driver(ws, ray_address)
+    proc = driver(ws, ray_cluster.address)
+
+    def progress_exported() -> bool:
+        assert proc.poll() is None, f"the run ended before Ray exported progress:\n{logs(ws)}"
+        return exported_docs_embedded(ray_cluster.metrics_url) > 0
+
+    await wait_until(progress_exported, what="progress in Ray's metrics", within=120)
     assert proc.wait(180) == 0, logs(ws)
 
     assert ws.log("driver.log").count("worker exited with 0") == 2, logs(ws)
@@ -159,13 +186,13 @@ async def test_two_actors_embed_the_queue_to_completion(
 
 
 async def test_an_actor_killed_mid_run_is_restarted_and_every_doc_is_embedded_once(
-    ray_address: str, ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]]
+    ray_cluster: RayCluster, ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]]
 ) -> None:
     corpus = corpora.tweets(800)
     queue = await seed(mongo, ws.database, corpus)
     docs = mongo[ws.database][ws.collection]
 
-    proc = driver(ws, ray_address)
+    proc = driver(ws, ray_cluster.address)
 
     async def some_marked() -> bool:
         assert proc.poll() is None, f"the run ended before the kill:\n{logs(ws)}"
