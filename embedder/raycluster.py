@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -37,7 +36,6 @@ from prometheus_client.parser import text_string_to_metric_families
 log = logging.getLogger("embedder.raycluster")
 
 _REPORT_INTERVAL_S = 2.0
-_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
 @dataclass(frozen=True)
@@ -93,11 +91,11 @@ class EmbedderActor:
     def _start(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         handle = (self.settings.log_dir / log_name).open("ab")
         env = {**os.environ, **self.settings.env, "PYTHONUNBUFFERED": "1"}
-        # A killed actor must not leave its server and worker behind: setpriv asks the kernel
-        # to send them SIGTERM when the actor dies (the worker then drains, as on any
-        # SIGTERM). setpriv rather than a preexec_fn: forking a threaded Ray worker is unsafe.
+        # When the actor dies, Ray (2.60) sends its orphaned children one SIGTERM, so the worker
+        # drains as on any SIGTERM. A death signal of our own (prctl PDEATHSIG) was tried: it
+        # made a second SIGTERM, which makes the worker exit without draining.
         return subprocess.Popen(
-            [*_DIE_WITH_PARENT, *self.settings.command, *args],
+            [*self.settings.command, *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=env,

@@ -209,5 +209,9 @@ async def test_an_actor_killed_mid_run_is_restarted_and_every_doc_is_embedded_on
 
     assert proc.wait(240) == 0, logs(ws)
     assert actor_pid(ws, 0) != killed, "the actor was not restarted"
+    # The dead actor's worker got one SIGTERM and drained; its restart then finished.
+    worker_log = (ws.root / "ray-logs" / "worker-0.log").read_text()
+    assert worker_log.count("SIGTERM received: finishing in-flight work") == 1, logs(ws)
+    assert "received again" not in worker_log, logs(ws)
     rows = consolidate_and_verify(ws, corpus)
     assert_complete(rows, await marks(mongo, queue), corpus)
