@@ -118,6 +118,7 @@ for i in "${!urls[@]}"; do
 done
 say "${#urls[@]} server(s) healthy: ${urls[*]}"
 
+# shellcheck disable=SC2317  # invoked by the USR1 trap
 drain_worker() {
   say "$1: draining the worker (EMBEDDER_DRAIN_TIMEOUT=${drain}s)"
   kill -TERM "$worker_pid" 2>/dev/null
