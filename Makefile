@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 # The tests run a real Prometheus, check the compose files with docker-compose, render
-# deploy/k8s with kustomize and run deploy/slurm on a one-node SLURM cluster: Debian's packages, installed when missing (as
-# root; otherwise install them yourself, or the SLURM tests skip).
+# deploy/k8s with kustomize and run deploy/slurm on a one-node SLURM cluster: Debian's
+# packages, installed when missing (as root; otherwise install them yourself, or the SLURM
+# tests skip).
 SYSTEM_COMMANDS := promtool docker-compose sbatch slurmctld slurmd munged
 SYSTEM_PACKAGES := prometheus docker-compose slurm-wlm munge
 system-deps:
