@@ -1,4 +1,5 @@
-"""deploy/slurm on a real SLURM: a job array embeds a queue, and survives scancel + resubmit.
+"""deploy/slurm on a real SLURM: a job array embeds a queue, survives scancel + resubmit, and
+the time-limit signal drains a worker.
 
 A one-node cluster (Debian's slurm-wlm and munge, started as root by ``tests.slurm_cluster``)
 runs deploy/slurm/embed-array.sbatch unchanged but for the shape options a GPU-less test
