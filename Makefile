@@ -20,14 +20,26 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# The tests run a real Prometheus and check the compose files with docker-compose: Debian's
-# packages, installed when missing (as root; otherwise install them yourself).
+# The tests run a real Prometheus, check the compose files with docker-compose, render
+# deploy/k8s with kustomize and run deploy/slurm on a one-node SLURM cluster: Debian's
+# packages, installed when missing (as root; otherwise install them yourself, or the SLURM
+# tests skip).
+SYSTEM_COMMANDS := promtool docker-compose sbatch slurmctld slurmd munged
+SYSTEM_PACKAGES := prometheus docker-compose slurm-wlm munge
 system-deps:
-	@if ! command -v promtool >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then \
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      prometheus docker-compose >/dev/null; \
-	  else echo "please install Debian's prometheus and docker-compose packages" >&2; exit 1; fi; \
+	      $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "missing:$$missing; please install Debian's $(SYSTEM_PACKAGES)" >&2; exit 1; fi; \
+	fi
+	@# deploy/k8s is rendered with kustomize: a kustomize, or the one inside kubectl.
+	@if ! command -v kustomize >/dev/null 2>&1 && ! command -v kubectl >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      kubernetes-client >/dev/null; \
+	  else echo "please install kustomize or kubectl (Debian's kubernetes-client)" >&2; exit 1; fi; \
 	fi
 
 test: install system-deps
