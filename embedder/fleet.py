@@ -380,7 +380,7 @@ class Fleet:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_worth_retrying),
             wait=wait_exponential_jitter(
-                initial=self.settings.retry.initial_backoff_s,
+                multiplier=self.settings.retry.initial_backoff_s,
                 jitter=self.settings.retry.initial_backoff_s,
                 max=self.settings.retry.max_backoff_s,
             ),

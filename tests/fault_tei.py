@@ -7,6 +7,8 @@ on demand. Tests steer it over HTTP: ``POST /_faults`` sets the faults (JSON bel
 
     {"fail_every": 2, "fail_status": 429}   every 2nd request answered with that TEI error
     {"hang": true}                          accept and never answer
+    {"hold": true}                          keep each request until the faults are set without
+                                            "hold", then answer it as those faults say
     {"delay_s": 0.5}                        answer late
     {"garbage": "nan" | "count" | "dim" | "json" | "truncated"}
     {"reject_containing": "POISON"}         422 Validation for any batch holding that text
@@ -51,6 +53,7 @@ class Faults:
     fail_every: int = 0
     fail_status: int = 429
     hang: bool = False
+    hold: bool = False
     delay_s: float = 0.0
     garbage: str | None = None
     reject_containing: str | None = None
@@ -65,6 +68,7 @@ class Stats:
     requests: int = 0
     inputs: int = 0
     faults_injected: int = 0
+    held: int = 0
     inflight_inputs: int = 0
     max_inflight_inputs: int = 0
     texts: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -74,6 +78,7 @@ class Stats:
             "requests": self.requests,
             "inputs": self.inputs,
             "faults_injected": self.faults_injected,
+            "held": self.held,
             "distinct_texts": len(self.texts),
             "max_repeats": max(self.texts.values(), default=0),
             "max_inflight_inputs": self.max_inflight_inputs,
@@ -86,6 +91,8 @@ class FaultInjector:
         self.faults = faults
         self.stats = Stats()
         self._dimension = dimension
+        self._released = asyncio.Event()  # set while requests are not held
+        self._released.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -113,6 +120,10 @@ class FaultInjector:
         body = await _read(receive)
         if path == "/_faults":
             self.faults = Faults(**orjson.loads(body or b"{}"))
+            if self.faults.hold:
+                self._released.clear()
+            else:
+                self._released.set()
             await _answer(send, 200, b"{}")
             return
         if path == "/health":
@@ -132,6 +143,11 @@ class FaultInjector:
             inputs = []
         if f.hang:
             await asyncio.Event().wait()
+        if f.hold:
+            self.stats.held += 1
+            await self._released.wait()
+            self.stats.held -= 1
+            f = self.faults
         if f.delay_s:
             await asyncio.sleep(f.delay_s)
         if f.fail_every and self.stats.requests % f.fail_every == 0:

@@ -49,8 +49,13 @@ async def test_pause_stops_every_worker_claiming_and_resume_lets_them_finish(
     workers = [ws.popen([tei.url], *extra, log=f"w{i}.log", summary=f"w{i}.json") for i in (0, 1)]
     await wait_until(some_done(mongo, ws), what="some docs done")
 
+    # The server holds every request while the pause is set, so the workers cannot finish
+    # the queue first, however fast or slow this machine is; then it answers them again.
+    tei.set_faults(hold=True, delay_s=0.5)
+    await wait_until(lambda: tei.stats()["held"] > 0, what="a request held")
     paused = run_python(ws.queue_command("pause"))
     assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
+    tei.set_faults(delay_s=0.5)
     # Within seconds every worker notices, finishes what it holds and claims nothing more.
     for log in ("w0.log", "w1.log"):
         await wait_until(
