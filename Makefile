@@ -55,7 +55,7 @@ typecheck: install
 	$(BIN)/mypy
 
 demo: install
-	$(BIN)/python -m embedder.demo
+	$(BIN)/python -m embedder.devtools.demo
 
 bench: install
 	$(BIN)/python -m bench.pipeline_ceiling

@@ -29,11 +29,11 @@ import numpy as np
 
 from bench.memory_queue import run_worker
 from bench.sim_fleet import machine, running_fleet
-from embedder import autotune
-from embedder import tei_protocol as tei
-from embedder.fleet import Fleet, FleetSettings
-from embedder.samples import generate
-from embedder.tei_client import EndpointClient
+from embedder.devtools.samples import generate
+from embedder.fleet import tei_protocol as tei
+from embedder.fleet.endpoint import EndpointClient
+from embedder.fleet.routing import Fleet, FleetSettings
+from embedder.ops import autotune
 from embedder.telemetry import Telemetry
 
 SPEEDS = (1.0, 1.0, 1.0, 0.5)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from bench.memory_queue import run_worker
 from bench.sim_fleet import machine, running_fleet
-from embedder.concurrency import AdaptiveLimit
-from embedder.fleet import Fleet, FleetSettings
-from embedder.samples import generate
+from embedder.devtools.samples import generate
+from embedder.fleet.limits import AdaptiveLimit
+from embedder.fleet.routing import Fleet, FleetSettings
 from embedder.telemetry import Telemetry
 
 

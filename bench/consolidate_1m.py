@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedder.shards import PARQUET_OPTIONS, shard_schema
+from embedder.storage.shards import PARQUET_OPTIONS, shard_schema
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from embedder import tei_protocol as tei
+from embedder.fleet import tei_protocol as tei
 from embedder.serve.main import bind
 
 Scope = dict[str, Any]

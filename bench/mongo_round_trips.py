@@ -22,13 +22,13 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, monitoring
 
-from embedder import mongo
-from embedder.fleet import FleetSettings
-from embedder.queue_spec import QueueSpec
-from embedder.runner import EmbedJob, run_embed
-from embedder.samples import generate
-from embedder.shards import ShardSettings
-from tests.servers import start
+from embedder.devtools.samples import generate
+from embedder.fleet.routing import FleetSettings
+from embedder.queue import connection as mongo
+from embedder.queue.spec import QueueSpec
+from embedder.storage.shards import ShardSettings
+from embedder.worker.runner import EmbedJob, run_embed
+from tests.support.servers import start
 
 
 class CommandCounter(monitoring.CommandListener):

@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 
 from bench.memory_queue import run_worker
-from embedder.fleet import Fleet, FleetSettings
-from embedder.lineage import embed_key
-from embedder.pipeline import LeaseTracker
-from embedder.reuse import TextReuse
-from embedder.samples import generate
+from embedder.devtools.samples import generate
+from embedder.fleet.routing import Fleet, FleetSettings
+from embedder.identity import embed_key
 from embedder.telemetry import Telemetry
-from embedder.vector_cache import VectorCache
-from tests.servers import start
+from embedder.worker.pipeline import LeaseTracker
+from embedder.worker.reuse import TextReuse
+from embedder.worker.vector_cache import VectorCache
+from tests.support.servers import start
 
 
 async def client_alone(settings: FleetSettings, texts: list[str]) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedder.shards import PARQUET_OPTIONS
+from embedder.storage.shards import PARQUET_OPTIONS
 
 
 class Output:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 
-from embedder import tei_protocol as tei
-from embedder.samples import generate
+from embedder.devtools.samples import generate
+from embedder.fleet import tei_protocol as tei
 from embedder.serve.backends import Backend, HashBackend, OnnxMiniLM
-from tests.servers import start
+from tests.support.servers import start
 
 
 def direct(backend: Backend, texts: list[str], batch: int) -> tuple[float, float]:

@@ -9,7 +9,7 @@ import platform
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.servers import Process, start
+from tests.support.servers import Process, start
 
 BATCH_SECONDS = 0.005
 TOKEN_SECONDS = 0.00017  # a 32-tweet request (~450 tokens) takes ~80 ms on a speed-1 server

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from bench.memory_queue import run_worker
 from bench.sim_fleet import machine, running_fleet
-from embedder.fleet import Fleet, FleetSettings
-from embedder.lineage import embed_key
-from embedder.pipeline import LeaseTracker
-from embedder.reuse import TextReuse
-from embedder.samples import generate
+from embedder.devtools.samples import generate
+from embedder.fleet.routing import Fleet, FleetSettings
+from embedder.identity import embed_key
 from embedder.telemetry import Summary, Telemetry
-from embedder.vector_cache import VectorCache
+from embedder.worker.pipeline import LeaseTracker
+from embedder.worker.reuse import TextReuse
+from embedder.worker.vector_cache import VectorCache
 
 
 async def one_run(

@@ -26,13 +26,13 @@ import uuid
 from pathlib import Path
 
 from bench.memory_queue import MemoryWorkQueue
-from embedder.claims import Lease
-from embedder.fleet import Fleet, FleetSettings
-from embedder.pipeline import Worker, WorkerSettings
-from embedder.queue import Claim
-from embedder.shards import ShardSettings, ShardWriter
+from embedder.fleet.routing import Fleet, FleetSettings
+from embedder.queue.leases import Lease
+from embedder.queue.work_queue import Claim
+from embedder.storage.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Telemetry
-from tests.servers import start
+from embedder.worker.pipeline import Worker, WorkerSettings
+from tests.support.servers import start
 
 _FILLER = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "
 

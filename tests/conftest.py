@@ -2,7 +2,7 @@
 
 Set ``EMBEDDER_TEST_MONGODB_URI`` to run every MongoDB test against a real MongoDB; each test
 uses a database of its own and drops it afterwards. Without it the tests run on mongoeco held
-to MongoDB's type bracketing of range predicates (``tests.strict_mongo``).
+to MongoDB's type bracketing of range predicates (``tests.support.strict_mongo``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests.servers import FaultTei, Process, start
-from tests.worker import Workspace
+from tests.support.servers import FaultTei, Process, start
+from tests.support.worker import Workspace
 
 REAL_MONGO = os.environ.get("EMBEDDER_TEST_MONGODB_URI")
 
@@ -28,7 +28,7 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield REAL_MONGO
         return
     log = tmp_path_factory.mktemp("mongo") / "dev-mongo.log"
-    server = start(["-m", "tests.strict_mongo", "--port", "0"], log)
+    server = start(["-m", "tests.support.strict_mongo", "--port", "0"], log)
     yield server.address
     server.stop()
 
@@ -53,7 +53,7 @@ def tei_factory(tmp_path: Path) -> Iterator[Callable[..., FaultTei]]:
 
     def make(*extra: str) -> FaultTei:
         log = tmp_path / f"tei-{len(started)}.log"
-        process = start(["-m", "tests.fault_tei", "--port", "0", *extra], log)
+        process = start(["-m", "tests.support.fault_tei", "--port", "0", *extra], log)
         started.append(process)
         return FaultTei(process)
 

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from pymongo import AsyncMongoClient
 
-from tests import corpus as corpora
-from tests.servers import FaultTei
-from tests.worker import Workspace, assert_complete, marks, seed
+from tests.support import corpus as corpora
+from tests.support.servers import FaultTei
+from tests.support.worker import Workspace, assert_complete, marks, seed
 
 
 def refused(tei: FaultTei) -> float:

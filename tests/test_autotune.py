@@ -15,9 +15,9 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from tests import corpus as corpora
-from tests.servers import FaultTei, run_python
-from tests.worker import Workspace, seed
+from tests.support import corpus as corpora
+from tests.support.servers import FaultTei, run_python
+from tests.support.worker import Workspace, seed
 
 TOKEN_SECONDS = (0.00005, 0.0001)  # one server half as fast as the other
 TOKENS_PER_TEXT = 32  # 30 words and the two special tokens

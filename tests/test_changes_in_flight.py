@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 from pymongo import AsyncMongoClient
 
-from embedder.changes import ChangeWatcher
-from embedder.lineage import text_hash
-from embedder.queue_spec import QueueSpec
-from tests import corpus as corpora
-from tests.servers import FaultTei
+from embedder.identity import text_hash
+from embedder.queue.spec import QueueSpec
+from embedder.worker.change_watch import ChangeWatcher
+from tests.support import corpus as corpora
+from tests.support.servers import FaultTei
+from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
 from tests.test_faults import RestartableMongo, needs_own_mongo, own_mongo  # noqa: F401
-from tests.worker import Workspace, assert_complete, marks, seed, wait_until
 
 TARGET = "gemma_embedded_768"
 HELD_S = 3.0  # how long the endpoint holds each request: the window to edit a text in

@@ -6,9 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from embedder.concurrency import AdaptiveLimit, AdaptiveSettings, FixedLimit
-from embedder.fleet import Endpoint
-from embedder.tei_client import EndpointClient
+from embedder.fleet.endpoint import EndpointClient
+from embedder.fleet.limits import AdaptiveLimit, AdaptiveSettings, FixedLimit
+from embedder.fleet.routing import Endpoint
 
 STEP = 32
 SETTINGS = AdaptiveSettings(window=4, baseline_horizon_s=30.0, probe_interval_s=5.0)

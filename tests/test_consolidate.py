@@ -23,18 +23,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedder import manifest as mf
-from embedder.consolidate import ConsolidateSettings, Consolidator
+from embedder.identity import text_hash
 from embedder.ids import decode_id
-from embedder.lineage import text_hash
-from embedder.output_lease import LEASE_DIR, Holder, LeaseHeld, LeaseLost, OutputLease
-from embedder.queue_spec import CONTROL_COLLECTION as CONTROL
-from embedder.queue_spec import DEFAULT_TARGET_FIELD as DEFAULT_TARGET
-from embedder.queue_spec import QueueSpec
-from embedder.shards import ShardSettings, ShardWriter
-from tests import corpus as corpora
-from tests.servers import ROOT, run_python
-from tests.worker import Workspace, marks, seed
+from embedder.queue.spec import CONTROL_COLLECTION as CONTROL
+from embedder.queue.spec import DEFAULT_TARGET_FIELD as DEFAULT_TARGET
+from embedder.queue.spec import QueueSpec
+from embedder.storage import manifest as mf
+from embedder.storage.consolidate import ConsolidateSettings, Consolidator
+from embedder.storage.output_lease import LEASE_DIR, Holder, LeaseHeld, LeaseLost, OutputLease
+from embedder.storage.shards import ShardSettings, ShardWriter
+from tests.support import corpus as corpora
+from tests.support.servers import ROOT, run_python
+from tests.support.worker import Workspace, marks, seed
 
 DIM = 16
 LEASE_HELD_EXIT = 4  # `embedder consolidate` when another consolidator holds the output
@@ -585,7 +585,7 @@ async def test_the_row_of_the_latest_claim_wins_whatever_the_hosts_clocks(
         [
             sys.executable,
             "-m",
-            "tests.skewed_clock",
+            "tests.support.skewed_clock",
             "600",
             *ws.args([tei.url], "--once", "--store-text-hash")[1:],
         ],

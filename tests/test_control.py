@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from pymongo import AsyncMongoClient
 
-from embedder import changes
-from embedder.changes import ChangeWatcher
-from embedder.lineage import text_hash
-from tests import corpus as corpora
-from tests.servers import FaultTei, run_python
-from tests.worker import Workspace, assert_complete, marks, seed, wait_until
+from embedder.identity import text_hash
+from embedder.worker import change_watch as changes
+from embedder.worker.change_watch import ChangeWatcher
+from tests.support import corpus as corpora
+from tests.support.servers import FaultTei, run_python
+from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
 
 
 async def done_count(mongo: AsyncMongoClient[dict[str, Any]], ws: Workspace) -> int:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embedder.dedup import LoserStream, find_losers
+from embedder.storage.dedup import LoserStream, find_losers
 
 row = st.tuples(  # (id, kind, claim_seq or None, time); ids collide on purpose
     st.integers(0, 30),

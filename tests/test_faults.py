@@ -22,14 +22,14 @@ import pyarrow.parquet as pq
 import pytest
 from pymongo import AsyncMongoClient
 
-from embedder import tei_protocol as tei
 from embedder.errors import FaultKind
-from embedder.lineage import same_vector
-from embedder.tei_client import EndpointClient
-from tests import corpus as corpora
+from embedder.fleet import tei_protocol as tei
+from embedder.fleet.endpoint import EndpointClient
+from embedder.identity import same_vector
 from tests.conftest import REAL_MONGO
-from tests.servers import ROOT, FaultTei, Process, free_port, start
-from tests.worker import Workspace, assert_complete, marks, seed, wait_until
+from tests.support import corpus as corpora
+from tests.support.servers import ROOT, FaultTei, Process, free_port, start
+from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
 
 DIM = 64
 needs_own_mongo = pytest.mark.skipif(
@@ -214,7 +214,7 @@ async def test_a_whole_fleet_outage_is_held_not_failed(
     port = free_port()
     args = [
         "-m",
-        "tests.fault_tei",
+        "tests.support.fault_tei",
         "--port",
         str(port),
         "--dimension",

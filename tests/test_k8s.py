@@ -14,10 +14,10 @@ import yaml
 from bson import json_util
 from pymongo import AsyncMongoClient
 
-from embedder.queue_spec import QueueSpec
-from tests import corpus as corpora
-from tests.servers import ROOT, run_python
-from tests.worker import Workspace, seed
+from embedder.queue.spec import QueueSpec
+from tests.support import corpus as corpora
+from tests.support.servers import ROOT, run_python
+from tests.support.worker import Workspace, seed
 
 K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"

@@ -11,12 +11,12 @@ from bson import Int64, ObjectId
 from hypothesis import given
 from hypothesis import strategies as st
 
-from embedder import tei_protocol as tei
-from embedder.batching import Limits, estimate_tokens, halves, plan_batches
-from embedder.claims import Lease, plan_claim
-from embedder.documents import Doc, Rejected, to_doc
+from embedder.fleet import tei_protocol as tei
 from embedder.ids import decode_id, encode_id, sort_key
-from embedder.mongo import redact_uri, scrub
+from embedder.queue.connection import redact_uri, scrub
+from embedder.queue.leases import Lease, plan_claim
+from embedder.worker.batching import Limits, estimate_tokens, halves, plan_batches
+from embedder.worker.documents import Doc, Rejected, to_doc
 
 LIMITS = Limits(
     max_inputs=32, max_tokens=4096, max_bytes=200_000, max_input_tokens=512, truncating=True
@@ -202,9 +202,9 @@ def test_routing_picks_the_least_loaded_healthy_endpoint_with_room(
 ) -> None:
     import httpx
 
-    from embedder.concurrency import FixedLimit
-    from embedder.fleet import Endpoint, choose_endpoint
-    from embedder.tei_client import EndpointClient
+    from embedder.fleet.endpoint import EndpointClient
+    from embedder.fleet.limits import FixedLimit
+    from embedder.fleet.routing import Endpoint, choose_endpoint
 
     http = httpx.AsyncClient()
     endpoints = [

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests import corpus as corpora
-from tests.servers import ROOT, FaultTei, free_port
-from tests.worker import Workspace, seed
+from tests.support import corpus as corpora
+from tests.support.servers import ROOT, FaultTei, free_port
+from tests.support.worker import Workspace, seed
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "embedder.json"
 DOCUMENTED = [  # the series the README and the dashboard promise

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from tests import corpus as corpora
-from tests.servers import FaultTei, free_port
-from tests.worker import Workspace, assert_complete, marks, seed, wait_until
+from tests.support import corpus as corpora
+from tests.support.servers import FaultTei, free_port
+from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
 
 DIM = 64
 

@@ -14,14 +14,14 @@ from bson import ObjectId
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
-from embedder import mongo as mongo_setup
 from embedder.errors import ConfigurationError
 from embedder.ids import Bound, range_clauses, sort_key
-from embedder.queue import DoneMark, MongoWorkQueue
-from embedder.queue_spec import QueueSpec
-from tests import corpus as corpora
-from tests.servers import ROOT, FaultTei, run_python
-from tests.worker import Workspace, assert_complete, marks, seed, wait_until
+from embedder.queue import connection as mongo_setup
+from embedder.queue.spec import QueueSpec
+from embedder.queue.work_queue import DoneMark, MongoWorkQueue
+from tests.support import corpus as corpora
+from tests.support.servers import ROOT, FaultTei, run_python
+from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
 
 Client = AsyncMongoClient[dict[str, Any]]
 

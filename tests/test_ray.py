@@ -1,4 +1,4 @@
-"""embedder.raycluster on a local Ray cluster (``ray start --head`` on the CPU, hash backend):
+"""embedder.clusters.ray_actors on a local Ray cluster (``ray start --head`` on the CPU, hash backend):
 a run to completion, and an actor killed mid-run that Ray restarts, every doc once.
 
 Ray is an optional extra (``pip install "embedder[ray]"``, a large install): without it these
@@ -22,10 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 
 from embedder.ids import decode_id
-from tests import corpus as corpora
-from tests.seeding import seed
-from tests.servers import ROOT, free_port, run_python
-from tests.worker import Workspace, assert_complete, marks, wait_until
+from tests.support import corpus as corpora
+from tests.support.seeding import seed
+from tests.support.servers import ROOT, free_port, run_python
+from tests.support.worker import Workspace, assert_complete, marks, wait_until
 
 pytest.importorskip("ray", reason='Ray is an optional extra: pip install "embedder[ray]"')
 
@@ -106,7 +106,7 @@ def driver(ws: Workspace, address: str) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "embedder.raycluster",
+            "embedder.clusters.ray_actors",
             f"--address={address}",
             "--actors=2",
             "--cpus-per-actor=1",

@@ -16,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 from pymongo import AsyncMongoClient
 
+from embedder.identity import text_hash
 from embedder.ids import decode_id
-from embedder.lineage import text_hash
-from embedder.mongo import ensure_indexes
-from embedder.queue_spec import QueueSpec
+from embedder.queue.connection import ensure_indexes
+from embedder.queue.spec import QueueSpec
 from embedder.serve.backends import HashBackend, normalized
-from tests import corpus as corpora
-from tests.servers import FaultTei, run_python
-from tests.worker import Workspace, assert_complete, marks, seed
+from tests.support import corpus as corpora
+from tests.support.servers import FaultTei, run_python
+from tests.support.worker import Workspace, assert_complete, marks, seed
 
 PROBE = 1  # the one text every run sends each endpoint at start-up to learn the dimension
 

@@ -13,12 +13,12 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
+from embedder.fleet.endpoint import address
 from embedder.logs import redact
-from embedder.tei_client import address
-from tests import corpus as corpora
 from tests.conftest import REAL_MONGO
-from tests.servers import ROOT, FaultTei, free_port, start
-from tests.worker import Workspace, seed
+from tests.support import corpus as corpora
+from tests.support.servers import ROOT, FaultTei, free_port, start
+from tests.support.worker import Workspace, seed
 
 MONGO_SECRET = "m0ngo-Pa55-never-shown"
 TEI_SECRET = "tei-key-never-shown"

@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
-from embedder import tei_protocol as tei
-from embedder.fleet import Fleet, FleetSettings
+from embedder.fleet import tei_protocol as tei
+from embedder.fleet.routing import Fleet, FleetSettings
 from embedder.telemetry import Telemetry
-from tests.servers import FaultTei, Process, start
+from tests.support.servers import FaultTei, Process, start
 
 
 def _serve(tmp: Path, *flags: str) -> Process:

@@ -19,13 +19,13 @@ from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
-from embedder.documents import Doc, FailureCause, Rejected, reading_options, to_doc
-from embedder.queue_spec import QueueSpec
-from embedder.runner import EmbedJob
+from embedder.queue.spec import QueueSpec
 from embedder.telemetry import Telemetry
-from tests import corpus as corpora
-from tests.servers import FaultTei, run_python
-from tests.worker import Workspace, assert_complete, marks, seed
+from embedder.worker.documents import Doc, FailureCause, Rejected, reading_options, to_doc
+from embedder.worker.runner import EmbedJob
+from tests.support import corpus as corpora
+from tests.support.servers import FaultTei, run_python
+from tests.support.worker import Workspace, assert_complete, marks, seed
 
 INVALID = b"caf\xc3 au lait \xff"  # a cut-off two-byte sequence, and a byte UTF-8 never uses
 

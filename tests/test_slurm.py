@@ -1,7 +1,7 @@
 """deploy/slurm on a real SLURM: a job array embeds a queue, survives scancel + resubmit, and
 the time-limit signal drains a worker.
 
-A one-node cluster (Debian's slurm-wlm and munge, started as root by ``tests.slurm_cluster``)
+A one-node cluster (Debian's slurm-wlm and munge, started as root by ``tests.support.slurm_cluster``)
 runs deploy/slurm/embed-array.sbatch unchanged but for the shape options a GPU-less test
 machine needs; every task starts ``embedder serve --backend hash`` (slowed down like a GPU)
 and a worker against the session's MongoDB.
@@ -21,11 +21,11 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from embedder.ids import decode_id
-from tests import corpus as corpora
-from tests import slurm_cluster
-from tests.seeding import seed
-from tests.servers import ROOT, run_python
-from tests.worker import Workspace, assert_complete, marks, wait_until
+from tests.support import corpus as corpora
+from tests.support import slurm_cluster
+from tests.support.seeding import seed
+from tests.support.servers import ROOT, run_python
+from tests.support.worker import Workspace, assert_complete, marks, wait_until
 
 pytestmark = pytest.mark.skipif(
     slurm_cluster.unavailable() is not None, reason=str(slurm_cluster.unavailable())

@@ -10,12 +10,12 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, monitoring
 
-from embedder import mongo as mongo_setup
-from embedder.queue_spec import QueueSpec
-from embedder.status import collect
+from embedder.ops.status import collect
+from embedder.queue import connection as mongo_setup
+from embedder.queue.spec import QueueSpec
 from tests.conftest import REAL_MONGO
-from tests.servers import FaultTei, run_python
-from tests.worker import Workspace
+from tests.support.servers import FaultTei, run_python
+from tests.support.worker import Workspace
 
 # mongoeco's inserts slow down as a collection grows; a real MongoDB takes the 100,000.
 DOCS = 100_000 if REAL_MONGO else 1_000
@@ -82,8 +82,8 @@ async def test_status_counts_through_the_indexes_only(mongo_uri: str, db_name: s
 async def test_status_shows_live_workers_with_their_progress(
     ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
 ) -> None:
-    from tests import corpus as corpora
-    from tests.worker import seed
+    from tests.support import corpus as corpora
+    from tests.support.worker import seed
 
     tei = tei_factory("--dimension", "64")
     await seed(mongo, ws.database, corpora.tweets(200))

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 from bson import Binary, json_util
 from pymongo import AsyncMongoClient
 
-from embedder import manifest as mf
-from tests import corpus as corpora
-from tests.servers import FaultTei, run_python
-from tests.worker import Workspace, seed
+from embedder.storage import manifest as mf
+from tests.support import corpus as corpora
+from tests.support.servers import FaultTei, run_python
+from tests.support.worker import Workspace, seed
 
 
 def _verify(ws: Workspace, out: Path) -> Any:
@@ -127,7 +127,7 @@ async def test_nothing_done_and_no_output_is_nothing_to_verify(
 
 
 def test_unreachable_mongodb_could_not_check(ws: Workspace) -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     uri = f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=300"
     args = ws.command("verify", "--consolidated-dir", str(ws.root / "out"))

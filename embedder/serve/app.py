@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedder import __version__
-from embedder import tei_protocol as tei
+from embedder.fleet import tei_protocol as tei
 from embedder.serve.backends import Backend, Tokens, normalized
 from embedder.serve.scheduler import BackendFailed, BatchStats, Overloaded, Scheduler, Timing
 

@@ -1,0 +1,5 @@
+"""``python -m embedder``."""
+
+from embedder.cli.commands import main
+
+main()

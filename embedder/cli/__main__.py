@@ -1,0 +1,5 @@
+"""``python -m embedder.cli``."""
+
+from embedder.cli.commands import main
+
+main()

@@ -1,0 +1,1 @@
+"""Running workers under a cluster engine that places and restarts them (Ray)."""

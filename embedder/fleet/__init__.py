@@ -1,0 +1,1 @@
+"""Embedding servers: the wire protocol, one endpoint's client, routing and limits."""

@@ -1,0 +1,1 @@
+"""Commands that inspect or steer a queue and its output: status, verify, requeue, autotune."""

@@ -1,0 +1,185 @@
+"""``embedder status``: how far a queue is, how fast it goes, when it ends, what is wrong.
+
+Every count comes from one of the queue's two indexes (pending docs from the partial
+work-queue index, done and failed from the monitoring index), so it stays cheap on a
+collection of hundreds of millions of docs; workers report their rate in their heartbeats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+
+from embedder.errors import QueueError
+from embedder.queue.spec import QueueSpec
+from embedder.storage import filesystems as storage
+from embedder.storage import manifest as mf
+
+
+@dataclass
+class WorkerState:
+    owner: str
+    host: str
+    pid: int | None
+    alive: bool
+    seen_at: str | None
+    leases: int
+    embedded: int
+    rate_docs_per_s: float
+    last_shard: str
+    reused: int = 0  # docs that got an equal text's vector instead of a fleet request
+    paused: bool = False  # holds nothing and waits for `embedder resume`
+
+
+@dataclass
+class QueueStatus:
+    collection: str
+    target_field: str
+    pending: int
+    done: int
+    failed: int
+    failure_reasons: list[tuple[str, int]]
+    rate_docs_per_s: float
+    eta_s: float | None
+    paused: bool
+    workers: list[WorkerState] = field(default_factory=list)
+    leases: int = 0
+    consolidated_rows: int | None = None
+    consolidated_files: int | None = None
+    last_consolidation: str | None = None
+    shards_waiting: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def lines(self) -> list[str]:
+        total = self.pending + self.done + self.failed
+        share = f"{100 * self.done / total:.1f}%" if total else "-"
+        eta = (
+            _duration(self.eta_s)
+            if self.eta_s is not None
+            else ("done" if not self.pending else "-")
+        )
+        lines = [
+            f"{self.collection} -> {self.target_field}{'  (PAUSED)' if self.paused else ''}",
+            f"  done {self.done:,} ({share})   pending {self.pending:,}   failed {self.failed:,}",
+            f"  rate {self.rate_docs_per_s:,.1f} docs/s   ETA {eta}   leases {self.leases}",
+        ]
+        for reason, count in self.failure_reasons:
+            lines.append(f"  failed x{count:,}: {reason}")
+        for worker in self.workers:
+            state = ("paused" if worker.paused else "alive") if worker.alive else "silent"
+            lines.append(
+                f"  worker {worker.owner[:8]} on {worker.host} pid {worker.pid}: {state}, "
+                f"{worker.leases} leases, {worker.embedded:,} embedded ({worker.reused:,} by re-use), "
+                f"{worker.rate_docs_per_s:,.1f} docs/s, last shard {worker.last_shard or '-'}"
+            )
+        if self.consolidated_rows is not None:
+            lines.append(
+                f"  consolidated {self.consolidated_rows:,} rows in {self.consolidated_files} files "
+                f"(last run {self.last_consolidation or 'never'}); shards waiting {self.shards_waiting}"
+            )
+        return lines
+
+
+async def collect(
+    client: AsyncMongoClient[dict[str, Any]],
+    spec: QueueSpec,
+    *,
+    consolidated_uri: str | None = None,
+    shards_uri: str | None = None,
+) -> QueueStatus:
+    docs = client[spec.database][spec.collection]
+    try:
+        pending = await docs.count_documents(spec.pending_query(), hint=spec.index_name)
+        done = await docs.count_documents({spec.status_path: "done"}, hint=spec.done_index_name)
+        failed = await docs.count_documents({spec.status_path: "failed"}, hint=spec.done_index_name)
+        reasons = await (
+            await docs.aggregate(
+                [
+                    {"$match": {spec.status_path: "failed"}},
+                    {"$group": {"_id": f"${spec.target_field}.reason", "count": {"$sum": 1}}},
+                    {"$sort": {"count": -1}},
+                    {"$limit": 5},
+                ],
+                hint=spec.done_index_name,
+            )
+        ).to_list()
+        control = await client[spec.database][spec.control_collection].find_one({"_id": spec.key})
+    except PyMongoError as exc:
+        raise QueueError(f"reading the queue's state failed: {exc}") from exc
+    workers = _workers(control or {})
+    rate = sum(w.rate_docs_per_s for w in workers if w.alive)
+    status = QueueStatus(
+        collection=f"{spec.database}.{spec.collection}",
+        target_field=spec.target_field,
+        pending=pending,
+        done=done,
+        failed=failed,
+        failure_reasons=[(str(r["_id"]), int(r["count"])) for r in reasons],
+        rate_docs_per_s=rate,
+        eta_s=pending / rate if rate > 0 and pending else None,
+        paused=bool((control or {}).get("paused", False)),
+        workers=workers,
+        leases=len((control or {}).get("leases") or []),
+    )
+    if consolidated_uri:
+        _consolidation(status, consolidated_uri, shards_uri)
+    return status
+
+
+def _workers(control: dict[str, Any]) -> list[WorkerState]:
+    now = dt.datetime.now(dt.UTC)
+    leases = control.get("leases") or []
+    states = []
+    for owner, raw in sorted((control.get("workers") or {}).items()):
+        expires = raw.get("expires_at")
+        if isinstance(expires, dt.datetime) and expires.tzinfo is None:
+            expires = expires.replace(tzinfo=dt.UTC)
+        seen = raw.get("seen_at")
+        states.append(
+            WorkerState(
+                owner=owner,
+                host=str(raw.get("host", "?")),
+                pid=raw.get("pid"),
+                alive=isinstance(expires, dt.datetime) and expires > now,
+                seen_at=seen.isoformat(timespec="seconds")
+                if isinstance(seen, dt.datetime)
+                else None,
+                leases=sum(1 for lease in leases if lease.get("owner") == owner),
+                embedded=int(raw.get("embedded", 0)),
+                rate_docs_per_s=float(raw.get("rate_docs_per_s", 0.0)),
+                last_shard=str(raw.get("last_shard", "")),
+                reused=int(raw.get("reused", 0)),
+                paused=bool(raw.get("paused", False)),
+            )
+        )
+    return states
+
+
+def _consolidation(status: QueueStatus, consolidated_uri: str, shards_uri: str | None) -> None:
+    try:
+        fs, root = storage.open_root(consolidated_uri, create=False)
+        manifest = mf.load(fs, root)
+    except (OSError, ValueError):
+        return
+    status.consolidated_rows = manifest.total_rows
+    status.consolidated_files = len(manifest.files)
+    status.last_consolidation = manifest.runs[-1].at if manifest.runs else None
+    if shards_uri:
+        shard_fs, shard_root = storage.open_root(shards_uri, create=False)
+        status.shards_waiting = len(storage.list_parquet(shard_fs, shard_root))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (
+        f"{days}d {hours}h" if days else f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s"
+    )

@@ -1,0 +1,1 @@
+"""Parquet on any pyarrow filesystem: shards, manifest, de-duplication, consolidation."""

@@ -1,0 +1,276 @@
+"""Parquet shards: rows of (id, vector, model, time), made durable before anything is marked.
+
+A shard grows in a private hot directory and reaches cold storage whole: on a local disk by
+fsync and rename inside the target directory; on an object store (S3, GCS through
+``pyarrow.fs``) by one upload, which readers see complete or not at all. Names starting
+with ``.`` are never final, so readers (the consolidator, DuckDB, pyarrow datasets) skip them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from embedder.errors import StorageError
+from embedder.identity import TEXT_HASH_BYTES
+from embedder.ids import encode_id
+from embedder.storage import filesystems as storage
+
+log = logging.getLogger(__name__)
+
+SHARD_SUFFIX = ".parquet"
+# Vectors are near-random floats: dictionary encoding only costs CPU, and byte-stream-split
+# before zstd compresses them best. The id and metadata columns are small either way.
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": ["_id_kind", "model", "model_sha"],
+    "use_byte_stream_split": ["embedding.list.element"],
+}
+_ROW_GROUP_ROWS = 8192
+
+
+def shard_schema(dimension: int, metadata: dict[str, str]) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("_id", pa.string(), nullable=False),
+            pa.field("_id_kind", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dimension), nullable=False),
+            pa.field("model", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+            pa.field("model_sha", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+            # BLAKE2b-128 of the text as sent (embedder.identity): which text made the vector.
+            pa.field("text_hash", pa.binary(TEXT_HASH_BYTES), nullable=False),
+            pa.field("embedded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+            # The claim that produced the row, issued by MongoDB (embedder.queue.work_queue.Claim.seq):
+            # the consolidator keeps the row of the latest claim. Null in rows written
+            # without one; shards of older versions lack the column.
+            pa.field("claim_seq", pa.int64()),
+        ],
+        metadata={f"embedder.{k}": v for k, v in metadata.items()},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReceipt:
+    name: str
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSettings:
+    cold_uri: str
+    hot_dir: Path
+    max_rows: int = 50_000
+    max_age_s: float = 300.0
+    prefix: str = "shard"
+    filesystem: pafs.FileSystem | None = None  # a configured pyarrow.fs for cold_uri
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1 or self.max_age_s <= 0:
+            raise StorageError("shard rows and age limits must be positive")
+
+
+class ShardWriter:
+    """Accumulates embedded rows into one open shard at a time. Blocking: call from a thread."""
+
+    def __init__(
+        self, settings: ShardSettings, *, owner: str, dimension: int, metadata: dict[str, str]
+    ) -> None:
+        self.settings = settings
+        self._schema = shard_schema(dimension, metadata)
+        self._dimension = dimension
+        self._model = metadata.get("model_id", "")
+        self._model_sha = metadata.get("model_sha", "")
+        self._cold_fs, self._cold_root = storage.open_root(
+            settings.cold_uri, filesystem=settings.filesystem
+        )
+        self._hot = _own_hot_dir(settings.hot_dir, owner)
+        # A read-only or full disk fails here, naming the path, before anything is claimed.
+        storage.check_writable(self._cold_fs, self._cold_root)
+        storage.check_writable(pafs.LocalFileSystem(), str(self._hot))
+        self._owner = owner[:8]
+        self._seq = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._hot_path: Path | None = None
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.rows = 0
+        self.opened_at = 0.0
+
+    def append(
+        self,
+        ids: list[Any],
+        vectors: np.ndarray,
+        at: dt.datetime,
+        text_hashes: Sequence[bytes],
+        claim_seqs: Sequence[int] | None = None,
+    ) -> None:
+        if claim_seqs is not None and len(claim_seqs) != len(ids):
+            raise StorageError(f"{len(claim_seqs)} claim sequence numbers for {len(ids)} ids")
+        if vectors.shape != (len(ids), self._dimension) or len(text_hashes) != len(ids):
+            raise StorageError(
+                f"vectors of shape {vectors.shape} and {len(text_hashes)} text hashes for "
+                f"{len(ids)} ids of dimension {self._dimension}"
+            )
+        if self._writer is None:
+            self._open()
+        encoded = [encode_id(i) for i in ids]
+        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
+        batch = pa.record_batch(
+            [
+                pa.array([text for text, _ in encoded], pa.string()),
+                pa.array([kind for _, kind in encoded], pa.string())
+                .dictionary_encode()
+                .cast(self._schema.field("_id_kind").type),
+                pa.FixedSizeListArray.from_arrays(flat, self._dimension),
+                pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(len(ids), np.int8)), pa.array([self._model])
+                ),
+                pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(len(ids), np.int8)), pa.array([self._model_sha])
+                ),
+                pa.array(text_hashes, pa.binary(TEXT_HASH_BYTES)),
+                pa.array(
+                    np.full(len(ids), int(at.timestamp() * 1000), np.int64),
+                    pa.timestamp("ms", tz="UTC"),
+                ),
+                pa.nulls(len(ids), pa.int64())
+                if claim_seqs is None
+                else pa.array(np.asarray(claim_seqs, np.int64)),
+            ],
+            schema=self._schema,
+        )
+        self._pending.append(batch)
+        self._pending_rows += len(ids)
+        self.rows += len(ids)
+        if self._pending_rows >= _ROW_GROUP_ROWS:
+            self._flush_pending()
+
+    @property
+    def room(self) -> int:
+        """Rows the open shard takes before it is due."""
+        return max(0, self.settings.max_rows - self.rows)
+
+    def due(self) -> bool:
+        if self.rows == 0:
+            return False
+        return (
+            self.rows >= self.settings.max_rows
+            or time.monotonic() - self.opened_at >= self.settings.max_age_s
+        )
+
+    def seconds_until_due(self) -> float:
+        if self.rows == 0:
+            return self.settings.max_age_s
+        return max(0.0, self.opened_at + self.settings.max_age_s - time.monotonic())
+
+    def roll(self) -> ShardReceipt | None:
+        """Close the open shard and make it durable in cold storage; None when empty."""
+        if self._writer is None or self._hot_path is None:
+            return None
+        try:
+            self._flush_pending()
+            self._writer.close()
+            storage.fsync_file(self._hot_path)
+            name = self._hot_path.name.removeprefix(".").removesuffix(".tmp")
+            size = self._hot_path.stat().st_size
+            self._publish(self._hot_path, name)
+        except (OSError, pa.ArrowException) as exc:
+            self.abandon()
+            raise StorageError(f"writing shard to {self.settings.cold_uri}: {exc}") from exc
+        receipt = ShardReceipt(name, self.rows, size)
+        self._reset()
+        return receipt
+
+    def abandon(self) -> None:
+        """Drop the open shard (its docs stay unmarked, so they will be redone)."""
+        if self._writer is not None:
+            with contextlib.suppress(OSError, pa.ArrowException):
+                self._writer.close()
+        if self._hot_path is not None:
+            self._hot_path.unlink(missing_ok=True)
+        self._reset()
+
+    def _open(self) -> None:
+        self._seq += 1
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        name = f"{self.settings.prefix}-{stamp}-{self._owner}-{self._seq:06d}{SHARD_SUFFIX}"
+        self._hot_path = self._hot / f".{name}.tmp"
+        try:
+            self._writer = pq.ParquetWriter(str(self._hot_path), self._schema, **PARQUET_OPTIONS)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"cannot create a shard in {self._hot}: {exc}") from exc
+        self.opened_at = time.monotonic()
+
+    def _flush_pending(self) -> None:
+        if self._pending and self._writer is not None:
+            self._writer.write_table(
+                pa.Table.from_batches(self._pending, self._schema),
+                row_group_size=_ROW_GROUP_ROWS * 2,
+            )
+            self._pending, self._pending_rows = [], 0
+
+    def _publish(self, hot_path: Path, name: str) -> None:
+        final = f"{self._cold_root}/{name}"
+        if isinstance(self._cold_fs, pafs.LocalFileSystem):
+            cold_dir = Path(self._cold_root)
+            staging = cold_dir / f".{name}.tmp"
+            try:
+                os.replace(hot_path, staging)  # same filesystem: a rename, no copy
+            except OSError:
+                shutil.copyfile(hot_path, staging)
+                hot_path.unlink()
+            storage.fsync_file(staging)
+            os.replace(staging, final)
+            storage.fsync_dir(cold_dir)
+            return
+        with hot_path.open("rb") as source, self._cold_fs.open_output_stream(final) as sink:
+            shutil.copyfileobj(source, sink, length=8 << 20)
+        hot_path.unlink()
+
+    def _reset(self) -> None:
+        self._writer, self._hot_path = None, None
+        self._pending, self._pending_rows, self.rows = [], 0, 0
+
+
+def _own_hot_dir(root: Path, owner: str) -> Path:
+    """A hot directory per worker process; leftovers of dead workers on this host are removed.
+
+    Their shards were never published, so their docs were never marked and will be redone.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the hot directory {root}: {exc}") from exc
+    host = socket.gethostname()
+    for stale in root.glob(f"{host}-*"):
+        pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    mine = root / f"{host}-{os.getpid()}-{owner[:8]}"
+    mine.mkdir(parents=True, exist_ok=True)
+    return mine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

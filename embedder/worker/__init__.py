@@ -1,0 +1,1 @@
+"""One worker process: documents, batching, re-use, the pipeline and its runner."""

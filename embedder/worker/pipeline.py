@@ -1,0 +1,562 @@
+"""One worker: claim → batch → embed → shard → mark → release, as bounded asyncio stages.
+
+The invariant that makes crashes harmless: a doc is marked done only after the shard holding
+its vector is durable. A crash anywhere re-embeds at most the docs of unreleased leases; the
+consolidator's de-duplication by ``_id`` makes the final output exactly-once.
+
+Memory: a doc's text is kept only until its request answers; from then until its shard is
+durable and it is marked (up to a shard's rows or age) the worker keeps its id and text hash.
+
+Stopping (a signal): claim nothing more, finish what is in flight for up to
+``drain_timeout_s``, then abandon the rest; make durable and mark what is done, release every
+lease (abandoned docs are pending again, for any worker), return. Marking and releasing run
+to their end even when the stages are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from embedder.errors import ConfigurationError
+from embedder.fleet.routing import Fleet
+from embedder.queue.leases import Lease
+from embedder.queue.work_queue import Claim, DoneMark
+from embedder.storage.shards import ShardReceipt, ShardWriter
+from embedder.telemetry import Summary, Telemetry
+from embedder.worker.batching import Limits, oversized, plan_batches
+from embedder.worker.documents import Doc, Embedded, FailureCause, Rejected, to_doc
+from embedder.worker.progress import Progress, Silent
+from embedder.worker.reuse import TextReuse
+
+log = logging.getLogger(__name__)
+
+
+class WorkQueue(Protocol):
+    """What the pipeline needs of a queue (MongoDB in production, in memory in benchmarks)."""
+
+    owner: str
+
+    async def register(self) -> None: ...
+    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None: ...
+    async def leave(self) -> None: ...
+    async def claim(self) -> Claim | None: ...
+    async def release(self, leases: Sequence[Lease]) -> None: ...
+    async def others_hold_leases(self) -> bool: ...
+    async def pending_count(self) -> int: ...
+    async def done_count(self) -> int: ...
+    async def paused(self) -> bool: ...
+    async def mark(
+        self,
+        done_ids: list[Any],
+        mark: DoneMark | None,
+        failed: list[tuple[Any, str]],
+        text_hashes: list[bytes] | None = None,
+    ) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    text_field: str = "text"
+    once: bool = False
+    poll_interval_s: float = 5.0
+    heartbeat_interval_s: float = 20.0
+    drain_timeout_s: float = 90.0  # after a stop: in-flight work given up past this
+    log_interval_s: float = 10.0
+    gauge_interval_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        positive = {
+            "poll_interval_s": self.poll_interval_s,
+            "heartbeat_interval_s": self.heartbeat_interval_s,
+            "log_interval_s": self.log_interval_s,
+            "gauge_interval_s": self.gauge_interval_s,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigurationError(f"{name} must be positive, not {value}")
+        if not self.drain_timeout_s >= 0:
+            raise ConfigurationError(
+                f"drain_timeout_s must be 0 or more, not {self.drain_timeout_s}"
+            )
+        if not self.text_field:
+            raise ConfigurationError("the text field must be named")
+
+
+@dataclass(slots=True)
+class LeaseTracker:
+    """Counts a lease's docs not yet marked; the lease is released when none remain."""
+
+    lease: Lease
+    outstanding: int
+    seq: int = 0  # the claim's MongoDB-issued sequence number, written on every row
+
+
+@dataclass(slots=True)
+class Batch:
+    docs: list[Doc]
+    trackers: list[LeaseTracker]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the sink receives: embedded docs (no texts) with their vectors, and failures."""
+
+    done: list[tuple[Embedded, LeaseTracker]] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    failed: list[tuple[Rejected, LeaseTracker]] = field(default_factory=list)
+    fresh: bool = True  # the vectors came from the fleet (not reused): worth caching
+
+
+_END = None  # sentinel through the stage queues
+_APPEND_ROWS = 2048  # rows handed to the shard writer at a time
+# A first claim at least this large whose docs all fail one settings-shaped way is taken for
+# a configuration mistake (a mistyped --text-field); a smaller one may just be a few odd docs.
+_SETTINGS_CHECK_MIN_DOCS = 10
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        fleet: Fleet,
+        shards: ShardWriter,
+        telemetry: Telemetry,
+        settings: WorkerSettings,
+        *,
+        progress: Progress | None = None,
+        reuse: TextReuse[LeaseTracker] | None = None,
+        embed_key: str = "",
+    ) -> None:
+        self._queue = queue
+        self._reuse = reuse
+        self._progress: Progress = progress or Silent()
+        self._fleet = fleet
+        self._shards = shards
+        self._telemetry = telemetry
+        self._settings = settings
+        self._embedders = max(1, fleet.max_inputs_in_flight // fleet.batch_size)
+        self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self._embedders * 2)
+        self._outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue(maxsize=self._embedders * 2)
+        self._stopping = asyncio.Event()
+        self._limits = fleet.batch_limits()
+        info = fleet.info
+        self._mark = DoneMark(info.model_id, info.model_sha, "", embed_key)
+        self._paused_logged = False
+        # Marked later, with the next shard's marks: docs the sink has finished with.
+        self._unmarked_done: list[tuple[Embedded, LeaseTracker]] = []
+        self._unmarked_failed: list[tuple[Rejected, LeaseTracker]] = []
+        # Embedded rows not yet handed to the shard writer.
+        self._rows: list[Outcome] = []
+        self._buffered = 0
+        self._tokens_reported = 0
+        self._rate = 0.0  # docs/s over the last log interval
+        self._held: dict[str, LeaseTracker] = {}  # leases claimed and not yet released
+        self._first_claim = True
+        self._last_shard = ""
+
+    @property
+    def summary(self) -> Summary:
+        return self._telemetry.summary
+
+    def request_stop(self) -> None:
+        """Stop claiming; what was claimed is embedded (for up to ``drain_timeout_s``),
+        written and marked, every lease is released, then run() returns."""
+        if not self._stopping.is_set():
+            log.info(
+                "stopping: no new claims; draining in-flight work (for up to %.0fs)",
+                self._settings.drain_timeout_s,
+            )
+            self._stopping.set()
+
+    async def run(self) -> Summary:
+        await self._queue.register()
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._log_loop(), name="progress"),
+            asyncio.create_task(self._queue_gauges_loop(), name="queue-gauges"),
+        ]
+        try:
+            # One group: a stage that fails (the sink on a full disk, say) cancels the others,
+            # which would otherwise wait forever on queues nobody drains.
+            async with asyncio.TaskGroup() as stages:
+                claiming = stages.create_task(self._claim_loop(), name="claim")
+                embedding = stages.create_task(self._embed_all(), name="embed")
+                stages.create_task(self._sink_loop(), name="sink")
+                background.append(
+                    asyncio.create_task(self._bound_drain(claiming, embedding), name="drain")
+                )
+        except BaseExceptionGroup as failed:
+            raise _first_cause(failed) from failed
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+        # Leases whose docs were abandoned at the drain bound: pending again, for anyone.
+        await _shielded(self._release_held())
+        self._progress.close()
+        await self._queue.leave()
+        log.info("run finished: %s", self.summary.as_dict())
+        return self.summary
+
+    # --- claim ------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            claim = await self._queue.claim()
+            if claim is None:
+                if await self._queue.paused():
+                    # Paused (embedder pause): claim nothing, finish what is held, and wait
+                    # for resume, even with --once.
+                    if not self._paused_logged:
+                        log.warning("the queue is paused: waiting for `embedder resume`")
+                        self._paused_logged = True
+                    await self._pause(self._settings.poll_interval_s)
+                    continue
+                if self._paused_logged:
+                    # That claim saw the queue still paused: claim again, now resumed.
+                    log.info("the queue is resumed")
+                    self._paused_logged = False
+                    continue
+                if self._settings.once and not await self._queue.others_hold_leases():
+                    break
+                # Nothing free now: new docs may arrive, or another worker's lease may
+                # expire (a dead worker) and be taken over.
+                await self._pause(self._settings.poll_interval_s)
+                continue
+            await self._dispatch(claim)
+        # Only on a normal finish: a cancelled stage must not wait on a queue.
+        for _ in range(self._embedders):
+            await self._batches.put(_END)
+
+    async def _dispatch(self, claim: Claim) -> None:
+        self._telemetry.claimed(len(claim.documents))
+        tracker = LeaseTracker(claim.lease, len(claim.documents), claim.seq)
+        self._held[claim.lease.id] = tracker
+        self._telemetry.leases.set(len(self._held))
+        if claim.taken_over:
+            self._telemetry.lease_taken_over()
+        docs: list[Doc] = []
+        rejected = Outcome()
+        for raw in claim.documents:
+            item = _checked(raw, self._settings.text_field, self._limits)
+            if isinstance(item, Rejected):
+                rejected.failed.append((item, tracker))
+            else:
+                docs.append(item)
+        if self._first_claim and not claim.taken_over:  # a dead worker's leftovers may be odd
+            self._first_claim = False
+            await self._refuse_a_settings_mistake(claim, [r for r, _ in rejected.failed])
+        if rejected.failed:
+            await self._outcomes.put(rejected)
+        if self._reuse is not None:
+            split = await self._reuse.split(docs, tracker)
+            self._telemetry.reused(split.from_run, split.from_cache)
+            if split.reused:
+                await self._outcomes.put(
+                    Outcome(
+                        done=[(Embedded.of(doc), t) for doc, t in split.reused],
+                        vectors=np.stack(split.vectors),
+                        fresh=False,
+                    )
+                )
+            docs = split.send
+        self._telemetry.sent(len(docs))
+        for group in plan_batches(docs, self._limits):
+            await self._batches.put(Batch(group, [tracker] * len(group)))
+
+    async def _refuse_a_settings_mistake(self, claim: Claim, rejected: list[Rejected]) -> None:
+        """A first claim whose docs all fail the same settings-shaped way (no doc has the text
+        field, or none holds a string there) points at the options, not at the docs: stop
+        before marking any of them failed (undoing that means rewriting every doc)."""
+        causes = {r.cause for r in rejected}
+        if (
+            len(rejected) < max(_SETTINGS_CHECK_MIN_DOCS, len(claim.documents))
+            or len(causes) != 1
+            or not causes.pop().points_at_settings
+        ):
+            return
+        await self._queue.release([claim.lease])
+        del self._held[claim.lease.id]
+        raise ConfigurationError(
+            f"none of the {len(rejected)} docs of the first claim can be embedded "
+            f"({rejected[0].reason}, doc {rejected[0].id!r} and every other): check "
+            f"--text-field ({self._settings.text_field!r}), and --filter if only some docs "
+            "have it; nothing was marked"
+        )
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    # --- embed ------------------------------------------------------------------------------
+
+    async def _embed_all(self) -> None:
+        async with asyncio.TaskGroup() as embedders:
+            for i in range(self._embedders):
+                embedders.create_task(self._embed_batches(), name=f"embed-{i}")
+        await self._outcomes.put(_END)  # the sink's cue; see _bound_drain when cancelled
+
+    async def _embed_batches(self) -> None:
+        while (batch := await self._batches.get()) is not _END:
+            result = await self._fleet.embed([d.text for d in batch.docs])
+            pairs = list(zip(batch.docs, batch.trackers, strict=True))
+            ok = result.succeeded()
+            # From here on the texts are dropped: the sink holds ids and text hashes only.
+            outcome = Outcome(
+                done=[(Embedded.of(d), t) for (d, t), keep in zip(pairs, ok, strict=True) if keep],
+                vectors=result.vectors if not result.failures else result.vectors[ok],
+                failed=[
+                    (Rejected(doc.id, result.failures[i], FailureCause.REJECTED_BY_SERVER), t)
+                    for i, (doc, t) in enumerate(pairs)
+                    if not ok[i]
+                ],
+            )
+            await self._outcomes.put(outcome)
+            if self._reuse is not None:
+                await self._hand_to_waiters(outcome, pairs, ok)
+
+    async def _hand_to_waiters(
+        self, outcome: Outcome, pairs: list[tuple[Doc, LeaseTracker]], ok: np.ndarray
+    ) -> None:
+        """Docs that waited for a text this batch carried get its vector (or its failure)."""
+        assert self._reuse is not None and outcome.vectors is not None
+        waited = Outcome(fresh=False)
+        rows: list[int] = []
+        sent = [doc for (doc, _), keep in zip(pairs, ok, strict=True) if keep]
+        for row, doc in enumerate(sent):
+            waiters = self._reuse.embedded(doc, outcome.vectors[row].copy())
+            waited.done += [(Embedded.of(w), t) for w, t in waiters]
+            rows += [row] * len(waiters)
+        refused = [doc for (doc, _), keep in zip(pairs, ok, strict=True) if not keep]
+        # ``refused`` holds the Docs of ``outcome.failed``, in the same order.
+        for doc, (failure, _) in zip(refused, outcome.failed, strict=True):
+            waited.failed += [
+                (Rejected(w.id, failure.reason, failure.cause), t)
+                for w, t in self._reuse.failed(doc)
+            ]
+        if waited.done:
+            waited.vectors = outcome.vectors[rows]
+        if waited.done or waited.failed:
+            await self._outcomes.put(waited)
+
+    # --- shard, mark, release -----------------------------------------------------------------
+
+    async def _sink_loop(self) -> None:
+        while True:
+            # An idle pipeline commits what it holds: leases are released only once their
+            # docs are marked, and other workers (and --once) wait for those leases.
+            timeout = min(self._shards.seconds_until_due(), self._settings.poll_interval_s)
+            try:
+                outcome = await asyncio.wait_for(self._outcomes.get(), timeout=max(timeout, 0.01))
+            except TimeoutError:
+                await self._commit()
+                continue
+            if outcome is _END:
+                await self._commit()
+                return
+            if outcome.done and outcome.vectors is not None:
+                self._rows.append(outcome)
+                self._buffered += len(outcome.done)
+            self._unmarked_failed.extend(outcome.failed)
+            if self._buffered >= min(_APPEND_ROWS, self._shards.room):
+                await self._append_buffered()
+            if self._shards.due():
+                await self._commit()
+
+    async def _append_buffered(self) -> None:
+        """Hand buffered rows to the shard writer in one call: one thread hop per chunk."""
+        if not self._rows:
+            return
+        outcomes, self._rows, self._buffered = self._rows, [], 0
+        ids = [doc.id for outcome in outcomes for doc, _ in outcome.done]
+        hashes = [doc.text_hash for outcome in outcomes for doc, _ in outcome.done]
+        seqs = [tracker.seq for outcome in outcomes for _, tracker in outcome.done]
+        vectors = np.concatenate([o.vectors for o in outcomes if o.vectors is not None])
+        fresh = np.concatenate(
+            [np.full(len(o.done), o.fresh) for o in outcomes if o.vectors is not None]
+        )
+        await asyncio.to_thread(
+            self._shards.append, ids, vectors, dt.datetime.now(dt.UTC), hashes, seqs
+        )
+        for outcome in outcomes:
+            self._unmarked_done.extend(outcome.done)
+        cache = self._reuse.cache if self._reuse is not None else None
+        if cache is not None and fresh.any():
+            new = [h for h, f in zip(hashes, fresh, strict=True) if f]
+            await cache.store_soon(new, vectors[fresh])
+
+    async def _commit(self) -> None:
+        await _shielded(self._commit_now())
+
+    async def _commit_now(self) -> None:
+        """Make the open shard durable, then mark its docs and the failures, then release."""
+        await self._append_buffered()
+        receipt: ShardReceipt | None = await asyncio.to_thread(self._shards.roll)
+        if receipt is not None:
+            self._last_shard = receipt.name
+            self._telemetry.shard_written(receipt.bytes)
+            log.info(
+                "shard %s durable: %d rows, %d bytes", receipt.name, receipt.rows, receipt.bytes
+            )
+        done, failed = self._unmarked_done, self._unmarked_failed
+        if not done and not failed:
+            return
+        mark = dataclasses.replace(self._mark, shard=receipt.name if receipt else "")
+        started = time.perf_counter()
+        # Each mark names the hash of the text that was embedded: a text edited meanwhile
+        # differs from it, and the change watcher re-queues the doc (embedder.worker.change_watch).
+        await self._queue.mark(
+            [doc.id for doc, _ in done],
+            mark if done else None,
+            [(failure.id, failure.reason) for failure, _ in failed],
+            [doc.text_hash for doc, _ in done],
+        )
+        self._telemetry.mark_seconds.observe(time.perf_counter() - started)
+        self._telemetry.embedded(len(done))
+        self._progress.advance(
+            len(done), len(failed), self._telemetry.summary.tokens - self._tokens_reported
+        )
+        self._tokens_reported = self._telemetry.summary.tokens
+        for failure, _ in failed:
+            log.warning("doc %r failed for good: %s", failure.id, failure.reason)
+            self._telemetry.failed(failure.reason, failure.cause)
+        self._unmarked_done, self._unmarked_failed = [], []
+        finished = [t for _, t in done] + [t for _, t in failed]
+        await self._settle(finished)
+
+    async def _settle(self, trackers: list[LeaseTracker]) -> None:
+        for tracker in trackers:
+            tracker.outstanding -= 1
+        finished = [t.lease for t in {id(t): t for t in trackers}.values() if t.outstanding == 0]
+        await self._queue.release(finished)
+        for lease in finished:
+            self._held.pop(lease.id, None)
+        self._telemetry.leases.set(len(self._held))
+
+    async def _release_held(self) -> None:
+        """After a drain: leases still held cover docs given up at the bound (not marked),
+        which are pending again once released."""
+        if not self._held:
+            return
+        leases = [t.lease for t in self._held.values()]
+        log.warning(
+            "releasing %d leases with %d docs not finished: they are pending again",
+            len(leases),
+            sum(t.outstanding for t in self._held.values()),
+        )
+        await self._queue.release(leases)
+        self._held.clear()
+        self._telemetry.leases.set(0)
+
+    async def _bound_drain(
+        self, claiming: asyncio.Task[None], embedding: asyncio.Task[None]
+    ) -> None:
+        """Once stopping, give claiming and embedding ``drain_timeout_s`` to finish; past it,
+        abandon them (their docs are redone later) and let the sink commit what it has."""
+        await self._stopping.wait()
+        bound = self._settings.drain_timeout_s
+        _, late = await asyncio.wait([claiming, embedding], timeout=bound)
+        if not late:
+            return
+        log.warning(
+            "drain timeout (%.0fs) reached: abandoning the requests in flight; their docs are "
+            "released and redone by a later claim",
+            bound,
+        )
+        for task in late:
+            task.cancel()
+        await asyncio.wait(late)
+        if embedding in late:
+            await self._outcomes.put(_END)  # what _embed_all would have sent
+
+    # --- background ---------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_interval_s)
+            summary = self.summary
+            progress = {
+                "embedded": summary.embedded,
+                "failed": summary.failed,
+                "rate_docs_per_s": round(self._rate, 1),
+                "leases": len(self._held),
+                "last_shard": self._last_shard,
+                "reused": summary.reused_in_run + summary.reused_from_cache,
+                "paused": self._paused_logged,  # waiting for `embedder resume`
+            }
+            try:
+                await self._queue.heartbeat(progress)
+            except Exception as exc:  # a missed beat is retried; the lease TTL has headroom
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _queue_gauges_loop(self) -> None:
+        """Pending and done counts for /metrics, from the two indexes, once a minute."""
+        while True:
+            try:
+                self._telemetry.queue_pending.set(await self._queue.pending_count())
+                self._telemetry.queue_done.set(await self._queue.done_count())
+            except Exception as exc:  # the gauges may lag; the run goes on
+                log.warning("counting the queue failed: %s", exc)
+            await asyncio.sleep(self._settings.gauge_interval_s)
+
+    async def _log_loop(self) -> None:
+        last, last_at = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(self._settings.log_interval_s)
+            now, done = time.monotonic(), self.summary.embedded
+            log.info(
+                "embedded %d docs (%.0f docs/s), failed %d, retries %d, shards %d",
+                done,
+                (done - last) / (now - last_at),
+                self.summary.failed,
+                self.summary.retries,
+                self.summary.shards,
+            )
+            self._rate = (done - last) / (now - last_at)
+            last, last_at = done, now
+
+
+async def _shielded[T](work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even if the caller is cancelled meanwhile (a sibling stage
+    failed): a shard made durable gets its docs marked, a finished lease gets released.
+    The cancellation is passed on once the work is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():  # the work itself was cancelled (the loop is closing)
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
+
+
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that stopped the stages, not the cancellations it caused."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_cause(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
+def _checked(raw: Mapping[str, Any], text_field: str, limits: Limits) -> Doc | Rejected:
+    item = to_doc(raw, text_field)
+    if isinstance(item, Doc):
+        return oversized(item, limits) or item
+    return item

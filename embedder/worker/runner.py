@@ -1,0 +1,268 @@
+"""Assembling a worker from settings and running it under signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prometheus_client import start_http_server
+
+from embedder import __version__
+from embedder.errors import ConfigurationError, EmbedderError, QueueError
+from embedder.fleet.routing import Fleet, FleetSettings
+from embedder.identity import embed_key
+from embedder.queue import connection as mongo
+from embedder.queue.retry import MongoRetry
+from embedder.queue.spec import QueueSpec
+from embedder.queue.work_queue import MongoWorkQueue
+from embedder.storage import filesystems as storage
+from embedder.storage.shards import ShardSettings, ShardWriter
+from embedder.telemetry import Summary, Telemetry
+from embedder.worker.change_watch import ChangeWatcher
+from embedder.worker.pipeline import LeaseTracker, Worker, WorkerSettings
+from embedder.worker.progress import for_stream
+from embedder.worker.reuse import TextReuse
+from embedder.worker.vector_cache import VectorCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedJob:
+    mongo_uri: str
+    queue: QueueSpec
+    fleet: FleetSettings
+    shards: ShardSettings
+    once: bool = False
+    claim_size: int = 1000
+    lease_ttl_s: float = 60.0
+    poll_interval_s: float = 5.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    mongo_options: Mapping[str, Any] = field(default_factory=dict)  # passed to pymongo as-is
+    progress_bar: bool | None = None  # None: a bar when stderr is a terminal
+    mongo_outage_timeout_s: float = 600.0
+    reuse_texts: bool = True  # each distinct text to the fleet once
+    vector_cache_bytes: int = 4 << 30  # 0: no cache across runs
+    reuse_memory_bytes: int = 256 << 20  # recent vectors kept in memory within a run
+    # Continuous mode: re-queue docs whose text changes (change streams, or polling).
+    watch_changes: bool = False
+    changes_poll_interval_s: float = 60.0
+    drain_timeout_s: float = 90.0  # on a signal: in-flight work is given up past this
+
+    def __post_init__(self) -> None:
+        if self.claim_size < 1:
+            raise ConfigurationError(f"the claim size must be at least 1, not {self.claim_size}")
+        # Heartbeats come every third of the TTL; under a second, a busy worker misses them
+        # and takes over its own leases.
+        if not self.lease_ttl_s >= 1:
+            raise ConfigurationError(f"the lease TTL must be at least 1s, not {self.lease_ttl_s}")
+        for name in ("poll_interval_s", "changes_poll_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be positive, not {getattr(self, name)}")
+        for name in ("mongo_outage_timeout_s", "drain_timeout_s"):
+            if not getattr(self, name) >= 0:
+                raise ConfigurationError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if min(self.vector_cache_bytes, self.reuse_memory_bytes) < 0:
+            raise ConfigurationError("memory and cache sizes must be 0 or more")
+
+
+async def run_embed(job: EmbedJob) -> Summary:
+    telemetry = Telemetry()
+    if job.metrics_port is not None:
+        start_http_server(job.metrics_port, addr=job.metrics_host, registry=telemetry.registry)
+        log.info("metrics on http://%s:%d/metrics", job.metrics_host, job.metrics_port)
+    client = mongo.connect(job.mongo_uri, **job.mongo_options)
+    try:
+        await mongo.check_reachable(client, job.mongo_uri)
+        await mongo.check_indexes(client, job.queue)
+        await mongo.check_target_field(client, job.queue)
+        retry = MongoRetry(job.mongo_outage_timeout_s)
+        queue = MongoWorkQueue(
+            client,
+            job.queue,
+            claim_size=job.claim_size,
+            lease_ttl_s=job.lease_ttl_s,
+            retry=retry,
+        )
+        fleet = await Fleet.connect(job.fleet, telemetry)
+        reuse: TextReuse[LeaseTracker] | None = None
+        try:
+            key = embed_key(fleet.info, job.fleet.options, fleet.dimension)
+            await asyncio.to_thread(_check_shards_are_ours, job.shards, key, fleet)
+            writer = ShardWriter(
+                job.shards,
+                owner=queue.owner,
+                dimension=fleet.dimension,
+                metadata=_shard_metadata(job, fleet, key),
+            )
+            settings = WorkerSettings(
+                text_field=job.queue.text_field,
+                once=job.once,
+                poll_interval_s=job.poll_interval_s,
+                heartbeat_interval_s=job.lease_ttl_s / 3,
+                drain_timeout_s=job.drain_timeout_s,
+            )
+            if job.reuse_texts:
+                cache = await _open_cache(job, key, fleet.dimension, fleet.probe_vector)
+                reuse = TextReuse(cache, job.reuse_memory_bytes, fleet.dimension)
+            progress = for_stream(await queue.pending_count(), enabled=job.progress_bar)
+            worker = Worker(
+                queue,
+                fleet,
+                writer,
+                telemetry,
+                settings,
+                progress=progress,
+                reuse=reuse,
+                embed_key=key,
+            )
+            log.info(
+                "embedding %s.%s into %r with %s (dim %d) on %d endpoint(s); shards to %s",
+                job.queue.database,
+                job.queue.collection,
+                job.queue.target_field,
+                fleet.info.model_id,
+                fleet.dimension,
+                len(job.fleet.urls),
+                job.shards.cold_uri,
+            )
+            with _stop_on_signals(worker):
+                if job.watch_changes and not job.once:
+                    watcher = ChangeWatcher(
+                        client,
+                        job.queue,
+                        poll_interval_s=job.changes_poll_interval_s,
+                        retry=MongoRetry(job.mongo_outage_timeout_s),
+                    )
+                    return await _run_watching(worker, watcher)
+                return await worker.run()
+        finally:
+            await fleet.close()
+            if reuse is not None and reuse.cache is not None:
+                await reuse.cache.aclose()
+    finally:
+        await client.close()
+
+
+async def _run_watching(worker: Worker, watcher: ChangeWatcher) -> Summary:
+    """The worker beside its change watcher. The watcher ends only by failing (it waits out
+    MongoDB outages up to the bound first): then the worker drains and the run fails with the
+    watcher's error, for a worker that no longer watches must not look healthy."""
+    working = asyncio.create_task(worker.run(), name="worker")
+    watching = asyncio.create_task(watcher.run(), name="change-watcher")
+    try:
+        await asyncio.wait([working, watching], return_when=asyncio.FIRST_COMPLETED)
+        if not watching.done():
+            return working.result()
+        failure = watching.exception() if not watching.cancelled() else None
+        log.error("the change watcher stopped (%s): draining, then exiting", failure)
+        worker.request_stop()
+        try:
+            await working
+        except EmbedderError as drain_failed:  # MongoDB gone: leaving fails too, say so
+            log.error("draining after the watcher stopped failed as well: %s", drain_failed)
+        raise QueueError(
+            f"watching for changed texts failed: {failure}; edits made from now on would be "
+            "missed, so the worker stops (a restart resumes watching where it stopped)"
+        ) from failure
+    finally:
+        for task in (working, watching):
+            task.cancel()
+        await asyncio.gather(working, watching, return_exceptions=True)
+
+
+async def _open_cache(
+    job: EmbedJob, key: str, dimension: int, probe: np.ndarray
+) -> VectorCache | None:
+    """The vector cache of this embed key on the hot tier; rebuilt from the shards if lost."""
+    # A row is the vector plus its 16-byte key and SQLite's own overhead, about 64 bytes.
+    rows = job.vector_cache_bytes // (dimension * 4 + 64)
+    if rows <= 0:
+        return None
+    path = job.shards.hot_dir / "vector-cache" / f"{key}.sqlite"
+    cache = await asyncio.to_thread(
+        VectorCache, path, embed_key=key, dimension=dimension, max_rows=rows, probe=probe
+    )
+    if cache.fresh:
+        added = await asyncio.to_thread(cache.rebuild, job.shards.cold_uri, job.shards.filesystem)
+        log.info("vector cache %s: new, %d vectors taken from existing shards", path, added)
+    return cache
+
+
+def _check_shards_are_ours(settings: ShardSettings, key: str, fleet: Fleet) -> None:
+    """Refuse a shard directory that holds another model's (or options') shards: each
+    target field, and so each model, keeps its own, and the consolidator would refuse the mix."""
+    fs, root = storage.open_root(settings.cold_uri, filesystem=settings.filesystem)
+    existing = storage.list_parquet(fs, root)
+    if not existing:
+        return
+    try:
+        with fs.open_input_file(existing[-1].path) as handle:
+            meta = pq.ParquetFile(handle).schema_arrow.metadata or {}
+    except (OSError, pa.ArrowException):
+        return  # a damaged shard is the consolidator's to report
+    theirs = meta.get(b"embedder.embed_key", b"").decode()
+    if theirs and theirs != key:
+        model = meta.get(b"embedder.model_id", b"?").decode()
+        raise ConfigurationError(
+            f"{settings.cold_uri} holds shards of another model or options ({model}, embed key "
+            f"{theirs}; this run is {fleet.info.model_id}, {key}): give this target field its "
+            "own --output-dir"
+        )
+
+
+def _shard_metadata(job: EmbedJob, fleet: Fleet, key: str) -> dict[str, str]:
+    options = job.fleet.options
+    return {
+        "embed_key": key,
+        "model_id": fleet.info.model_id,
+        "model_sha": fleet.info.model_sha or "",
+        "dimension": str(fleet.dimension),
+        "normalize": str(options.normalize).lower(),
+        "truncate": "server" if options.truncate is None else str(options.truncate).lower(),
+        "queue": job.queue.key,
+        "target_field": job.queue.target_field,
+        "embedder_version": __version__,
+    }
+
+
+class _stop_on_signals:
+    """First SIGINT/SIGTERM: drain and exit 0. Second: exit at once; leases simply expire."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._count = 0
+
+    def __enter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def __exit__(self, *_: object) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._count += 1
+        if self._count == 1:
+            log.warning(
+                "%s received: finishing in-flight work (signal again to exit at once)", sig.name
+            )
+            self._worker.request_stop()
+            return
+        log.error(
+            "%s received again: exiting now; in-flight docs will be redone by the next run",
+            sig.name,
+        )
+        logging.shutdown()
+        os._exit(128 + sig.value)

@@ -1,0 +1,1 @@
+"""What the tests and benchmarks share: real servers, corpora, the worker as users run it."""
