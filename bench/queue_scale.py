@@ -37,14 +37,15 @@ from pymongo import AsyncMongoClient
 
 from bench.memory_queue import run_worker
 from bench.sim_fleet import machine, running_fleet
-from embedder import autotune, mongo
-from embedder import tei_protocol as tei
-from embedder.fleet import Fleet, FleetSettings
-from embedder.queue_spec import QueueSpec
-from embedder.samples import generate
-from embedder.tei_client import EndpointClient
+from embedder.devtools.samples import generate
+from embedder.fleet import tei_protocol as tei
+from embedder.fleet.endpoint import EndpointClient
+from embedder.fleet.routing import Fleet, FleetSettings
+from embedder.ops import autotune
+from embedder.queue import connection as mongo
+from embedder.queue.spec import QueueSpec
 from embedder.telemetry import Telemetry
-from tests.servers import ROOT, start
+from tests.support.servers import ROOT, start
 
 WORKER_TIMEOUT_S = 900
 
