@@ -12,6 +12,8 @@ on demand. Tests steer it over HTTP: ``POST /_faults`` sets the faults (JSON bel
     {"delay_s": 0.5}                        answer late
     {"garbage": "nan" | "count" | "dim" | "json" | "truncated"}
     {"reject_containing": "POISON"}         422 Validation for any batch holding that text
+    {"nan_containing": "POISON"}            NaN vectors for any batch holding that text (an
+                                            input that overflows the model, e.g. in fp16)
     {"unhealthy": true}                     /health answers 503
     {"after": 1, ...}                       the first request (a client's start-up probe) is spared
     {"info": {"model_id": "other/model"}}   /info reports these fields instead (model_sha,
@@ -57,6 +59,7 @@ class Faults:
     delay_s: float = 0.0
     garbage: str | None = None
     reject_containing: str | None = None
+    nan_containing: str | None = None  # NaN vectors for any batch holding that text
     unhealthy: bool = False
     after: int = 0
     info: dict[str, Any] = field(default_factory=dict)
@@ -165,6 +168,10 @@ class FaultInjector:
                 422,
                 tei.encode_error(tei.ErrorType.VALIDATION, "Input validation error: poisoned"),
             )
+            return
+        if f.nan_containing and any(f.nan_containing in text for text in inputs):
+            self.stats.faults_injected += 1
+            await self._garbage("nan", len(inputs), send)
             return
         self.stats.inputs += len(inputs)
         self.stats.texts.update(inputs)
