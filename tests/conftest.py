@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from pymongo import AsyncMongoClient
 
 from tests.support.servers import FaultTei, Process, start
 from tests.support.worker import Workspace
+
+# Properties are checked on their outcome, never on time: a loaded machine must not fail them.
+settings.register_profile("embedder", deadline=None)
+settings.load_profile("embedder")
 
 REAL_MONGO = os.environ.get("EMBEDDER_TEST_MONGODB_URI")
 

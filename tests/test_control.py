@@ -38,7 +38,9 @@ async def test_pause_stops_every_worker_claiming_and_resume_lets_them_finish(
     ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
 ) -> None:
     tei = tei_factory()
-    tei.set_faults(delay_s=0.5)  # each 20-doc request: the run takes many seconds
+    # The server holds every request but the two workers' start-up probes until the pause is
+    # set: whatever this machine's speed, both are mid-run, holding claims, when it arrives.
+    tei.set_faults(hold=True, delay_s=0.5, after=2)
     corpus = corpora.tweets(300)
     queue = await seed(mongo, ws.database, corpus)
     # A heartbeat every 0.5 s (a third of the lease TTL).
@@ -47,15 +49,12 @@ async def test_pause_stops_every_worker_claiming_and_resume_lets_them_finish(
         *("--concurrency", "1", "--lease-ttl", "1.5"),
     )
     workers = [ws.popen([tei.url], *extra, log=f"w{i}.log", summary=f"w{i}.json") for i in (0, 1)]
-    await wait_until(some_done(mongo, ws), what="some docs done")
+    await wait_until(lambda: tei.stats()["held"] >= 2, what="both workers' requests held")
 
-    # The server holds every request while the pause is set, so the workers cannot finish
-    # the queue first, however fast or slow this machine is; then it answers them again.
-    tei.set_faults(hold=True, delay_s=0.5)
-    await wait_until(lambda: tei.stats()["held"] > 0, what="a request held")
     paused = run_python(ws.queue_command("pause"))
     assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
     tei.set_faults(delay_s=0.5)
+    await wait_until(some_done(mongo, ws), what="some docs done")
     # Within seconds every worker notices, finishes what it holds and claims nothing more.
     for log in ("w0.log", "w1.log"):
         await wait_until(

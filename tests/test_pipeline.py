@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import signal
 import time
 from collections.abc import Callable
@@ -113,13 +114,14 @@ async def test_sigkill_mid_run_then_rerun_loses_nothing(
     code = await asyncio.to_thread(ws.run, [tei.url], "--once", "--lease-ttl", "2", log="rerun.log")
 
     assert code == 0, ws.log("rerun.log")
-    table = ws.table()
-    ids = table["_id"].to_pylist()
-    # At-least-once: a killed shard's docs may be redone, but every doc is there, and the
-    # docs marked before the kill were not embedded again.
+    ids = collections.Counter(ws.table()["_id"].to_pylist())
+    # At-least-once: the docs of a shard made durable but not yet (wholly) marked when the
+    # kill landed are redone; every doc is there, and no doc marked before the kill was
+    # embedded again.
     assert set(ids) == {str(i) for i in corpus.eligible}
-    assert len(ids) == len(set(ids)), "docs marked before the kill were embedded again"
-    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
+    marked_before = [str(i) for i, v in state.items() if v and v["status"] == "done"]
+    assert all(ids[i] == 1 for i in marked_before), "docs marked before the kill were redone"
+    assert_complete(ws.rows_allowing_repeats(), await marks(mongo, queue), corpus)
     assert ws.summary()["leases_taken_over"] >= 1
 
 

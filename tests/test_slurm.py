@@ -23,9 +23,8 @@ from pymongo import AsyncMongoClient
 from embedder.ids import decode_id
 from tests.support import corpus as corpora
 from tests.support import slurm_cluster
-from tests.support.seeding import seed
 from tests.support.servers import ROOT, run_python
-from tests.support.worker import Workspace, assert_complete, marks, wait_until
+from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
 
 pytestmark = pytest.mark.skipif(
     slurm_cluster.unavailable() is not None, reason=str(slurm_cluster.unavailable())

@@ -201,8 +201,11 @@ async def seed(
     collection: str = "tweets",
     **spec: Any,
 ) -> QueueSpec:
+    """Insert ``corpus`` and create the queue's indexes. In chunks: one insert of a thousand
+    docs keeps a loaded mongoeco busy past pymongo's heartbeat, which then cancels it."""
     queue = QueueSpec(collection=collection, database=database, **spec)
-    await client[database][collection].insert_many(corpus.docs)
+    for start in range(0, len(corpus.docs), 100):
+        await client[database][collection].insert_many(corpus.docs[start : start + 100])
     await mongo.ensure_indexes(client, queue)
     return queue
 
