@@ -583,6 +583,27 @@ async def test_docs_refused_by_a_sick_endpoint_wait_for_a_healthy_one(
     assert_complete(ws.rows(), state, corpus)
 
 
+async def test_refused_inputs_wait_for_a_confirming_endpoint_only_up_to_the_outage_bound(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    """A refuses every input and B never comes back: the refused inputs wait for B up to
+    --outage-timeout, then the run stops with the fleet's error, no doc marked failed."""
+    a, b = (tei_factory("--dimension", str(DIM)) for _ in range(2))
+    a.set_faults(reject_containing="tweet", after=1)  # the start-up probe gets through
+    b.set_faults(fail_every=1, fail_status=503, unhealthy=True, after=1)
+    corpus = corpora.tweets(100)
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(
+        ws.run, [a.url, b.url], "--once", "--outage-timeout", "3", timeout=120
+    )
+
+    assert code != 0, ws.log()
+    assert f"no embedding endpoint other than {a.url}" in ws.log(), ws.log()
+    state = await marks(mongo, queue)
+    assert not [i for i in corpus.eligible if state[i]], "no eligible doc may be marked"
+
+
 async def test_one_input_that_makes_the_model_answer_nan_does_not_stop_the_fleet(
     ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
 ) -> None:
