@@ -54,6 +54,12 @@ class Consequences:
     shrinks_limit: bool  # the endpoint's concurrency limit is halved
     splits: bool  # the request is divided: the server refused it for its size or content
     fails_doc: bool  # a single input refused so, confirmed in isolation, fails its doc
+    # One input can cause it on any server (NaN from an fp16 overflow, a forward pass that
+    # fails on that text): when the endpoint still embeds the probe text well, the fault is
+    # not counted against it and the request is divided as a refused one is (``splits``); a
+    # single input so answered by two endpoints that answer the probe well fails its doc.
+    # When the probe fails too, the row's other columns apply: it was the endpoint's fault.
+    narrows_first: bool = False
 
 
 # A server's fault: retried elsewhere, against the endpoint, never the doc's.
@@ -77,6 +83,9 @@ _CONTENT = Consequences(
     fails_doc=True,
 )
 
+# A server's fault, unless the server still answers well: then narrowed down to the input.
+_SUSPECT = replace(_SERVER, narrows_first=True)
+
 FAULTS: dict[FaultKind, Consequences] = {
     FaultKind.CONNECTION: _SERVER,
     FaultKind.TIMEOUT: replace(_SERVER, shrinks_limit=True),
@@ -84,8 +93,8 @@ FAULTS: dict[FaultKind, Consequences] = {
     FaultKind.OVERLOADED: replace(_SERVER, counts_against_endpoint=False, shrinks_limit=True),
     FaultKind.UNHEALTHY: _SERVER,
     FaultKind.SERVER_ERROR: _SERVER,
-    FaultKind.BACKEND: _SERVER,
-    FaultKind.GARBAGE: _SERVER,
+    FaultKind.BACKEND: _SUSPECT,
+    FaultKind.GARBAGE: _SUSPECT,
     # Vectors of another size or model are never a passing glitch.
     FaultKind.WRONG_DIMENSION: replace(_SERVER, ejects_at_once=True),
     FaultKind.WRONG_MODEL: replace(_SERVER, ejects_at_once=True),

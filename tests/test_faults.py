@@ -487,6 +487,16 @@ def test_what_each_server_fault_does_to_its_endpoint() -> None:
     }
 
 
+def test_faults_one_input_can_cause_are_narrowed_before_they_count_against_the_endpoint() -> None:
+    narrowing = {k for k in FaultKind if k.means.narrows_first}
+    assert narrowing == {FaultKind.BACKEND, FaultKind.GARBAGE}  # review finding 13
+    for kind in narrowing:
+        # When the probe text fails too, they are the endpoint's fault as any other.
+        means = kind.means
+        assert means.endpoint_fault and means.retried and means.counts_against_endpoint, kind
+        assert not means.ejects_at_once and not means.splits, kind
+
+
 @pytest.mark.parametrize(
     ("status", "body", "kind"),
     [
@@ -547,3 +557,80 @@ async def test_a_refused_input_fails_only_when_another_endpoint_refuses_it_too(
     assert code == 0, ws.log()
     assert_complete(ws.rows(), await marks(mongo, queue), corpus)
     assert ws.summary()["failed"] == len(corpus.bad)
+
+
+async def test_docs_refused_by_a_sick_endpoint_wait_for_a_healthy_one(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    """Endpoint A goes wrong and answers 422 to every input while B, which embeds them all, is
+    out of rotation (503s): a refused single input waits for B, the endpoint that can confirm
+    it, instead of failing on A's word alone (review finding 9)."""
+    corpus = corpora.tweets(300)
+    queue = await seed(mongo, ws.database, corpus)
+    a = tei_factory("--dimension", str(DIM), "--batch-seconds", "0.3")
+    b = tei_factory("--dimension", str(DIM), "--batch-seconds", "0.3")
+    proc = ws.popen([a.url, b.url], "--once", "--claim-size", "50")
+    await ws.wait_for(proc, lambda: a.stats()["inputs"] + b.stats()["inputs"] > 20, "a start")
+    b.set_faults(fail_every=1, fail_status=503, unhealthy=True)
+    await ws.wait_for(proc, lambda: f"endpoint {b.url} ejected" in ws.log(), "B to leave")
+    a.set_faults(reject_containing="tweet")
+    # Many single inputs refused by A while B is out, before B comes back.
+    await ws.wait_for(proc, lambda: a.stats()["faults_injected"] > 40, "A's refusals")
+    b.set_faults()
+    assert await asyncio.to_thread(proc.wait, 180) == 0, ws.log()
+    state = await marks(mongo, queue)
+    assert not _failed_eligible(state, corpus), "good docs failed on the sick endpoint's word"
+    assert_complete(ws.rows(), state, corpus)
+
+
+async def test_refused_inputs_wait_for_a_confirming_endpoint_only_up_to_the_outage_bound(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    """A refuses every input and B never comes back: the refused inputs wait for B up to
+    --outage-timeout, then the run stops with the fleet's error, no doc marked failed."""
+    a, b = (tei_factory("--dimension", str(DIM)) for _ in range(2))
+    a.set_faults(reject_containing="tweet", after=1)  # the start-up probe gets through
+    b.set_faults(fail_every=1, fail_status=503, unhealthy=True, after=1)
+    corpus = corpora.tweets(100)
+    queue = await seed(mongo, ws.database, corpus)
+
+    code = await asyncio.to_thread(
+        ws.run, [a.url, b.url], "--once", "--outage-timeout", "3", timeout=120
+    )
+
+    assert code != 0, ws.log()
+    assert f"no embedding endpoint other than {a.url}" in ws.log(), ws.log()
+    state = await marks(mongo, queue)
+    assert not [i for i in corpus.eligible if state[i]], "no eligible doc may be marked"
+
+
+async def test_one_input_that_makes_the_model_answer_nan_does_not_stop_the_fleet(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+) -> None:
+    """One text makes the model answer NaN on every endpoint (an fp16 overflow: the same text,
+    the same NaN, anywhere), while both endpoints embed everything else and the probe text
+    well: the batch is narrowed to that input, which fails alone naming what the servers
+    answered; the other docs are embedded and the run exits 0 (review finding 13)."""
+    corpus = corpora.tweets(100)
+    poison = list(corpus.eligible)[10]
+    for doc in corpus.docs:
+        if doc["_id"] == poison:
+            doc["text"] = "POISON " + doc["text"]
+    del corpus.eligible[poison]
+    corpus.bad[poison] = "garbage"
+    queue = await seed(mongo, ws.database, corpus)
+    faults = {"nan_containing": "POISON", "after": 1}
+    a, b = (tei_factory("--dimension", str(DIM)) for _ in range(2))
+    a.set_faults(**faults)
+    b.set_faults(**faults)
+
+    code = await asyncio.to_thread(
+        ws.run, [a.url, b.url], "--once", "--outage-timeout", "5", timeout=120
+    )
+
+    assert code == 0, ws.log()
+    state = await marks(mongo, queue)
+    assert_complete(ws.rows(), state, corpus)
+    reason = state[poison]["reason"]
+    assert reason.count("garbage") == 2 and a.url in reason and b.url in reason, reason
+    assert "ejected" not in ws.log(), ws.log()

@@ -7,8 +7,12 @@ is read from one table (``errors.FAULTS``): a server's fault (overload, outage, 
 endpoint, counts against the endpoint that made it (eject, probe back, check its ``/info`` and
 its vectors again) and never fails a doc; past the outage bound the run stops, marking nothing.
 A batch the server finds too large is split; a batch it rejects is narrowed down to the input
-at fault, and that input fails for good only when another endpoint, where one is up, refuses
-it too.
+at fault. A fault one input can cause on any server (garbage such as NaN, a failed forward
+pass) is narrowed the same way while the endpoint still embeds the probe text well, and counts
+against the endpoint when it does not. A single input so refused fails for good only when
+another endpoint of the fleet, asked in isolation, refuses it too: while no other endpoint is
+in rotation it waits for one (up to the outage bound); only in a one-endpoint fleet is the
+isolated refusal its own confirmation.
 """
 
 from __future__ import annotations
@@ -333,6 +337,8 @@ class Fleet:
         """Embed ``texts`` into ``result``; ``refusal`` is an earlier endpoint's refusal of this
         single input, to be confirmed on another endpoint."""
         exclude = frozenset({refusal.endpoint}) if refusal is not None else frozenset()
+        limit: int | None = None
+        fault: EndpointError | None
         try:
             embedded = await self._send(texts, exclude)
         except EndpointError as exc:  # the request's own fault: the table says to divide
@@ -340,17 +346,21 @@ class Fleet:
             limit = exc.limit if isinstance(exc, BatchTooLargeError) else None
             if limit is not None:
                 self._batch_cap = min(self._batch_cap, limit)
+            fault = exc
+        except _NarrowInstead as narrowed:
+            fault = narrowed.fault
+        else:
+            fault = None
+        if fault is not None:
             if len(texts) > 1:
                 await self._divide(texts, positions, result, limit)
-            elif refusal is None and self._others_up(exc.endpoint):
-                log.info("endpoint %s refused one input (%s): asking another", exc.endpoint, exc)
-                await self._embed_into(texts, positions, result, exc)
+            elif refusal is None and self._others_exist(fault.endpoint):
+                log.info(
+                    "endpoint %s refused one input (%s): asking another", fault.endpoint, fault
+                )
+                await self._embed_into(texts, positions, result, fault)
             else:
-                result.failures[positions[0]] = f"{exc.kind}: {exc.reason}"
-            return
-        if embedded is None:  # nobody else to confirm the refusal with
-            assert refusal is not None
-            result.failures[positions[0]] = f"{refusal.kind}: {refusal.reason}"
+                result.failures[positions[0]] = _failure_reason(fault, refusal)
             return
         if refusal is not None:
             log.warning(
@@ -360,8 +370,10 @@ class Fleet:
             )
         result.vectors[positions] = embedded.vectors
 
-    def _others_up(self, name: str) -> bool:
-        return any(e.up and e.name != name for e in self._endpoints)
+    def _others_exist(self, name: str) -> bool:
+        """Whether the fleet has another endpoint to confirm ``name``'s refusal, up or not:
+        one that is down is waited for, never skipped."""
+        return any(e.name != name for e in self._endpoints)
 
     async def _divide(
         self, texts: list[str], positions: list[int], result: FleetResult, limit: int | None
@@ -369,12 +381,12 @@ class Fleet:
         parts = list(zip(halves(texts, limit), halves(positions, limit), strict=True))
         await asyncio.gather(*(self._embed_into(list(t), list(p), result) for t, p in parts))
 
-    async def _send(self, texts: list[str], exclude: frozenset[str]) -> Embedded | None:
+    async def _send(self, texts: list[str], exclude: frozenset[str]) -> Embedded:
         """The vectors of ``texts`` from some endpoint not in ``exclude``.
 
         The endpoints' faults are retried elsewhere up to the outage bound, then
-        :class:`FleetUnavailableError`; the request's own faults are raised as they are. None
-        when ``exclude`` leaves no endpoint in rotation.
+        :class:`FleetUnavailableError`; the request's own faults are raised as they are, and
+        a fault one input may have caused as :class:`_NarrowInstead`.
         """
         avoid: set[str] = set(exclude)
         retrying = AsyncRetrying(
@@ -391,10 +403,7 @@ class Fleet:
         try:
             async for attempt in retrying:
                 with attempt:
-                    acquired = await self._acquire(len(texts), avoid, exclude)
-                    if acquired is None:
-                        return None
-                    endpoint, ticket = acquired
+                    endpoint, ticket = await self._acquire(len(texts), avoid, exclude)
                     avoid.add(endpoint.name)
                     return await self._ask(endpoint, ticket, texts)
         except EndpointError as exc:
@@ -415,6 +424,21 @@ class Fleet:
             self._check_dimension(endpoint, embedded)
         except EndpointError as exc:
             await self._release(endpoint, ticket)
+            if exc.means.narrows_first:
+                probe_fault = await self._probe_fault(endpoint)
+                if probe_fault is None:  # the endpoint is well: one of these inputs did it
+                    self._telemetry.request_failed(endpoint.name, exc.kind)
+                    log.info(
+                        "endpoint %s answered %s for %d input(s) and the probe text well: "
+                        "narrowing down to the input at fault",
+                        endpoint.name,
+                        exc.kind,
+                        len(texts),
+                    )
+                    raise _NarrowInstead(exc) from exc
+                await self._record_failure(endpoint, exc)
+                await self._record_failure(endpoint, probe_fault)
+                raise
             await self._record_failure(endpoint, exc)
             raise
         except BaseException:
@@ -423,6 +447,17 @@ class Fleet:
         await self._release(endpoint, ticket)
         await self._record_success(endpoint, len(texts), embedded, alone=alone)
         return embedded
+
+    async def _probe_fault(self, endpoint: Endpoint) -> EndpointError | None:
+        """What is wrong with ``endpoint``'s answer for the probe text, or None when it is the
+        vector of the start: the endpoint answers well, whatever it answered another request."""
+        try:
+            probe = await endpoint.client.embed([PROBE_TEXT], self.settings.options)
+            self._check_dimension(endpoint, probe)
+            self._check_vector(endpoint, probe.vectors[0])
+        except EndpointError as exc:
+            return exc
+        return None
 
     def _check_dimension(self, endpoint: Endpoint, embedded: Embedded) -> None:
         if embedded.vectors.shape[1] != self.dimension:
@@ -443,11 +478,10 @@ class Fleet:
 
     async def _acquire(
         self, inputs: int, avoid: set[str], exclude: frozenset[str]
-    ) -> tuple[Endpoint, tuple[float, int]] | None:
+    ) -> tuple[Endpoint, tuple[float, int]]:
+        waiting_since: float | None = None  # for an endpoint outside ``exclude`` to come back
         async with self._changed:
             while True:
-                if exclude and not any(e.up and e.name not in exclude for e in self._endpoints):
-                    return None
                 now = time.monotonic()
                 endpoint = choose_endpoint(self._endpoints, inputs, avoid, now, exclude)
                 if endpoint is not None:
@@ -456,6 +490,11 @@ class Fleet:
                     self._gauge_inflight(endpoint)
                     return endpoint, ticket
                 self._check_outage()
+                if exclude and not any(e.up and e.name not in exclude for e in self._endpoints):
+                    waiting_since = now if waiting_since is None else waiting_since
+                    self._check_confirmer_outage(exclude, now - waiting_since)
+                else:
+                    waiting_since = None
                 # Wake when an answer or a new limit changes things, or when the pacing of
                 # an endpoint within its limit lets the next request go.
                 timeout = self.settings.probe_interval_s
@@ -477,6 +516,14 @@ class Fleet:
         elif now - self._down_since > self.settings.retry.outage_timeout_s:
             raise FleetUnavailableError(
                 f"no embedding endpoint has been healthy for {now - self._down_since:.0f}s"
+            )
+
+    def _check_confirmer_outage(self, exclude: frozenset[str], waited_s: float) -> None:
+        """A refused input waits for another endpoint to confirm it, up to the outage bound."""
+        if waited_s > self.settings.retry.outage_timeout_s:
+            raise FleetUnavailableError(
+                f"no embedding endpoint other than {', '.join(sorted(exclude))} has been in "
+                f"rotation for {waited_s:.0f}s (--outage-timeout) to confirm a refused input"
             )
 
     async def _release(self, endpoint: Endpoint, ticket: tuple[float, int]) -> None:
@@ -617,6 +664,26 @@ def choose_endpoint(
         return None
     fresh = [e for e in ready if e.name not in avoid]
     return min(fresh or ready, key=lambda e: (e.inflight_requests, e.inflight_inputs))
+
+
+class _NarrowInstead(Exception):
+    """An endpoint answered a fault that one input can cause (``narrows_first``) and embeds the
+    probe text well: the request is divided, or its single input confirmed elsewhere, rather
+    than retried whole."""
+
+    def __init__(self, fault: EndpointError) -> None:
+        super().__init__(str(fault))
+        self.fault = fault
+
+
+def _failure_reason(fault: EndpointError, refusal: EndpointError | None) -> str:
+    """Why a single input failed for good: what each endpoint that refused it answered."""
+    if refusal is None:  # a one-endpoint fleet: its isolated refusal is the confirmation
+        return f"{fault.kind}: {fault.reason}"
+    return (
+        f"{fault.kind}: {fault.reason} (from {fault.endpoint}); "
+        f"{refusal.kind}: {refusal.reason} (from {refusal.endpoint})"
+    )
 
 
 def _worth_retrying(exc: BaseException) -> bool:
