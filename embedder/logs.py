@@ -12,14 +12,17 @@ import re
 import sys
 import time
 
+from embedder.queue.connection import redact_uri
+
 # scheme://user:password@ or scheme://token@ in any URL (http, https, mongodb, s3...).
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/\s?#]*)@")
 
 
 def redact(text: str) -> str:
     """``text`` with the credentials of every URL in it replaced: ``user:***@`` where the
-    URL names a user and a password, ``***@`` where it carries a single token."""
-    return _USERINFO.sub(_hidden, text)
+    URL names a user and a password, ``***@`` where it carries a single token; MongoDB URIs'
+    other credentials (their options) as :func:`redact_uri` hides them."""
+    return redact_uri(_USERINFO.sub(_hidden, text))
 
 
 def _hidden(match: re.Match[str]) -> str:

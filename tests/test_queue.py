@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import re
 import signal
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from bson import ObjectId
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from embedder.errors import ConfigurationError
+from embedder.identity import text_hash
 from embedder.ids import Bound, range_clauses, sort_key
 from embedder.queue import connection as mongo_setup
 from embedder.queue.spec import QueueSpec
@@ -420,3 +423,30 @@ async def test_every_claim_takeover_and_adoption_gets_a_higher_sequence_number(
     taken = await again.claim()
     assert taken is not None and taken.taken_over and taken.lease.id == b.lease.id
     assert taken.seq > adopted.seq
+
+
+async def test_a_recreated_control_document_does_not_let_a_stale_row_win(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei: FaultTei
+) -> None:
+    """claim_seq is the control document's version. Recreate the control document (an
+    operator clearing a stuck queue, a restore) and the versions start again at 0: a doc
+    re-embedded for its edited text gets a lower claim_seq than its old row, and the
+    consolidator keeps the old text's vector although the doc's mark names the new one."""
+    corpus = corpora.tweets(40)
+    queue = await seed(mongo, ws.database, corpus)
+    assert await asyncio.to_thread(ws.run, [tei.url], "--once", "--claim-size", "4") == 0
+    out = ws.root / "consolidated"
+    assert (await asyncio.to_thread(ws.consolidate, out)).returncode == 0
+    docs = mongo[ws.database][queue.collection]
+    edited = list(corpus.eligible)[-1]
+    await docs.update_one({"_id": edited}, {"$set": {"text": "an edited text"}})
+    requeued = run_python(ws.queue_command("requeue", "--changed-text", "--json"))
+    assert json.loads(requeued.stdout)["requeued"] == 1, requeued.stdout + requeued.stderr
+    await mongo[ws.database][queue.control_collection].delete_one({"_id": queue.key})
+    assert await asyncio.to_thread(ws.run, [tei.url], "--once", log="second.log") == 0
+    assert (await asyncio.to_thread(ws.consolidate, out)).returncode == 0
+
+    table = pq.read_table(out)
+    row = [r for r in table.to_pylist() if r["_id"] == str(edited)]
+    assert len(row) == 1
+    assert row[0]["text_hash"] == text_hash("an edited text"), "the old text's row was kept"

@@ -17,7 +17,7 @@ from embedder.fleet.endpoint import address
 from embedder.logs import redact
 from tests.conftest import REAL_MONGO
 from tests.support import corpus as corpora
-from tests.support.servers import ROOT, FaultTei, free_port, start
+from tests.support.servers import ROOT, FaultTei, free_port, run_python, start
 from tests.support.worker import Workspace, seed
 
 MONGO_SECRET = "m0ngo-Pa55-never-shown"
@@ -198,3 +198,55 @@ def test_an_endpoint_is_named_without_its_credentials_and_sends_them_as_basic_au
     request = httpx.Request("GET", where.url)
     assert next(where.auth.auth_flow(request)).headers["authorization"].startswith("Basic ")
     assert address("http://gpu1:18080").auth is None
+
+
+def test_an_aws_session_token_in_the_mongodb_uri_never_reaches_an_error() -> None:
+    """MONGODB-AWS carries its session token in authMechanismProperties
+    (AWS_SESSION_TOKEN:<token>). redact_uri hides the password and parameters named
+    password/secret/token=..., not this one: an unreachable server prints the token."""
+    uri = (
+        "mongodb://AKIAEXAMPLE:wJalrSECRET@127.0.0.1:1/?authMechanism=MONGODB-AWS"
+        "&authSource=$external&authMechanismProperties=AWS_SESSION_TOKEN:SeSsIoNtOkEn123"
+        "&serverSelectionTimeoutMS=300"
+    )
+    for command in ("status", "verify", "requeue"):
+        extra = ["--consolidated-dir", "/nonexistent"] if command == "verify" else []
+        if command == "requeue":
+            extra = ["--changed-text"]
+        result = run_python(
+            [
+                "-m",
+                "embedder.cli",
+                command,
+                "--collection",
+                "t",
+                "--database",
+                "d",
+                "--mongo-uri",
+                uri,
+                *extra,
+            ]
+        )
+        assert result.returncode != 0
+        shown = result.stdout + result.stderr
+        assert "wJalrSECRET" not in shown
+        assert "SeSsIoNtOkEn123" not in shown, f"{command}: {shown[:300]}"
+
+
+def test_every_credential_a_mongodb_uri_carries_is_scrubbed() -> None:
+    """The password, authMechanismProperties' values and secret options are hidden where the
+    URI is printed, and where an error quotes one alone (decoded or not)."""
+    from embedder.queue.connection import redact_uri, scrub
+
+    uri = (
+        "mongodb+srv://user:pa%2Fss@db.example.com/?authMechanism=MONGODB-AWS"
+        "&authMechanismProperties=AWS_SESSION_TOKEN:t0kEn%2Bxyz,SERVICE_NAME:mongodb"
+        "&tlsCertificateKeyFilePassword=keyPa55&appname=x"
+    )
+    shown = redact_uri(f"cannot reach {uri} now")
+    for secret in ("pa%2Fss", "t0kEn", "keyPa55"):
+        assert secret not in shown, shown
+    assert "user:***@db.example.com" in shown and "appname=x" in shown, shown
+    bare = scrub("auth failed for token t0kEn+xyz with pa/ss, key keyPa55 (mongodb)", uri)
+    assert not any(s in bare for s in ("t0kEn", "pa/ss", "keyPa55")), bare
+    assert "(mongodb)" in bare, bare

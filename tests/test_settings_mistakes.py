@@ -176,3 +176,40 @@ def test_failure_causes_label_the_metric_from_the_cause_not_the_reason() -> None
         == 1
     )
     assert registry.get_sample_value("embedder_docs_failed_total", {"cause": "empty_text"}) == 0
+
+
+async def test_a_mistyped_text_field_is_caught_whatever_the_claim_size(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei: FaultTei
+) -> None:
+    """The settings check looks at the first claim only, and only when it holds at least 10
+    docs: with --claim-size under 10 (or docs trickling into a live collection, a few per
+    claim) a mistyped --text-field marks every doc failed and the run exits 0."""
+    corpus = corpora.tweets(60)
+    queue = await seed(mongo, ws.database, corpus)
+    code = await asyncio.to_thread(
+        ws.run, [tei.url], "--once", "--text-field", "body", "--claim-size", "5", log="typo.log"
+    )
+    state = await marks(mongo, queue)
+    failed = sum(1 for m in state.values() if (m or {}).get("status") == "failed")
+    assert code != 0 and failed == 0, f"exit {code}, {failed} docs marked failed"
+    assert "--text-field" in ws.log("typo.log")
+    control = await mongo[ws.database]["embedder_control"].find_one({})
+    assert control is not None and control["leases"] == [], "a held claim's lease was kept"
+
+
+async def test_a_few_docs_without_text_among_good_ones_fail_alone(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei: FaultTei
+) -> None:
+    """Small claims whose first docs mix good docs and docs without the text field: no
+    configuration mistake, the bad ones are marked failed, the rest embedded."""
+    corpus = corpora.tweets(30)
+    bad = list(corpus.eligible)[::4]
+    for doc in corpus.docs:
+        if doc["_id"] in bad:
+            del doc["text"]
+    queue = await seed(mongo, ws.database, corpus)
+    code = await asyncio.to_thread(ws.run, [tei.url], "--once", "--claim-size", "3")
+    state = await marks(mongo, queue)
+    assert code == 0, ws.log()
+    assert all((state[i] or {}).get("status") == "failed" for i in bad), state
+    assert sum(1 for m in state.values() if (m or {}).get("status") == "done") > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -12,13 +13,33 @@ from pymongo.errors import OperationFailure, PyMongoError
 from embedder.errors import ConfigurationError
 from embedder.queue.spec import QueueSpec
 
-_USERINFO = re.compile(r"(?P<scheme>mongodb(?:\+srv)?://)(?P<userinfo>[^@/]*)@")
-_SECRET_PARAMS = re.compile(r"(?i)((?:password|tlsCertificateKeyFilePassword|secret|token)=)[^&]*")
+_USERINFO = re.compile(r"(?P<scheme>mongodb(?:\+srv)?://)(?P<userinfo>[^@/\s]*)@")
+# The URI options that carry a credential (pymongo's URI options: the client certificate's
+# key password), and any option named like one; a value ends at the next option or the end
+# of the URI as printed.
+_SECRET_PARAMS = re.compile(
+    r"(?i)((?:password|tlsCertificateKeyFilePassword|passphrase|secret|token)=)[^&\s'\"#]*"
+)
+# authMechanismProperties=KEY:VALUE,KEY:VALUE: MONGODB-AWS puts its session token there
+# (AWS_SESSION_TOKEN:<token>), and other mechanisms may put secrets there too. Every value is
+# hidden, the keys are kept: they say which mechanism is configured.
+_MECHANISM_PROPERTIES = re.compile(r"(?i)(authMechanismProperties=)([^&\s'\"#]*)")
+_PROPERTY_VALUE = re.compile(r"(?P<key>[^:,]*):[^,]*")
+# Properties that name things rather than prove them (as pymongo's repr treats them): their
+# values, often short ("aws", "mongodb"), are not hunted for outside the URI.
+_NAMING_PROPERTIES = frozenset(
+    {"ALLOWED_HOSTS", "CANONICALIZE_HOST_NAME", "ENVIRONMENT", "SERVICE_HOST", "SERVICE_NAME"}
+    | {"SERVICE_REALM", "TOKEN_RESOURCE"}
+)
 
 
-def redact_uri(uri: str) -> str:
-    """The URI with its password and secret parameters replaced, safe for logs and errors."""
-    return _SECRET_PARAMS.sub(r"\1***", _USERINFO.sub(_hide_password, uri))
+def redact_uri(text: str) -> str:
+    """``text`` with every credential of each MongoDB URI in it replaced (the password of
+    its userinfo, authMechanismProperties' values, password/secret/token options), safe for
+    logs and errors. The one place that knows what a MongoDB URI can hold."""
+    text = _USERINFO.sub(_hide_password, text)
+    text = _MECHANISM_PROPERTIES.sub(_hide_properties, text)
+    return _SECRET_PARAMS.sub(r"\1***", text)
 
 
 def _hide_password(match: re.Match[str]) -> str:
@@ -26,12 +47,40 @@ def _hide_password(match: re.Match[str]) -> str:
     return f"{match.group('scheme')}{user}:***@"
 
 
+def _hide_properties(match: re.Match[str]) -> str:
+    hidden = _PROPERTY_VALUE.sub(r"\g<key>:***", match.group(2))
+    return match.group(1) + hidden
+
+
+def uri_credentials(uri: str) -> list[str]:
+    """The credentials ``uri`` carries, as written and percent-decoded: a driver's error may
+    quote one without the URI around it."""
+    parts = urlsplit(uri)
+    found: list[str] = []
+    if parts.password:
+        found.append(parts.password)
+    for name, value in parse_qsl(parts.query):
+        if name.lower() == "authmechanismproperties":
+            pairs = (p.partition(":") for p in value.split(","))
+            found += [v for k, _, v in pairs if k.upper() not in _NAMING_PROPERTIES]
+        elif _SECRET_PARAMS.search(f"{name}="):
+            found.append(value)
+    raw = [c for c in found if c]
+    return sorted({*raw, *(quote(c, safe="") for c in raw), *(unquote(c) for c in raw)})
+
+
 def scrub(message: str, *secrets: str | None) -> str:
-    """A message with every URI in it redacted and every given secret removed."""
+    """A message with every URI in it redacted and every given secret removed; a MongoDB URI
+    given as a secret has each of its credentials removed too, wherever it appears."""
     text = redact_uri(message)
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+        if not secret:
+            continue
+        hidden = [secret]
+        if secret.startswith(("mongodb://", "mongodb+srv://")):
+            hidden += uri_credentials(secret)
+        for value in sorted(set(hidden), key=len, reverse=True):
+            text = text.replace(value, "***")
     return text
 
 

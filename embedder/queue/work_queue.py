@@ -100,20 +100,9 @@ class MongoWorkQueue:
 
     async def register(self) -> None:
         """Create the control document if needed and announce this worker."""
-        fresh = {
-            "_id": self.spec.key,
-            "version": 0,
-            "cursor": None,
-            "passes": 0,
-            "leases": [],
-            "workers": {},
-        }
-
-        async def create() -> None:
-            with contextlib.suppress(DuplicateKeyError):
-                await self._control.insert_one(dict(fresh))
-
-        await self._retry("creating the control document", create)
+        await self._retry(
+            "creating the control document", lambda: create_control(self._control, self.spec.key)
+        )
         await self.heartbeat()
 
     async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None:
@@ -434,6 +423,35 @@ class MongoWorkQueue:
         )
 
 
+# A new control document's version (claim_seq) starts from the MongoDB server's clock in
+# milliseconds times this: a document deleted and recreated (a queue reset by hand, a restore)
+# starts above every sequence the old one issued, unless it issued this many claims per
+# millisecond of its life, so a later claim's rows still outrank earlier ones.
+_SEQ_PER_MS = 1000
+
+
+async def create_control(control: AsyncCollection[dict[str, Any]], key: str) -> None:
+    """Create the queue's control document unless it exists: the one place that does.
+
+    Its first version comes from the server's clock (``hello``'s ``localTime``), not this
+    host's: sequences are issued by MongoDB alone. An existing document is left as it is.
+    """
+    hello = await control.database.client.admin.command("hello")
+    local_time: dt.datetime = hello["localTime"]
+    if local_time.tzinfo is None:  # a client without tz_aware: BSON dates are UTC
+        local_time = local_time.replace(tzinfo=dt.UTC)
+    fresh = {
+        "_id": key,
+        "version": int(local_time.timestamp() * 1000) * _SEQ_PER_MS,
+        "cursor": None,
+        "passes": 0,
+        "leases": [],
+        "workers": {},
+    }
+    with contextlib.suppress(DuplicateKeyError):
+        await control.insert_one(fresh)
+
+
 async def set_paused(
     client: AsyncMongoClient[dict[str, Any]], spec: QueueSpec, *, paused: bool, by: str
 ) -> bool:
@@ -446,9 +464,12 @@ async def set_paused(
     update = {
         "$set": {"paused": paused, "paused_by" if paused else "resumed_by": by},
         "$inc": {"version": 1},
-        "$setOnInsert": {"cursor": None, "passes": 0, "leases": [], "workers": {}},
     }
-    before = await control.find_one_and_update(
-        {"_id": spec.key}, update, upsert=True, return_document=ReturnDocument.BEFORE
-    )
-    return bool((before or {}).get("paused", False)) != paused
+    for _ in range(3):  # the document deleted between creating and updating it: again
+        await create_control(control, spec.key)
+        before = await control.find_one_and_update(
+            {"_id": spec.key}, update, return_document=ReturnDocument.BEFORE
+        )
+        if before is not None:
+            return bool(before.get("paused", False)) != paused
+    raise QueueError(f"control document {spec.key!r} keeps disappearing; is a reset running?")

@@ -119,8 +119,8 @@ class Outcome:
 
 _END = None  # sentinel through the stage queues
 _APPEND_ROWS = 2048  # rows handed to the shard writer at a time
-# A first claim at least this large whose docs all fail one settings-shaped way is taken for
-# a configuration mistake (a mistyped --text-field); a smaller one may just be a few odd docs.
+# The first docs a worker claims, this many (or all the queue holds, if fewer), failing one
+# settings-shaped way are taken for a configuration mistake (a mistyped --text-field).
 _SETTINGS_CHECK_MIN_DOCS = 10
 
 
@@ -161,7 +161,10 @@ class Worker:
         self._tokens_reported = 0
         self._rate = 0.0  # docs/s over the last log interval
         self._held: dict[str, LeaseTracker] = {}  # leases claimed and not yet released
-        self._first_claim = True
+        # The failures of the first docs claimed, held back from the sink while every one of
+        # them failed (None once the options are known to be right): see _check_settings.
+        self._first_failures: list[tuple[Rejected, LeaseTracker]] | None = []
+        self._first_seen = 0
         self._last_shard = ""
 
     @property
@@ -214,6 +217,8 @@ class Worker:
         while not self._stopping.is_set():
             claim = await self._queue.claim()
             if claim is None:
+                if self._first_failures:  # the queue held fewer docs than the check wants
+                    await self._refuse_a_settings_mistake()
                 if await self._queue.paused():
                     # Paused (embedder pause): claim nothing, finish what is held, and wait
                     # for resume, even with --once.
@@ -253,9 +258,9 @@ class Worker:
                 rejected.failed.append((item, tracker))
             else:
                 docs.append(item)
-        if self._first_claim and not claim.taken_over:  # a dead worker's leftovers may be odd
-            self._first_claim = False
-            await self._refuse_a_settings_mistake(claim, [r for r, _ in rejected.failed])
+        if self._first_failures is not None and not claim.taken_over:
+            # A dead worker's leftovers may be odd: only this worker's own claims count.
+            rejected = await self._check_settings(len(claim.documents), bool(docs), rejected)
         if rejected.failed:
             await self._outcomes.put(rejected)
         if self._reuse is not None:
@@ -274,22 +279,36 @@ class Worker:
         for group in plan_batches(docs, self._limits):
             await self._batches.put(Batch(group, [tracker] * len(group)))
 
-    async def _refuse_a_settings_mistake(self, claim: Claim, rejected: list[Rejected]) -> None:
-        """A first claim whose docs all fail the same settings-shaped way (no doc has the text
-        field, or none holds a string there) points at the options, not at the docs: stop
-        before marking any of them failed (undoing that means rewriting every doc)."""
-        causes = {r.cause for r in rejected}
-        if (
-            len(rejected) < max(_SETTINGS_CHECK_MIN_DOCS, len(claim.documents))
-            or len(causes) != 1
-            or not causes.pop().points_at_settings
-        ):
-            return
-        await self._queue.release([claim.lease])
-        del self._held[claim.lease.id]
+    async def _check_settings(self, claimed: int, any_good: bool, rejected: Outcome) -> Outcome:
+        """While the first docs claimed all fail the same settings-shaped way (no doc has the
+        text field, or none holds a string there), hold their failures back; what to hand to
+        the sink now. Once the first docs (up to ``_SETTINGS_CHECK_MIN_DOCS``, across claims)
+        all failed that way the options are wrong: stop before marking any of them failed
+        (undoing that means rewriting every doc). One good doc, or another cause, ends the
+        check and the held failures go on to be marked."""
+        assert self._first_failures is not None
+        self._first_failures += rejected.failed
+        self._first_seen += claimed
+        causes = {failure.cause for failure, _ in self._first_failures}
+        one_settings_cause = len(causes) == 1 and causes.pop().points_at_settings
+        if any_good or not one_settings_cause:
+            held, self._first_failures = self._first_failures, None
+            return Outcome(failed=held)
+        if self._first_seen >= _SETTINGS_CHECK_MIN_DOCS:
+            await self._refuse_a_settings_mistake()
+        return Outcome()
+
+    async def _refuse_a_settings_mistake(self) -> None:
+        """Release the leases of the held failures, unmarked, and stop naming the option."""
+        held = self._first_failures or []
+        leases = {tracker.lease.id: tracker.lease for _, tracker in held}
+        await self._queue.release(list(leases.values()))
+        for lease_id in leases:
+            del self._held[lease_id]
+        first = held[0][0]
         raise ConfigurationError(
-            f"none of the {len(rejected)} docs of the first claim can be embedded "
-            f"({rejected[0].reason}, doc {rejected[0].id!r} and every other): check "
+            f"none of the first {len(held)} docs claimed can be embedded "
+            f"({first.reason}, doc {first.id!r} and every other): check "
             f"--text-field ({self._settings.text_field!r}), and --filter if only some docs "
             "have it; nothing was marked"
         )
