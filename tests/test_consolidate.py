@@ -827,6 +827,9 @@ def test_a_consolidator_paused_past_its_lease_cannot_write_an_old_manifest(
     finally:
         a.send_signal(signal.SIGCONT)
     a.wait(60)
+    said = a.stdout.read().decode() if a.stdout else ""
+    # A re-reads the manifest right before replacing it: written under a newer lease, refused.
+    assert a.returncode != 0 and "lease generation" in said, said
     last = run_python(["consolidate_embeddings.py", *args])
     assert last.returncode == 0, last.stdout + last.stderr
     rows = output_rows(out)  # also: no output file outside the manifest
