@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from embedder.errors import ConfigurationError
 from embedder.identity import text_hash
 from embedder.ids import decode_id
 from embedder.queue.spec import CONTROL_COLLECTION as CONTROL
@@ -333,6 +334,7 @@ def test_object_store_paths_through_pyarrow_fs(tmp_path: Path) -> None:
             output_uri="mock:///bucket/consolidated",
             shards_filesystem=bucket,
             output_filesystem=bucket,
+            sole_consolidator=True,  # no conditional create on this store
         )
     ).run()
 
@@ -735,3 +737,266 @@ def test_a_lease_record_its_writer_died_writing_expires_like_any_other(
     done = _consolidate_cli(shards, out)
     assert done.returncode == 0, done.stderr
     assert set(output_rows(out)) == {"1", "2"}
+
+
+# --- issue 12 review: one embed key per output; a paused consolidator; object stores --------
+
+_CLS_POOLING = {"info": {"model_type": {"embedding": {"pooling": "cls"}}}, "model_seed": 7}
+
+
+def _output_embed_keys(out: Path) -> set[str]:
+    manifest = mf.load(*_local(out))
+    keys = set()
+    for f in manifest.files:
+        meta = pq.read_schema(out / f.name).metadata or {}
+        keys.add(meta.get(b"embedder.embed_key", b"").decode())
+    return keys
+
+
+async def test_output_never_mixes_two_embed_keys_after_shards_are_retired(
+    ws: Workspace, mongo: Any, tei_factory: Callable[..., Any]
+) -> None:
+    """Mean-pooled docs are consolidated (their shards retired); TEI restarts with cls pooling
+    (another embed key, same model id and dimension) and new docs arrive: the output must not
+    take their shards, which stay in place with a message naming both keys."""
+    corpus = corpora.tweets(40)
+    queue = await seed(mongo, ws.database, corpus)
+    mean = tei_factory()
+    assert await asyncio.to_thread(ws.run, [mean.url], "--once") == 0, ws.log()
+    out = ws.root / "consolidated"
+    first = await asyncio.to_thread(ws.consolidate, out)
+    assert first.returncode == 0, first.stderr
+    await mongo[ws.database][queue.collection].insert_many(
+        [
+            {"_id": 10**19 // 10 + i, "lang": "en", "classified": True, "text": f"new {i}"}
+            for i in range(20)
+        ]
+    )
+    cls = tei_factory("--faults", orjson.dumps(_CLS_POOLING).decode())
+    assert await asyncio.to_thread(ws.run, [cls.url], "--once", log="cls.log") == 0, ws.log()
+    second = await asyncio.to_thread(ws.consolidate, out)
+    assert len(_output_embed_keys(out)) == 1, (_output_embed_keys(out), second.stderr)
+    assert "embed key" in second.stderr, second.stderr
+    assert ws.has_shard(), "the refused shards are left in place"
+
+
+_PAUSING = """
+import os, signal, sys
+import embedder.storage.consolidate as c
+def point(name):
+    if name == os.environ["PAUSE_AT"]:
+        os.kill(os.getpid(), signal.SIGSTOP)
+c.failpoint = point
+from embedder.cli.commands import main
+main(["consolidate", *sys.argv[1:]])
+"""
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_consolidator_paused_past_its_lease_cannot_write_an_old_manifest(
+    tmp_path: Path,
+) -> None:
+    """A is stopped (a VM pause, a GC stall) just before it replaces the manifest; B takes the
+    expired lease, finishes A's commit and commits newer shards (retiring them). When A
+    resumes it must not write its older manifest over B's; and after one more run every doc
+    is reachable through the manifest exactly once, with no output file outside it."""
+    shards, out = tmp_path / "shards", tmp_path / "consolidated"
+    write_shard(shards, list(range(0, 20)), version=1)
+    args = ["--shards-dir", str(shards), "--consolidated-dir", str(out), "--lease-ttl", "3"]
+    a = subprocess.Popen(
+        [sys.executable, "-c", _PAUSING, *args],
+        cwd=ROOT,
+        env={**os.environ, "PAUSE_AT": "consolidate.before-manifest"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _stopped(a.pid):
+            assert a.poll() is None and time.monotonic() < deadline, a.stdout and a.stdout.read()
+            time.sleep(0.05)
+        write_shard(shards, list(range(20, 40)), version=2)
+        while True:  # B steps aside (exit 4) until A's lease has expired
+            b = run_python(["consolidate_embeddings.py", *args])
+            if b.returncode != LEASE_HELD_EXIT or time.monotonic() > deadline:
+                break
+        assert b.returncode == 0, b.stdout + b.stderr
+    finally:
+        a.send_signal(signal.SIGCONT)
+    a.wait(60)
+    said = a.stdout.read().decode() if a.stdout else ""
+    # A re-reads the manifest right before replacing it: written under a newer lease, refused.
+    assert a.returncode != 0 and "lease generation" in said, said
+    last = run_python(["consolidate_embeddings.py", *args])
+    assert last.returncode == 0, last.stdout + last.stderr
+    rows = output_rows(out)  # also: no output file outside the manifest
+    assert set(rows) == {str(i) for i in range(40)}
+
+
+def test_an_output_file_outside_the_manifest_is_adopted_by_the_next_run(tmp_path: Path) -> None:
+    """The window no filesystem without compare-and-swap can close: a paused writer's older
+    manifest lands over a newer one, leaving a published file outside it. The next run merges
+    that file's rows back (newest claim wins, as for any duplicate): nothing stays unreachable."""
+    shards, out = tmp_path / "shards", tmp_path / "consolidated"
+    write_shard(shards, list(range(0, 20)), version=1)
+    consolidator = Consolidator(ConsolidateSettings(str(shards), str(out)))
+    consolidator.run()
+    old_manifest = (out / mf.MANIFEST_NAME).read_bytes()
+    write_shard(shards, list(range(20, 30)), version=2)
+    consolidator.run()
+    (out / mf.MANIFEST_NAME).write_bytes(old_manifest)  # the stale writer's manifest
+    assert len(list(out.glob("*.parquet"))) > len(mf.load(*_local(out)).files)
+    write_shard(shards, list(range(25, 35)), version=3)  # newer rows of some adopted docs
+    report = consolidator.run()
+    rows = output_rows(out)
+    assert set(rows) == {str(i) for i in range(35)}, report
+    assert [survivor_version(rows[str(i)], i) for i in range(20, 35)] == [2] * 5 + [3] * 10
+
+
+def _race_for_the_lease(make: Callable[[], OutputLease]) -> list[object]:
+    """Two would-be holders that look at the same moment; what each got."""
+    won: list[object] = []
+    start = threading.Barrier(2)
+
+    def take() -> None:
+        try:
+            lease = make()
+            start.wait()
+            lease.acquire()
+            won.append(True)
+        except Exception as exc:  # LeaseHeld, or the refusal of a store without a create
+            won.append(exc)
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
+def test_two_consolidators_on_an_object_store_never_both_hold_the_output() -> None:
+    """A store without a conditional create (here an in-memory fsspec store whose listing is
+    slow, as S3's is) could only check, then write: two consolidators that look at once would
+    both take generation 1. Unless told it is the only consolidator, the lease is refused."""
+    import fsspec  # type: ignore[import-untyped]
+    import pyarrow.fs as pafs
+    from pyarrow.fs import FSSpecHandler
+
+    class SlowStore(FSSpecHandler):  # type: ignore[misc]
+        # The answer is read at once and arrives late, as an S3 round trip's does.
+        def get_file_info(self, paths):  # type: ignore[no-untyped-def]
+            answer = super().get_file_info(paths)
+            time.sleep(0.2)
+            return answer
+
+        def get_file_info_selector(self, selector):  # type: ignore[no-untyped-def]
+            answer = super().get_file_info_selector(selector)
+            time.sleep(0.2)
+            return answer
+
+    store = pafs.PyFileSystem(SlowStore(fsspec.filesystem("memory")))
+    store.create_dir("bucket/out", recursive=True)
+    won = _race_for_the_lease(lambda: OutputLease(store, "bucket/out", ttl_s=60))
+    assert won.count(True) <= 1, f"both consolidators hold the lease: {won}"
+    assert all(w is True or "conditional create" in str(w) for w in won), won
+
+
+_MOTO_SERVER = """
+import sys
+from moto.server import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import run_simple
+# One request at a time: each conditional write is atomic, as S3's is.
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
+           threaded=False)
+"""
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """moto's S3 server on loopback (the test extra installs it), with a bucket "bucket";
+    yields a pyarrow S3FileSystem on it. boto3 finds it through AWS_ENDPOINT_URL."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    import socket
+
+    import boto3  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    import pyarrow.fs as pafs
+
+    from embedder.storage import conditional_create
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-c", _MOTO_SERVER, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "moto did not start"
+                time.sleep(0.05)
+        for name, value in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(name, value)
+        conditional_create._s3_client.cache_clear()
+        boto3.client("s3").create_bucket(Bucket="bucket")
+        yield pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}",
+            scheme="http",
+            access_key="testing",
+            secret_key="testing",
+            region="us-east-1",
+        )
+    finally:
+        conditional_create._s3_client.cache_clear()
+        server.terminate()
+        server.wait(10)
+
+
+def test_on_s3_exactly_one_of_two_consolidators_takes_the_output(s3_server: Any) -> None:
+    """On s3:// the lease creates its records with If-None-Match: * (a real S3-compatible
+    server on loopback): of two consolidators that look at the same moment, exactly one
+    takes the output, round after round."""
+    from embedder.storage import conditional_create
+
+    create = conditional_create.for_uri("s3://bucket/out")
+    assert create is not None
+    for round_ in range(10):
+        root = f"bucket/out{round_}"
+
+        def make(root: str = root) -> OutputLease:
+            return OutputLease(s3_server, root, ttl_s=60, create_exclusive=create)
+
+        won = _race_for_the_lease(make)
+        assert won.count(True) == 1, f"round {round_}: {won}"
+        assert all(w is True or isinstance(w, LeaseHeld) for w in won), won
+
+
+def test_an_s3_output_is_consolidated_under_a_conditional_lease(
+    tmp_path: Path, s3_server: Any
+) -> None:
+    """The conditional create is chosen for an s3:// output without being asked for (a store
+    without one is refused), and a run commits there."""
+    shards = tmp_path / "shards"
+    write_shard(shards, list(range(20)), version=1)
+    settings = ConsolidateSettings(str(shards), "s3://bucket/out", output_filesystem=s3_server)
+    report = Consolidator(settings).run()
+    assert report.rows_out == 20
+    manifest = mf.load(s3_server, "bucket/out")
+    assert manifest.total_rows == 20 and manifest.lease_generation == 1
+    with pytest.raises(ConfigurationError, match="conditional create"):
+        OutputLease(s3_server, "bucket/out", ttl_s=60)  # no create given: refused

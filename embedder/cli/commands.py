@@ -634,6 +634,13 @@ def queue_naming_options(func: Any) -> Any:
     envvar="EMBEDDER_CONSOLIDATE_LEASE_TTL",
     help="Seconds the output's lease outlives a silent holder (it renews every third).",
 )
+@click.option(
+    "--sole-consolidator",
+    is_flag=True,
+    envvar="EMBEDDER_SOLE_CONSOLIDATOR",
+    help="On a store without a conditional create (gs://, other pyarrow filesystems): "
+    "promise that no other consolidator writes this output; refused otherwise.",
+)
 def consolidate(
     spec: QueueSpec | None,
     shards_dir: str | None,
@@ -646,6 +653,7 @@ def consolidate(
     interval: float,
     report_json: Path | None,
     lease_ttl: float,
+    sole_consolidator: bool,
 ) -> None:
     """Merge shards into large, de-duplicated, verified Parquet files with a manifest.
 
@@ -666,6 +674,7 @@ def consolidate(
             work_dir=work_dir,
             queue=spec.key if spec else None,
             lease_ttl_s=lease_ttl,
+            sole_consolidator=sole_consolidator,
         )
     except ConfigurationError as exc:
         raise click.ClickException(f"configuration: {exc}") from None

@@ -37,10 +37,17 @@ import pyarrow.parquet as pq
 
 from embedder.errors import ConfigurationError, StorageError
 from embedder.failpoints import failpoint
+from embedder.storage import conditional_create
 from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
 from embedder.storage.dedup import CLAIM_SEQ, LoserStream, find_losers
-from embedder.storage.output_lease import DEFAULT_TTL_S, ExclusiveCreate, LeaseKeeper, OutputLease
+from embedder.storage.output_lease import (
+    DEFAULT_TTL_S,
+    ExclusiveCreate,
+    LeaseKeeper,
+    LeaseLost,
+    OutputLease,
+)
 from embedder.storage.shards import PARQUET_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -68,6 +75,9 @@ class ConsolidateSettings:
     lease_ttl_s: float = DEFAULT_TTL_S
     # A conditional create for the output's object store (see embedder.storage.output_lease).
     create_exclusive: ExclusiveCreate | None = None
+    # On a store without a conditional create: the operator's word that no other
+    # consolidator writes this output (else the run is refused).
+    sole_consolidator: bool = False
 
     def __post_init__(self) -> None:
         if self.shards_uri.rstrip("/") == self.output_uri.rstrip("/"):
@@ -166,6 +176,7 @@ class Consolidator:
         )
         # Raises LeaseLost unless this run still holds the output; set while a run holds it.
         self._confirm: Callable[[], None] = _not_held
+        self._generation = 0  # of the output lease this run holds
 
     def run(self) -> Report:
         """One consolidation under the output's lease; ``LeaseHeld`` when another holds it."""
@@ -173,9 +184,13 @@ class Consolidator:
             self.fs_out,
             self.root_out,
             ttl_s=self.settings.lease_ttl_s,
-            create_exclusive=self.settings.create_exclusive,
+            create_exclusive=self.settings.create_exclusive
+            or conditional_create.for_uri(self.settings.output_uri),
+            sole_holder=self.settings.sole_consolidator,
         )
         lease.acquire()
+        assert lease.holder is not None
+        self._generation = lease.holder.generation
         try:
             with LeaseKeeper(lease, self.settings.lease_ttl_s) as keeper:
                 self._confirm = keeper.check
@@ -194,12 +209,13 @@ class Consolidator:
             for i in storage.list_parquet(self.fs_in, self.root_in)
             if i.base_name not in manifest.consumed()
         ]
-        while shards:
+        orphans = self._orphans(manifest)
+        while shards or orphans:
             usable, queue = self._check_shards(shards, manifest, queue, report.bad_shards)
-            if not usable:
+            if not usable and not orphans:
                 break
             try:
-                self._consolidate(usable, manifest, queue, report)
+                self._consolidate(usable, manifest, queue, report, orphans)
                 break
             except _BadSource as bad:
                 # A shard failed while being copied: forget this attempt, leave the shard in
@@ -223,7 +239,12 @@ class Consolidator:
         return wanted or manifest.queue
 
     def _consolidate(
-        self, shards: list[_Source], manifest: mf.Manifest, queue: str | None, report: Report
+        self,
+        shards: list[_Source],
+        manifest: mf.Manifest,
+        queue: str | None,
+        report: Report,
+        orphans: list[_Source],
     ) -> None:
         outputs = [
             _Source(
@@ -231,7 +252,8 @@ class Consolidator:
             )
             for f in manifest.files
         ]
-        inputs = outputs + shards
+        inputs = outputs + orphans + shards
+        adopted = {o.name for o in orphans}
         work = self.settings.work_dir or Path(tempfile.gettempdir())
         with find_losers(
             [(s.fs, s.path) for s in inputs],
@@ -249,7 +271,11 @@ class Consolidator:
                 queue,
                 report,
                 staging=f"{self.root_out}/{_STAGING_PREFIX}{report.run_id}",
-                to_copy=[(i, s) for i, s in enumerate(inputs) if s.is_shard or i in losers.counts],
+                to_copy=[
+                    (i, s)
+                    for i, s in enumerate(inputs)
+                    if s.is_shard or s.name in adopted or i in losers.counts
+                ],
             )
             self.fs_out.create_dir(attempt.staging, recursive=True)
             written = self._copy_all(attempt, losers.stream())
@@ -259,7 +285,7 @@ class Consolidator:
     def _copy_all(self, attempt: _Attempt, losers: LoserStream) -> list[tuple[str, int, list[str]]]:
         manifest = attempt.manifest
         inputs = [s for _, s in attempt.to_copy]
-        schema = _output_schema(_read_schema(attempt.shards[0]))
+        schema = _output_schema(_read_schema(_reference(attempt)))
         dimension = schema.field("embedding").type.list_size
         normalized = manifest.normalized if manifest.normalized is not None else _normalized(schema)
         # Inputs are written with the same encoding as the output, so their bytes per row
@@ -283,7 +309,7 @@ class Consolidator:
     def _commit(self, attempt: _Attempt, written: list[tuple[str, int, list[str]]]) -> None:
         shards, to_copy, manifest = attempt.shards, attempt.to_copy, attempt.manifest
         staging, report = attempt.staging, attempt.report
-        schema = _read_schema(shards[0])
+        schema = _read_schema(_reference(attempt))
         dimension = schema.field("embedding").type.list_size
         normalized = manifest.normalized if manifest.normalized is not None else _normalized(schema)
         report.sources = [s.name for s in shards]
@@ -308,6 +334,7 @@ class Consolidator:
             dimension=dimension,
             normalized=normalized,
             queue=attempt.queue,
+            embed_key=manifest.embed_key or _first_embed_key(shards),
             files=[f for f in manifest.files if f.name not in report.rewritten] + report.files,
             runs=[
                 *manifest.runs,
@@ -407,6 +434,7 @@ class Consolidator:
         """The shards this output can take, and the queue whose rows it holds."""
         usable = []
         reference: tuple[str | None, int | None] = (manifest.model_id, manifest.dimension)
+        embed_key = manifest.embed_key
         for info in infos:
             if info.base_name in bad:
                 continue
@@ -422,6 +450,8 @@ class Consolidator:
             dimension = schema.field("embedding").type.list_size if problem is None else None
             if problem is None and reference[0] is not None and (model, dimension) != reference:
                 problem = f"made by {model} ({dimension}-d), the output holds {reference[0]} ({reference[1]}-d)"
+            key = _embed_key(schema)
+            problem = problem or _embed_key_problem(key, embed_key)
             # Shards of older versions name no queue; they are taken as this output's.
             theirs = (schema.metadata or {}).get(b"embedder.queue", b"").decode() or None
             if problem is None and queue and theirs and theirs != queue:
@@ -434,6 +464,7 @@ class Consolidator:
                 continue
             reference = (model, dimension)
             queue = queue or theirs
+            embed_key = embed_key or key
             usable.append(
                 _Source(info.base_name, info.path, self.fs_in, rows, info.size or 0, is_shard=True)
             )
@@ -473,10 +504,14 @@ class Consolidator:
                 return False
             self._confirm()
             failpoint("consolidate.before-manifest")
+            self._refuse_if_superseded()
             storage.write_bytes_atomically(
                 self.fs_out,
                 f"{self.root_out}/{mf.MANIFEST_NAME}",
-                orjson.dumps(record.manifest, option=orjson.OPT_INDENT_2),
+                orjson.dumps(
+                    {**record.manifest, "lease_generation": self._generation},
+                    option=orjson.OPT_INDENT_2,
+                ),
             )
             failpoint("consolidate.after-manifest")
         # From here on the manifest no longer names what is removed.
@@ -489,6 +524,42 @@ class Consolidator:
         if storage.exists(self.fs_out, record.staging):
             self.fs_out.delete_dir(record.staging)
         return True
+
+    def _refuse_if_superseded(self) -> None:
+        """A run paused past its lease (a VM pause, a GC stall) must not write its manifest
+        over one that a later holder wrote. Read right before the replacement, this narrows
+        the window to the few milliseconds of the write itself; ``_orphans`` heals the rest."""
+        written_by = mf.load(self.fs_out, self.root_out).lease_generation
+        if written_by > self._generation:
+            raise LeaseLost(
+                f"the manifest of {self.settings.output_uri} was written under lease generation "
+                f"{written_by}, this run holds generation {self._generation}: it was taken over"
+            )
+
+    def _orphans(self, manifest: mf.Manifest) -> list[_Source]:
+        """Published output files that the manifest does not list and no commit record names:
+        left by a writer whose older manifest landed over a newer one. Merged again as inputs
+        (duplicates resolved as always), so no row stays unreachable."""
+        listed = {f.name for f in manifest.files}
+        infos = self.fs_out.get_file_info(pafs.FileSelector(self.root_out, allow_not_found=True))
+        pending = {
+            name
+            for i in infos
+            if i.base_name.startswith(_COMMIT_PREFIX)
+            for name in CommitRecord.from_bytes(storage.read_bytes(self.fs_out, i.path)).files
+        }
+        orphans = []
+        for info in storage.list_parquet(self.fs_out, self.root_out):
+            if info.base_name.startswith("part-") and info.base_name not in listed | pending:
+                log.warning("adopting %s, an output file outside the manifest", info.base_name)
+                with self.fs_out.open_input_file(info.path) as handle:
+                    rows = pq.ParquetFile(handle).metadata.num_rows
+                orphans.append(
+                    _Source(
+                        info.base_name, info.path, self.fs_out, rows, info.size or 0, is_shard=False
+                    )
+                )
+        return orphans
 
     def _publish(self, record: CommitRecord) -> str | None:
         """Move the record's files into place; the name of one that is nowhere, if any."""
@@ -635,6 +706,32 @@ def _schema_problem(schema: pa.Schema) -> str | None:
     if not pa.types.is_fixed_size_list(kind) or kind.value_type != pa.float32():
         return f"embedding column is {kind}, not a fixed-size list of float32"
     return None
+
+
+def _reference(attempt: _Attempt) -> _Source:
+    """The input whose schema the output takes: the first shard, or an adopted file."""
+    return (attempt.shards or [s for _, s in attempt.to_copy])[0]
+
+
+def _embed_key(schema: pa.Schema) -> str | None:
+    """The shard's embed key; None in shards of versions that did not record it."""
+    return (schema.metadata or {}).get(b"embedder.embed_key", b"").decode() or None
+
+
+def _first_embed_key(shards: list[_Source]) -> str | None:
+    return next((key for s in shards if (key := _embed_key(_read_schema(s)))), None)
+
+
+def _embed_key_problem(theirs: str | None, ours: str | None) -> str | None:
+    """Rows of another embed key (another pooling, revision or prompt of the same model and
+    dimension) are vectors of another space: one output never mixes two."""
+    if theirs is None or ours is None or theirs == ours:
+        return None
+    return (
+        f"made with embed key {theirs}, this output holds embed key {ours} (the same model "
+        "with other server options or revision): give it its own shards and consolidated "
+        "directories"
+    )
 
 
 def _normalized(schema: pa.Schema) -> bool:

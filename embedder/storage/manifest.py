@@ -46,6 +46,12 @@ class Manifest:
     normalized: bool | None = None
     # The queue (QueueSpec.key) whose rows this output holds; one output holds one queue's.
     queue: str | None = None
+    # The embed key (model, revision and server options: shard metadata ``embedder.embed_key``)
+    # of every row; None in outputs made before it was recorded (the next shard's is adopted).
+    embed_key: str | None = None
+    # The output lease generation of the run that wrote this manifest: a writer whose lease is
+    # older refuses to replace it (see embedder.storage.consolidate).
+    lease_generation: int = 0
     files: list[OutputFile] = field(default_factory=list)
     runs: list[RunRecord] = field(default_factory=list)
 
@@ -72,6 +78,8 @@ class Manifest:
             dimension=body.get("dimension"),
             normalized=body.get("normalized"),
             queue=body.get("queue"),
+            embed_key=body.get("embed_key"),
+            lease_generation=body.get("lease_generation", 0),
             files=[OutputFile(**f) for f in body.get("files", [])],
             runs=[RunRecord(**r) for r in body.get("runs", [])],
         )

@@ -5,8 +5,9 @@ holder is the writer of the highest generation. Taking the lease is creating the
 generation *exclusively*: ``O_CREAT | O_EXCL`` on a local or shared filesystem, and on an
 object store a conditional put (S3 ``PutObject`` with ``If-None-Match: *``, GCS with
 ``ifGenerationMatch=0``; both answer 412 when the object exists). ``pyarrow.fs`` exposes no
-conditional put, so on object stores the caller passes one (``ExclusiveCreate``); without it
-the lease is best-effort (check, then write) and a warning says so.
+conditional put, so on object stores the caller passes one (``ExclusiveCreate``, see
+``embedder.storage.conditional_create``); without it the lease is refused unless the caller
+says it is the only consolidator (``sole_holder``), when it is best-effort (check, then write).
 
 Two consolidators can therefore never both create generation N+1: exactly one takes the lease.
 A live holder renews its record; a holder that stops renewing (killed, hung) is taken over
@@ -32,7 +33,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from embedder.errors import StorageError
+from embedder.errors import ConfigurationError, StorageError
 from embedder.storage import filesystems as storage
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class OutputLease:
         ttl_s: float = DEFAULT_TTL_S,
         create_exclusive: ExclusiveCreate | None = None,
         clock: Callable[[], float] = time.time,
+        sole_holder: bool = False,
     ) -> None:
         self._fs, self._root, self._ttl, self._clock = fs, root, ttl_s, clock
         self._dir = f"{root}/{LEASE_DIR}"
@@ -134,13 +136,22 @@ class OutputLease:
             self._create = create_exclusive
         elif storage.is_local(fs):
             self._create = local_create_exclusive
-        else:
+        elif sole_holder:
             log.warning(
-                "no conditional create for %s: the output lease is best-effort; pass one "
-                "(S3 If-None-Match, GCS ifGenerationMatch=0) or run one consolidator",
+                "no conditional create for %s: the output lease is best-effort, on the word "
+                "that this is the only consolidator of %s",
                 type(fs).__name__,
+                root,
             )
             self._create = best_effort_create
+        else:
+            # Check-then-write lets two consolidators that look at once both take the lease.
+            raise ConfigurationError(
+                f"{root} is on a store without a conditional create ({type(fs).__name__}): "
+                "two consolidators could both commit to it. Use s3:// (with embedder[s3]) or "
+                "a local or shared filesystem, or say that this is the only consolidator "
+                "(--sole-consolidator)"
+            )
         self.holder: Holder | None = None
         self._lock = threading.Lock()  # the keeper's thread and the run both renew
 
