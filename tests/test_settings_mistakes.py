@@ -213,3 +213,21 @@ async def test_a_few_docs_without_text_among_good_ones_fail_alone(
     assert code == 0, ws.log()
     assert all((state[i] or {}).get("status") == "failed" for i in bad), state
     assert sum(1 for m in state.values() if (m or {}).get("status") == "done") > 0
+
+
+async def test_a_few_docs_without_the_field_are_marked_failed_not_a_stopped_worker(
+    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei: FaultTei
+) -> None:
+    """Fewer docs than the settings check needs, all without the text field (a stray doc or
+    two in a live collection): they are marked failed with a warning naming the option, and
+    the worker carries on, rather than exiting non-zero on every restart."""
+    corpus = corpora.tweets(3)
+    for doc in corpus.docs:
+        doc.pop("text", None)
+    queue = await seed(mongo, ws.database, corpus)
+    code = await asyncio.to_thread(ws.run, [tei.url], "--once", log="few.log")
+    state = await marks(mongo, queue)
+    assert code == 0, ws.log("few.log")
+    queued = [*corpus.eligible, *corpus.bad]
+    assert all((state[i] or {}).get("status") == "failed" for i in queued), state
+    assert "--text-field" in ws.log("few.log")

@@ -119,8 +119,9 @@ class Outcome:
 
 _END = None  # sentinel through the stage queues
 _APPEND_ROWS = 2048  # rows handed to the shard writer at a time
-# The first docs a worker claims, this many (or all the queue holds, if fewer), failing one
-# settings-shaped way are taken for a configuration mistake (a mistyped --text-field).
+# The first docs a worker claims, this many, failing one settings-shaped way are taken for a
+# configuration mistake (a mistyped --text-field). Fewer are marked failed as usual: a stray
+# doc or two must not stop a long-running worker, and a few marks are cheap to undo.
 _SETTINGS_CHECK_MIN_DOCS = 10
 
 
@@ -218,7 +219,7 @@ class Worker:
             claim = await self._queue.claim()
             if claim is None:
                 if self._first_failures:  # the queue held fewer docs than the check wants
-                    await self._refuse_a_settings_mistake()
+                    await self._give_up_the_settings_check()
                 if await self._queue.paused():
                     # Paused (embedder pause): claim nothing, finish what is held, and wait
                     # for resume, even with --once.
@@ -297,6 +298,21 @@ class Worker:
         if self._first_seen >= _SETTINGS_CHECK_MIN_DOCS:
             await self._refuse_a_settings_mistake()
         return Outcome()
+
+    async def _give_up_the_settings_check(self) -> None:
+        """The queue ran dry before the check saw enough docs: mark the few held failures."""
+        held, self._first_failures = self._first_failures or [], None
+        first = held[0][0]
+        log.warning(
+            "the %d docs claimed so far all failed (%s, doc %r and every other): marked failed; "
+            "if --text-field (%r) or --filter is wrong, fix it and run `embedder requeue "
+            "--failed`",
+            len(held),
+            first.reason,
+            first.id,
+            self._settings.text_field,
+        )
+        await self._outcomes.put(Outcome(failed=held))
 
     async def _refuse_a_settings_mistake(self) -> None:
         """Release the leases of the held failures, unmarked, and stop naming the option."""
