@@ -9,6 +9,9 @@ from pathlib import Path
 
 import click
 
+from embedder.cli.options import default
+from embedder.serve.app import ServerSettings
+
 
 @click.command()
 @click.option(
@@ -71,12 +74,28 @@ import click
     envvar="EMBEDDER_SERVE_PORT",
     help="0 picks a free port.",
 )
-@click.option("--max-concurrent-requests", default=512, show_default=True)
-@click.option("--max-batch-tokens", default=16384, show_default=True)
+@click.option(
+    "--max-concurrent-requests",
+    default=default(ServerSettings, "max_concurrent_requests"),
+    show_default=True,
+)
+@click.option(
+    "--max-batch-tokens", default=default(ServerSettings, "max_batch_tokens"), show_default=True
+)
 @click.option("--max-batch-requests", type=int, default=None)
-@click.option("--max-client-batch-size", default=32, show_default=True)
-@click.option("--auto-truncate/--no-auto-truncate", default=True, show_default=True)
-@click.option("--payload-limit", default=2_000_000, show_default=True)
+@click.option(
+    "--max-client-batch-size",
+    default=default(ServerSettings, "max_client_batch_size"),
+    show_default=True,
+)
+@click.option(
+    "--auto-truncate/--no-auto-truncate",
+    default=default(ServerSettings, "auto_truncate"),
+    show_default=True,
+)
+@click.option(
+    "--payload-limit", default=default(ServerSettings, "payload_limit"), show_default=True
+)
 @click.option(
     "--api-key", envvar="EMBEDDER_SERVE_API_KEY", help="Require 'Authorization: Bearer <key>'."
 )
@@ -103,7 +122,7 @@ def serve(
     api_key: str | None,
 ) -> None:
     """Serve TEI's API with a model on this machine (flags and defaults as TEI's)."""
-    from embedder.serve.main import ServerSettings, TeiServer, make_backend
+    from embedder.serve.main import TeiServer, make_backend
     from embedder.serve.main import serve as run_server
 
     try:
