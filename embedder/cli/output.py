@@ -10,7 +10,13 @@ from typing import Any
 import click
 from pymongo import AsyncMongoClient
 
-from embedder.cli.options import consolidation_dirs, default, queue_naming_options, queue_options
+from embedder.cli.options import (
+    Decorator,
+    consolidation_dirs,
+    default,
+    queue_naming_options,
+    queue_options,
+)
 from embedder.cli.running import event_loop_runner, stop_flag, with_mongo, write_json
 from embedder.cli.types import BYTE_SIZE, DOC_ID, size_text
 from embedder.errors import ConfigurationError, EmbedderError
@@ -28,24 +34,28 @@ LEASE_HELD_EXIT = 4  # another consolidator holds the output
 BAD_SHARDS_EXIT = 3  # shards were left in place
 
 
+def _size_option(name: str, field: str, envvar: str, help: str | None = None) -> Decorator:
+    """A size option whose default is ``ConsolidateSettings``'s ``field``."""
+    initial = size_text(default(ConsolidateSettings, field))
+    return click.option(
+        name, default=initial, show_default=True, type=BYTE_SIZE, envvar=envvar, help=help
+    )
+
+
 @click.command()
 @queue_naming_options
 @consolidation_dirs
-@click.option(
+@_size_option(
     "--target-file-size",
-    default=size_text(default(ConsolidateSettings, "target_file_bytes")),
-    show_default=True,
-    type=BYTE_SIZE,
-    envvar="EMBEDDER_TARGET_FILE_SIZE",
-    help="Size of each output file.",
+    "target_file_bytes",
+    "EMBEDDER_TARGET_FILE_SIZE",
+    "Size of each output file.",
 )
-@click.option(
+@_size_option(
     "--memory-limit",
-    default=size_text(default(ConsolidateSettings, "memory_limit_bytes")),
-    show_default=True,
-    type=BYTE_SIZE,
-    envvar="EMBEDDER_MEMORY_LIMIT",
-    help="Peak memory for de-duplication and copying, whatever the input size.",
+    "memory_limit_bytes",
+    "EMBEDDER_MEMORY_LIMIT",
+    "Peak memory for de-duplication and copying, whatever the input size.",
 )
 @click.option(
     "--retire",
@@ -133,13 +143,7 @@ def consolidate(
 @click.command()
 @queue_options
 @consolidation_dirs
-@click.option(
-    "--memory-limit",
-    default=size_text(default(ConsolidateSettings, "memory_limit_bytes")),
-    show_default=True,
-    type=BYTE_SIZE,
-    envvar="EMBEDDER_MEMORY_LIMIT",
-)
+@_size_option("--memory-limit", "memory_limit_bytes", "EMBEDDER_MEMORY_LIMIT")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--doc",
