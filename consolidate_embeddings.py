@@ -12,7 +12,7 @@ output.
 
 import sys
 
-from embedder.cli.commands import main
+from embedder.cli import main
 
 if __name__ == "__main__":
     main(["consolidate", *sys.argv[1:]])

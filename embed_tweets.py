@@ -8,7 +8,7 @@ It is ``embedder embed``; see ``embedder embed --help`` for every option.
 
 import sys
 
-from embedder.cli.commands import main
+from embedder.cli import main
 
 if __name__ == "__main__":
     main(["embed", *sys.argv[1:]])

@@ -25,8 +25,10 @@ from pymongo import AsyncMongoClient, monitoring
 from embedder.devtools.samples import generate
 from embedder.fleet.routing import FleetSettings
 from embedder.queue import connection as mongo
+from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec
 from embedder.storage.shards import ShardSettings
+from embedder.worker.pipeline import WorkerSettings
 from embedder.worker.runner import EmbedJob, run_embed
 from tests.support.servers import start
 
@@ -70,9 +72,8 @@ async def measure(
         shards=ShardSettings(
             cold_uri=str(root / f"shards-{docs}"), hot_dir=root / "hot", max_rows=args.shard_rows
         ),
-        once=True,
-        claim_size=args.claim_size,
-        poll_interval_s=0.2,
+        worker=WorkerSettings(once=True, poll_interval_s=0.2),
+        work_queue=WorkQueueSettings(claim_size=args.claim_size),
         mongo_options={"event_listeners": [counter]},
     )
     summary = await run_embed(job)

@@ -1,5 +1,5 @@
 """``python -m embedder``."""
 
-from embedder.cli.commands import main
+from embedder.cli import main
 
 main()

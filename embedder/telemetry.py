@@ -61,6 +61,17 @@ class Summary:
             "docs_per_s": round(self.embedded / elapsed, 1) if elapsed > 0 else 0.0,
         }
 
+    def lines(self) -> list[str]:
+        """The closing report as an operator reads it."""
+        numbers = self.as_dict()
+        lines = [
+            f"embedded {self.embedded} docs in {numbers['elapsed_s']}s "
+            f"({numbers['docs_per_s']} docs/s); failed {self.failed}; requests {self.requests}, "
+            f"retries {self.retries}; shards {self.shards} ({self.shard_bytes} bytes)"
+        ]
+        lines.extend(f"  failed x{n}: {reason}" for reason, n in self.failure_reasons.most_common())
+        return lines
+
 
 class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import bson
@@ -15,13 +16,22 @@ import pytest
 from bson.codec_options import CodecOptions
 from bson.errors import InvalidBSON
 from bson.raw_bson import RawBSONDocument
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
+from embedder.cli import cli
+from embedder.errors import ConfigurationError
+from embedder.fleet.routing import FleetSettings
+from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec
+from embedder.storage.shards import ShardSettings
 from embedder.telemetry import Telemetry
+from embedder.worker.change_watch import ChangeWatchSettings
 from embedder.worker.documents import Doc, FailureCause, Rejected, reading_options, to_doc
+from embedder.worker.pipeline import WorkerSettings
+from embedder.worker.reuse import ReuseSettings
 from embedder.worker.runner import EmbedJob
 from tests.support import corpus as corpora
 from tests.support.servers import FaultTei, run_python
@@ -98,11 +108,50 @@ def test_a_hash_server_of_dimension_zero_is_refused() -> None:
 
 
 def test_settings_objects_check_their_ranges() -> None:
-    spec = QueueSpec(collection="tweets")
-    for wrong in ({"claim_size": 0}, {"lease_ttl_s": 0.0}, {"drain_timeout_s": -1.0}):
-        with pytest.raises(Exception, match="must be") as raised:
-            EmbedJob(mongo_uri="mongodb://x", queue=spec, fleet=None, shards=None, **wrong)  # type: ignore[arg-type]
-        assert type(raised.value).__name__ == "ConfigurationError"
+    wrong: list[Callable[[], object]] = [
+        lambda: WorkQueueSettings(claim_size=0),
+        lambda: WorkQueueSettings(lease_ttl_s=0.0),
+        lambda: WorkQueueSettings(outage_timeout_s=-1.0),
+        lambda: WorkerSettings(drain_timeout_s=-1.0),
+        lambda: ChangeWatchSettings(poll_interval_s=0.0),
+        lambda: ReuseSettings(vector_cache_bytes=-1),
+    ]
+    for build in wrong:
+        with pytest.raises(ConfigurationError, match="must be"):
+            build()
+
+
+def _job(**stages: Any) -> EmbedJob:
+    return EmbedJob(
+        "mongodb://x",
+        QueueSpec(collection="tweets"),
+        FleetSettings(urls=("http://127.0.0.1:1",)),
+        ShardSettings(cold_uri="shards", hot_dir=Path("hot")),
+        **stages,
+    )
+
+
+def test_watching_changes_in_a_run_that_exits_when_done_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="--watch-changes cannot be used with --once"):
+        _job(worker=WorkerSettings(once=True), changes=ChangeWatchSettings())
+    assert _job(changes=ChangeWatchSettings()).changes is not None
+    assert _job(worker=WorkerSettings(once=True)).changes is None
+
+
+def test_the_command_refuses_watch_changes_with_once_before_connecting() -> None:
+    args = ["embed", "--collection", "tweets", "--tei-urls", "http://127.0.0.1:1"]
+    done = CliRunner().invoke(cli, [*args, "--once", "--watch-changes"])
+    assert done.exit_code == 2, done.output
+    errors = [line for line in done.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, done.output
+    assert "--watch-changes" in errors[0] and "--once" in errors[0], done.output
+
+
+def test_a_settings_object_refusing_a_value_is_a_usage_error() -> None:
+    args = ["embed", "--collection", "tweets", "--tei-urls", " , "]
+    done = CliRunner().invoke(cli, args)
+    assert done.exit_code == 2, done.output
+    assert "Error: no embedding endpoint given (--tei-urls)" in done.output
 
 
 def _raw_doc(doc_id: int, text: bytes) -> RawBSONDocument:
@@ -231,3 +280,23 @@ async def test_a_few_docs_without_the_field_are_marked_failed_not_a_stopped_work
     queued = [*corpus.eligible, *corpus.bad]
     assert all((state[i] or {}).get("status") == "failed" for i in queued), state
     assert "--text-field" in ws.log("few.log")
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["requeue", "--collection", "t", "--changed-text", "--batch-size"], "--batch-size"),
+        (["consolidate", "--watch", "--interval"], "--interval"),
+    ],
+)
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_batch_and_interval_options_are_refused_out_of_range(
+    command: list[str], option: str, value: str, tmp_path: Path
+) -> None:
+    """`requeue --batch-size 0` reached MongoDB as limit(0), "no limit": one batch of every
+    embedded doc with its text. `consolidate --watch --interval 0` ran back to back, a new
+    lease generation each time. Both are refused before any work."""
+    dirs = ["--shards-dir", str(tmp_path / "s"), "--consolidated-dir", str(tmp_path / "c")]
+    extra = dirs if command[0] == "consolidate" else ["--mongo-uri", "mongodb://127.0.0.1:1/"]
+    result = run_python(["-m", "embedder.cli", *command, value, *extra])
+    assert result.returncode == 2 and option in result.stderr, result.stderr[-300:]

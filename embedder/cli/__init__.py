@@ -1,5 +1,40 @@
-"""The ``embedder`` command line: parses options, builds settings, delegates."""
+"""The ``embedder`` command line: parses options, builds each stage's settings, delegates.
 
-from embedder.cli.commands import main
+Every option has a default and an ``EMBEDDER_*`` environment variable; secrets (the Mongo
+URI's password, the TEI API key) can come from the environment or a file, not only argv.
+Commands by audience: ``worker`` (embed, indexes, pause, resume), ``output`` (consolidate,
+verify), ``ops`` (status, requeue, autotune), ``dev`` (serve, dev-mongo).
+"""
 
-__all__ = ["main"]
+from __future__ import annotations
+
+import click
+
+from embedder import __version__, logs
+from embedder.cli import dev, ops, output, worker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="embedder")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    envvar="EMBEDDER_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option("--log-json", is_flag=True, envvar="EMBEDDER_LOG_JSON", help="Log JSON lines.")
+def cli(log_level: str, log_json: bool) -> None:
+    """Embed MongoDB text collections on a TEI fleet into Parquet, crash-safely."""
+    logs.configure(log_level, json_lines=log_json)
+
+
+for command in (*worker.COMMANDS, *output.COMMANDS, *ops.COMMANDS, *dev.COMMANDS):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="embedder")
+
+
+__all__ = ["cli", "main"]

@@ -1,5 +1,5 @@
 """``python -m embedder.cli``."""
 
-from embedder.cli.commands import main
+from embedder.cli import main
 
 main()

@@ -35,6 +35,7 @@ from embedder.queue import connection as mongo
 from embedder.queue.spec import QueueSpec
 from embedder.storage.consolidate import ConsolidateSettings, Consolidator
 from embedder.storage.shards import ShardSettings
+from embedder.worker.pipeline import WorkerSettings
 from embedder.worker.runner import EmbedJob, run_embed
 
 DEMO_DOCS = (
@@ -109,8 +110,7 @@ async def _demo(root: Path, mongo_uri: str, tei_url: str, started: float) -> Non
                 shards=ShardSettings(
                     cold_uri=str(root / "shards"), hot_dir=root / "hot", max_rows=500
                 ),
-                once=True,
-                poll_interval_s=0.5,
+                worker=WorkerSettings(once=True, poll_interval_s=0.5),
             )
         )
         embed_s = time.monotonic() - embed_started

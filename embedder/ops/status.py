@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +133,21 @@ async def collect(
     if consolidated_uri:
         _consolidation(status, consolidated_uri, shards_uri)
     return status
+
+
+def watch(
+    read: Callable[[], QueueStatus],
+    show: Callable[[QueueStatus], None],
+    *,
+    every_s: float,
+    stop: threading.Event,
+) -> None:
+    """``embedder status --watch``: show the status now and every ``every_s`` seconds, until
+    ``stop`` is set."""
+    while True:
+        show(read())
+        if stop.wait(every_s):
+            return
 
 
 def _workers(control: dict[str, Any]) -> list[WorkerState]:

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from embedder.storage.dedup import CLAIM_SEQ, LoserStream, find_losers
 from embedder.storage.output_lease import (
     DEFAULT_TTL_S,
     ExclusiveCreate,
+    LeaseHeld,
     LeaseKeeper,
     LeaseLost,
     OutputLease,
@@ -106,6 +108,16 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def lines(self) -> list[str]:
+        """The report as an operator reads it."""
+        lines = [
+            f"consolidated {len(self.sources)} shards: {self.rows_in} rows in, "
+            f"{self.rows_out} out, {self.duplicates_dropped} duplicates dropped, "
+            f"{len(self.files)} files written ({self.elapsed_s}s)"
+        ]
+        lines.extend(f"  left in place: {name}: {why}" for name, why in self.bad_shards.items())
+        return lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -613,6 +625,24 @@ class Consolidator:
             run_id = info.base_name.removeprefix(_STAGING_PREFIX)
             if run_id not in committing and (only is None or run_id == only):
                 self.fs_out.delete_dir(info.path)
+
+
+def consolidate_every(
+    settings: ConsolidateSettings,
+    *,
+    every_s: float,
+    stop: threading.Event,
+    on_report: Callable[[Report], None],
+) -> None:
+    """``embedder consolidate --watch``: consolidate now and every ``every_s`` seconds until
+    ``stop`` is set. Another consolidator holding the output is waited for, not an error."""
+    while True:
+        try:
+            on_report(Consolidator(settings).run())
+        except LeaseHeld as held:
+            log.warning("%s; waiting", held)
+        if stop.wait(every_s):
+            return
 
 
 class _RollingWriter:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from bson import Binary
@@ -33,7 +34,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import OperationFailure, PyMongoError
 
-from embedder.errors import QueueError
+from embedder.errors import ConfigurationError, QueueError
 from embedder.ops import requeue as requeuing
 from embedder.queue.connection import scrub
 from embedder.queue.retry import MongoRetry, transient
@@ -41,6 +42,19 @@ from embedder.queue.spec import QueueSpec
 from embedder.worker.documents import Doc, reading_options, to_doc
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeWatchSettings:
+    # Where change streams are not available: seconds between polling passes.
+    poll_interval_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.poll_interval_s > 0:
+            raise ConfigurationError(
+                f"changes_poll_interval_s must be positive, not {self.poll_interval_s}"
+            )
+
 
 _SAVE_TOKEN_EVERY_S = 5.0
 _SCAN_BATCH = 1000  # embedded docs checked per polling step

@@ -16,8 +16,20 @@ from dataclasses import dataclass, field
 import numpy as np
 from cachetools import LRUCache
 
+from embedder.errors import ConfigurationError
 from embedder.worker.documents import Doc
 from embedder.worker.vector_cache import VectorCache
+
+
+@dataclass(frozen=True, slots=True)
+class ReuseSettings:
+    enabled: bool = True  # each distinct text to the fleet once
+    vector_cache_bytes: int = 4 << 30  # vectors kept across runs on the hot tier; 0: none
+    memory_bytes: int = 256 << 20  # recent vectors kept in memory within a run
+
+    def __post_init__(self) -> None:
+        if min(self.vector_cache_bytes, self.memory_bytes) < 0:
+            raise ConfigurationError("memory and cache sizes must be 0 or more")
 
 
 @dataclass(slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -21,77 +22,71 @@ from embedder.fleet.routing import Fleet, FleetSettings
 from embedder.identity import embed_key
 from embedder.queue import connection as mongo
 from embedder.queue.retry import MongoRetry
+from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec
 from embedder.queue.work_queue import MongoWorkQueue
 from embedder.storage import filesystems as storage
 from embedder.storage.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Summary, Telemetry
-from embedder.worker.change_watch import ChangeWatcher
+from embedder.worker.change_watch import ChangeWatcher, ChangeWatchSettings
 from embedder.worker.pipeline import LeaseTracker, Worker, WorkerSettings
 from embedder.worker.progress import for_stream
-from embedder.worker.reuse import TextReuse
+from embedder.worker.reuse import ReuseSettings, TextReuse
 from embedder.worker.vector_cache import VectorCache
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    port: int  # Prometheus metrics served here
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
 class EmbedJob:
+    """One worker's configuration: each stage's own settings (which check their own ranges),
+    and the combinations between them, checked here."""
+
     mongo_uri: str
     queue: QueueSpec
     fleet: FleetSettings
     shards: ShardSettings
-    once: bool = False
-    claim_size: int = 1000
-    lease_ttl_s: float = 60.0
-    poll_interval_s: float = 5.0
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    # Its text field and heartbeat interval are the queue's: taken from ``queue`` and
+    # ``work_queue`` when the worker starts.
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    work_queue: WorkQueueSettings = field(default_factory=WorkQueueSettings)
+    reuse: ReuseSettings = field(default_factory=ReuseSettings)
+    # Continuous mode: re-queue docs whose text changes (change streams, or polling); None: off.
+    changes: ChangeWatchSettings | None = None
+    metrics: MetricsSettings | None = None
     mongo_options: Mapping[str, Any] = field(default_factory=dict)  # passed to pymongo as-is
     progress_bar: bool | None = None  # None: a bar when stderr is a terminal
-    mongo_outage_timeout_s: float = 600.0
-    reuse_texts: bool = True  # each distinct text to the fleet once
-    vector_cache_bytes: int = 4 << 30  # 0: no cache across runs
-    reuse_memory_bytes: int = 256 << 20  # recent vectors kept in memory within a run
-    # Continuous mode: re-queue docs whose text changes (change streams, or polling).
-    watch_changes: bool = False
-    changes_poll_interval_s: float = 60.0
-    drain_timeout_s: float = 90.0  # on a signal: in-flight work is given up past this
 
     def __post_init__(self) -> None:
-        if self.claim_size < 1:
-            raise ConfigurationError(f"the claim size must be at least 1, not {self.claim_size}")
-        # Heartbeats come every third of the TTL; under a second, a busy worker misses them
-        # and takes over its own leases.
-        if not self.lease_ttl_s >= 1:
-            raise ConfigurationError(f"the lease TTL must be at least 1s, not {self.lease_ttl_s}")
-        for name in ("poll_interval_s", "changes_poll_interval_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"{name} must be positive, not {getattr(self, name)}")
-        for name in ("mongo_outage_timeout_s", "drain_timeout_s"):
-            if not getattr(self, name) >= 0:
-                raise ConfigurationError(f"{name} must be 0 or more, not {getattr(self, name)}")
-        if min(self.vector_cache_bytes, self.reuse_memory_bytes) < 0:
-            raise ConfigurationError("memory and cache sizes must be 0 or more")
+        if self.changes is not None and self.worker.once:
+            raise ConfigurationError(
+                "--watch-changes cannot be used with --once: a worker that exits when nothing "
+                "is pending has no time to watch"
+            )
 
 
 async def run_embed(job: EmbedJob) -> Summary:
     telemetry = Telemetry()
-    if job.metrics_port is not None:
-        start_http_server(job.metrics_port, addr=job.metrics_host, registry=telemetry.registry)
-        log.info("metrics on http://%s:%d/metrics", job.metrics_host, job.metrics_port)
+    if job.metrics is not None:
+        start_http_server(job.metrics.port, addr=job.metrics.host, registry=telemetry.registry)
+        log.info("metrics on http://%s:%d/metrics", job.metrics.host, job.metrics.port)
     client = mongo.connect(job.mongo_uri, **job.mongo_options)
     try:
         await mongo.check_reachable(client, job.mongo_uri)
         await mongo.check_indexes(client, job.queue)
         await mongo.check_target_field(client, job.queue)
-        retry = MongoRetry(job.mongo_outage_timeout_s)
         queue = MongoWorkQueue(
             client,
             job.queue,
-            claim_size=job.claim_size,
-            lease_ttl_s=job.lease_ttl_s,
-            retry=retry,
+            claim_size=job.work_queue.claim_size,
+            lease_ttl_s=job.work_queue.lease_ttl_s,
+            retry=MongoRetry(job.work_queue.outage_timeout_s),
         )
         fleet = await Fleet.connect(job.fleet, telemetry)
         reuse: TextReuse[LeaseTracker] | None = None
@@ -104,16 +99,14 @@ async def run_embed(job: EmbedJob) -> Summary:
                 dimension=fleet.dimension,
                 metadata=_shard_metadata(job, fleet, key),
             )
-            settings = WorkerSettings(
+            settings = dataclasses.replace(
+                job.worker,
                 text_field=job.queue.text_field,
-                once=job.once,
-                poll_interval_s=job.poll_interval_s,
-                heartbeat_interval_s=job.lease_ttl_s / 3,
-                drain_timeout_s=job.drain_timeout_s,
+                heartbeat_interval_s=job.work_queue.lease_ttl_s / 3,
             )
-            if job.reuse_texts:
+            if job.reuse.enabled:
                 cache = await _open_cache(job, key, fleet.dimension, fleet.probe_vector)
-                reuse = TextReuse(cache, job.reuse_memory_bytes, fleet.dimension)
+                reuse = TextReuse(cache, job.reuse.memory_bytes, fleet.dimension)
             progress = for_stream(await queue.pending_count(), enabled=job.progress_bar)
             worker = Worker(
                 queue,
@@ -136,12 +129,12 @@ async def run_embed(job: EmbedJob) -> Summary:
                 job.shards.cold_uri,
             )
             with _stop_on_signals(worker):
-                if job.watch_changes and not job.once:
+                if job.changes is not None:
                     watcher = ChangeWatcher(
                         client,
                         job.queue,
-                        poll_interval_s=job.changes_poll_interval_s,
-                        retry=MongoRetry(job.mongo_outage_timeout_s),
+                        poll_interval_s=job.changes.poll_interval_s,
+                        retry=MongoRetry(job.work_queue.outage_timeout_s),
                     )
                     return await _run_watching(worker, watcher)
                 return await worker.run()
@@ -185,7 +178,7 @@ async def _open_cache(
 ) -> VectorCache | None:
     """The vector cache of this embed key on the hot tier; rebuilt from the shards if lost."""
     # A row is the vector plus its 16-byte key and SQLite's own overhead, about 64 bytes.
-    rows = job.vector_cache_bytes // (dimension * 4 + 64)
+    rows = job.reuse.vector_cache_bytes // (dimension * 4 + 64)
     if rows <= 0:
         return None
     path = job.shards.hot_dir / "vector-cache" / f"{key}.sqlite"

@@ -12,7 +12,7 @@ import datetime as dt
 import sys
 import types
 
-from embedder.cli.commands import main
+from embedder.cli import main
 from embedder.worker import pipeline
 
 
