@@ -10,7 +10,8 @@ from typing import Any
 
 from embedder.fleet.routing import Fleet
 from embedder.queue.leases import Lease
-from embedder.queue.work_queue import Claim, DoneMark
+from embedder.queue.marks import DoneMark
+from embedder.queue.work_queue import Claim
 from embedder.storage.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.pipeline import LeaseTracker, Worker, WorkerSettings

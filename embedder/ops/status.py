@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from embedder.errors import QueueError
+from embedder.queue.marks import done_query, failed_query, reason_field
 from embedder.queue.spec import QueueSpec
 from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
@@ -97,13 +98,14 @@ async def collect(
     docs = client[spec.database][spec.collection]
     try:
         pending = await docs.count_documents(spec.pending_query(), hint=spec.index_name)
-        done = await docs.count_documents({spec.status_path: "done"}, hint=spec.done_index_name)
-        failed = await docs.count_documents({spec.status_path: "failed"}, hint=spec.done_index_name)
+        target = spec.target_field
+        done = await docs.count_documents(done_query(target), hint=spec.done_index_name)
+        failed = await docs.count_documents(failed_query(target), hint=spec.done_index_name)
         reasons = await (
             await docs.aggregate(
                 [
-                    {"$match": {spec.status_path: "failed"}},
-                    {"$group": {"_id": f"${spec.target_field}.reason", "count": {"$sum": 1}}},
+                    {"$match": failed_query(target)},
+                    {"$group": {"_id": f"${reason_field(target)}", "count": {"$sum": 1}}},
                     {"$sort": {"count": -1}},
                     {"$limit": 5},
                 ],

@@ -32,6 +32,7 @@ from pymongo.errors import PyMongoError
 
 from embedder.errors import EmbedderError, QueueError, StorageError
 from embedder.ids import encode_id
+from embedder.queue.marks import DoneMark, done_query, failed_query
 from embedder.queue.spec import QueueSpec
 from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
@@ -302,11 +303,11 @@ async def _count_queue(
     docs = client[spec.database][spec.collection]
     try:
         report.done_in_mongo = await docs.count_documents(
-            {spec.status_path: "done"}, hint=spec.done_index_name
+            done_query(spec.target_field), hint=spec.done_index_name
         )
         report.pending = await docs.count_documents(spec.pending_query(), hint=spec.index_name)
         report.failed = await docs.count_documents(
-            {spec.status_path: "failed"}, hint=spec.done_index_name
+            failed_query(spec.target_field), hint=spec.done_index_name
         )
     except PyMongoError as exc:
         raise QueueError(f"counting the queue's docs failed: {exc}") from exc
@@ -321,24 +322,15 @@ async def _done_marks(
     projection = {
         f"{target}.{name}": 1 for name in ("model", "model_sha", "embed_key", "text_hash")
     }
-    cursor = docs.find({spec.status_path: "done"}, projection, batch_size=10_000).hint(
-        spec.done_index_name
-    )
+    cursor = docs.find(done_query(target), projection, batch_size=10_000).hint(spec.done_index_name)
     rows: list[tuple[str, str, str, str, str, bytes | None]] = []
     try:
         async for doc in cursor:
-            mark = doc.get(target) or {}
+            # Selected by its done status, so a done mark (however partial its fields).
+            mark = DoneMark.from_bson(doc.get(target) or {})
             text, kind = encode_id(doc["_id"])
-            digest = mark.get("text_hash")
             rows.append(
-                (
-                    text,
-                    kind,
-                    str(mark.get("model") or ""),
-                    str(mark.get("model_sha") or ""),
-                    str(mark.get("embed_key") or ""),
-                    bytes(digest) if isinstance(digest, bytes) else None,
-                )
+                (text, kind, mark.model, mark.model_sha or "", mark.embed_key, mark.text_hash)
             )
             if len(rows) >= _MARK_BATCH:
                 yield _key_batch(rows)

@@ -30,7 +30,8 @@ import numpy as np
 from embedder.errors import ConfigurationError
 from embedder.fleet.routing import Fleet
 from embedder.queue.leases import Lease
-from embedder.queue.work_queue import Claim, DoneMark
+from embedder.queue.marks import DoneMark
+from embedder.queue.work_queue import Claim
 from embedder.storage.shards import ShardReceipt, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.batching import Limits, oversized, plan_batches
