@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from embedder.fleet.routing import Fleet
+from embedder.queue.heartbeat import WorkerProgress
 from embedder.queue.leases import Lease
 from embedder.queue.marks import DoneMark
 from embedder.queue.work_queue import Claim
@@ -30,7 +31,7 @@ class MemoryWorkQueue:
     async def register(self) -> None:
         return None
 
-    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None:
+    async def heartbeat(self, progress: WorkerProgress | None = None) -> None:
         return None
 
     async def leave(self) -> None:

@@ -16,6 +16,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from embedder.errors import QueueError
+from embedder.queue.heartbeat import Heartbeat, WorkerProgress
 from embedder.queue.marks import done_query, failed_query, reason_field
 from embedder.queue.spec import QueueSpec
 from embedder.storage import filesystems as storage
@@ -140,25 +141,21 @@ def _workers(control: dict[str, Any]) -> list[WorkerState]:
     leases = control.get("leases") or []
     states = []
     for owner, raw in sorted((control.get("workers") or {}).items()):
-        expires = raw.get("expires_at")
-        if isinstance(expires, dt.datetime) and expires.tzinfo is None:
-            expires = expires.replace(tzinfo=dt.UTC)
-        seen = raw.get("seen_at")
+        beat = Heartbeat.from_bson(raw)
+        progress = beat.progress or WorkerProgress()
         states.append(
             WorkerState(
                 owner=owner,
-                host=str(raw.get("host", "?")),
-                pid=raw.get("pid"),
-                alive=isinstance(expires, dt.datetime) and expires > now,
-                seen_at=seen.isoformat(timespec="seconds")
-                if isinstance(seen, dt.datetime)
-                else None,
+                host=beat.host,
+                pid=beat.pid,
+                alive=beat.alive(now),
+                seen_at=beat.seen_at.isoformat(timespec="seconds") if beat.seen_at else None,
                 leases=sum(1 for lease in leases if lease.get("owner") == owner),
-                embedded=int(raw.get("embedded", 0)),
-                rate_docs_per_s=float(raw.get("rate_docs_per_s", 0.0)),
-                last_shard=str(raw.get("last_shard", "")),
-                reused=int(raw.get("reused", 0)),
-                paused=bool(raw.get("paused", False)),
+                embedded=progress.embedded,
+                rate_docs_per_s=progress.rate_docs_per_s,
+                last_shard=progress.last_shard,
+                reused=progress.reused,
+                paused=progress.paused,
             )
         )
     return states

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedder.ids import sort_key
+from embedder.queue.heartbeat import Heartbeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class ControlView:
     cursor: Any
     passes: int
     leases: tuple[Lease, ...]
-    expiry: Mapping[str, dt.datetime]  # owner -> heartbeat expiry
+    expiry: Mapping[str, dt.datetime | None]  # owner -> heartbeat expiry
     paused: bool
 
     @classmethod
@@ -56,7 +57,7 @@ class ControlView:
             cursor=raw.get("cursor"),
             passes=int(raw.get("passes", 0)),
             leases=tuple(Lease.from_bson(x) for x in raw.get("leases") or ()),
-            expiry={owner: w["expires_at"] for owner, w in workers.items() if "expires_at" in w},
+            expiry={owner: Heartbeat.from_bson(w).expires_at for owner, w in workers.items()},
             paused=bool(raw.get("paused", False)),
         )
 
@@ -68,11 +69,7 @@ class ControlView:
 
 
 def _expired(expires_at: dt.datetime | None, now: dt.datetime) -> bool:
-    if expires_at is None:
-        return True
-    if expires_at.tzinfo is None:
-        expires_at = expires_at.replace(tzinfo=dt.UTC)
-    return expires_at < now
+    return expires_at is None or expires_at < now
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from pymongo.errors import DuplicateKeyError
 
 from embedder.errors import ConfigurationError, QueueError
 from embedder.ids import Bound, after, id_type, read_range, unsupported_clause
+from embedder.queue.heartbeat import Heartbeat, WorkerProgress
 from embedder.queue.leases import ClaimPlan, ControlView, Lease, plan_claim
 from embedder.queue.marks import DoneMark, FailedMark, done_query
 from embedder.queue.retry import MongoRetry
@@ -96,17 +97,11 @@ class MongoWorkQueue:
         await self._retry("creating the control document", create)
         await self.heartbeat()
 
-    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None:
+    async def heartbeat(self, progress: WorkerProgress | None = None) -> None:
         """Keep this worker's leases alive; ``progress`` is shown by ``embedder status``."""
         now = self._clock()
-        worker = {
-            **(progress or {}),
-            "expires_at": now + self._ttl,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "seen_at": now,
-        }
-        await self._update_control({"$set": {f"workers.{self.owner}": worker}})
+        beat = Heartbeat(socket.gethostname(), os.getpid(), now, now + self._ttl, progress)
+        await self._update_control({"$set": {f"workers.{self.owner}": beat.to_bson()}})
 
     async def leave(self) -> None:
         """Forget this worker; its leases, if any remain, expire at once for others."""

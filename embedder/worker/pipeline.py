@@ -29,6 +29,7 @@ import numpy as np
 
 from embedder.errors import ConfigurationError
 from embedder.fleet.routing import Fleet
+from embedder.queue.heartbeat import WorkerProgress
 from embedder.queue.leases import Lease
 from embedder.queue.marks import DoneMark
 from embedder.queue.work_queue import Claim
@@ -48,7 +49,7 @@ class WorkQueue(Protocol):
     owner: str
 
     async def register(self) -> None: ...
-    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None: ...
+    async def heartbeat(self, progress: WorkerProgress | None = None) -> None: ...
     async def leave(self) -> None: ...
     async def claim(self) -> Claim | None: ...
     async def release(self, leases: Sequence[Lease]) -> None: ...
@@ -486,15 +487,15 @@ class Worker:
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
             summary = self.summary
-            progress = {
-                "embedded": summary.embedded,
-                "failed": summary.failed,
-                "rate_docs_per_s": round(self._rate, 1),
-                "leases": len(self._held),
-                "last_shard": self._last_shard,
-                "reused": summary.reused_in_run + summary.reused_from_cache,
-                "paused": self._paused_logged,  # waiting for `embedder resume`
-            }
+            progress = WorkerProgress(
+                embedded=summary.embedded,
+                failed=summary.failed,
+                rate_docs_per_s=round(self._rate, 1),
+                leases=len(self._held),
+                last_shard=self._last_shard,
+                reused=summary.reused_in_run + summary.reused_from_cache,
+                paused=self._paused_logged,  # waiting for `embedder resume`
+            )
             try:
                 await self._queue.heartbeat(progress)
             except Exception as exc:  # a missed beat is retried; the lease TTL has headroom
