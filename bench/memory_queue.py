@@ -13,6 +13,7 @@ from embedder.queue.heartbeat import WorkerProgress
 from embedder.queue.leases import Lease
 from embedder.queue.marks import DoneMark
 from embedder.queue.work_queue import Claim
+from embedder.storage.schema import ShardMetadata
 from embedder.storage.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.pipeline import LeaseTracker, Worker, WorkerSettings
@@ -89,7 +90,7 @@ async def run_worker(
         ShardSettings(cold_uri=str(out / "shards"), hot_dir=out / "hot", max_rows=max_rows),
         owner=queue.owner,
         dimension=fleet.dimension,
-        metadata={"model_id": fleet.info.model_id},
+        metadata=ShardMetadata(model_id=fleet.info.model_id),
     )
     worker = Worker(
         queue,

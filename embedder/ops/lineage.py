@@ -30,6 +30,7 @@ from embedder.queue.marks import DoneMark, FailedMark, Mark, read_mark
 from embedder.queue.spec import QueueSpec
 from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
+from embedder.storage.schema import ShardMetadata
 from embedder.worker.documents import Doc, to_doc
 
 
@@ -197,8 +198,7 @@ def _rows(uri: str, key: str, kind: str, *, manifest: bool) -> list[dict[str, An
     expression = (pc.field("_id") == key) & (pc.field("_id_kind") == kind)
     rows = []
     for fragment in dataset.get_fragments():
-        metadata = fragment.physical_schema.metadata or {}
-        embed_key = metadata.get(b"embedder.embed_key", b"").decode()
+        embed_key = ShardMetadata.from_schema(fragment.physical_schema).embed_key
         for row in fragment.to_table(columns=columns, filter=expression).to_pylist():
             text_hash = row.get("text_hash")
             rows.append(

@@ -36,6 +36,7 @@ from embedder.queue.marks import DoneMark, done_query, failed_query
 from embedder.queue.spec import QueueSpec
 from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
+from embedder.storage.schema import ShardMetadata
 from embedder.storage.workdb import open_work_db
 
 # One row per output row and per done mark: what identifies the vector a doc should have.
@@ -265,8 +266,7 @@ def _load_manifest(fs: pafs.FileSystem, root: str) -> mf.Manifest:
 
 
 def _file_queue(schema: pa.Schema) -> str | None:
-    raw = (schema.metadata or {}).get(b"embedder.queue")
-    return raw.decode() if raw else None
+    return ShardMetadata.from_schema(schema).queue or None
 
 
 def _check_shards(shards_uri: str, spec: QueueSpec) -> int:
@@ -362,7 +362,7 @@ def _scan_output(
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             schema = parquet.schema_arrow
-            embed_key = (schema.metadata or {}).get(b"embedder.embed_key", b"").decode()
+            embed_key = ShardMetadata.from_schema(schema).embed_key
             dimension = schema.field("embedding").type.list_size
             if dimension not in report.dimensions_seen:
                 report.dimensions_seen.append(dimension)

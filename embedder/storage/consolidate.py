@@ -41,6 +41,7 @@ from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
 from embedder.storage.dedup import CLAIM_SEQ, LoserStream, find_losers
 from embedder.storage.output_lease import DEFAULT_TTL_S, ExclusiveCreate, LeaseKeeper, OutputLease
+from embedder.storage.schema import ShardMetadata
 from embedder.storage.shards import PARQUET_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,8 @@ class Consolidator:
         inputs = [s for _, s in attempt.to_copy]
         schema = _output_schema(_read_schema(attempt.shards[0]))
         dimension = schema.field("embedding").type.list_size
-        normalized = manifest.normalized if manifest.normalized is not None else _normalized(schema)
+        made_by = ShardMetadata.from_schema(schema)
+        normalized = manifest.normalized if manifest.normalized is not None else made_by.normalize
         # Inputs are written with the same encoding as the output, so their bytes per row
         # predict the output's and files come out near the target size.
         row_bytes = sum(s.bytes for s in inputs) / max(1, sum(s.rows for s in inputs))
@@ -285,7 +287,8 @@ class Consolidator:
         staging, report = attempt.staging, attempt.report
         schema = _read_schema(shards[0])
         dimension = schema.field("embedding").type.list_size
-        normalized = manifest.normalized if manifest.normalized is not None else _normalized(schema)
+        made_by = ShardMetadata.from_schema(schema)
+        normalized = manifest.normalized if manifest.normalized is not None else made_by.normalize
         report.sources = [s.name for s in shards]
         report.rewritten = [s.name for _, s in to_copy if not s.is_shard]
         report.rows_in = sum(s.rows for _, s in to_copy)
@@ -299,12 +302,8 @@ class Consolidator:
                 f"{report.duplicates_dropped} duplicates dropped; nothing was changed"
             )
         updated = mf.Manifest(
-            model_id=manifest.model_id
-            or schema.metadata.get(b"embedder.model_id", b"").decode()
-            or None,
-            model_sha=manifest.model_sha
-            or schema.metadata.get(b"embedder.model_sha", b"").decode()
-            or None,
+            model_id=manifest.model_id or made_by.model_id or None,
+            model_sha=manifest.model_sha or made_by.model_sha or None,
             dimension=dimension,
             normalized=normalized,
             queue=attempt.queue,
@@ -418,12 +417,13 @@ class Consolidator:
                 bad[info.base_name] = f"unreadable: {type(exc).__name__}: {exc}"
                 continue
             problem = _schema_problem(schema)
-            model = (schema.metadata or {}).get(b"embedder.model_id", b"").decode() or None
+            made_by = ShardMetadata.from_schema(schema)
+            model = made_by.model_id or None
             dimension = schema.field("embedding").type.list_size if problem is None else None
             if problem is None and reference[0] is not None and (model, dimension) != reference:
                 problem = f"made by {model} ({dimension}-d), the output holds {reference[0]} ({reference[1]}-d)"
             # Shards of older versions name no queue; they are taken as this output's.
-            theirs = (schema.metadata or {}).get(b"embedder.queue", b"").decode() or None
+            theirs = made_by.queue or None
             if problem is None and queue and theirs and theirs != queue:
                 problem = (
                     f"holds rows of queue {theirs}, this output holds queue {queue}: "
@@ -635,11 +635,6 @@ def _schema_problem(schema: pa.Schema) -> str | None:
     if not pa.types.is_fixed_size_list(kind) or kind.value_type != pa.float32():
         return f"embedding column is {kind}, not a fixed-size list of float32"
     return None
-
-
-def _normalized(schema: pa.Schema) -> bool:
-    flag: bytes = (schema.metadata or {}).get(b"embedder.normalize", b"true")
-    return flag == b"true"
 
 
 def _check_vectors(

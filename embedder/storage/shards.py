@@ -29,6 +29,7 @@ from embedder.errors import StorageError
 from embedder.identity import TEXT_HASH_BYTES
 from embedder.ids import encode_id
 from embedder.storage import filesystems as storage
+from embedder.storage.schema import ShardMetadata, shard_schema
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +42,6 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "use_byte_stream_split": ["embedding.list.element"],
 }
 _ROW_GROUP_ROWS = 8192
-
-
-def shard_schema(dimension: int, metadata: dict[str, str]) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("_id", pa.string(), nullable=False),
-            pa.field("_id_kind", pa.dictionary(pa.int8(), pa.string()), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dimension), nullable=False),
-            pa.field("model", pa.dictionary(pa.int8(), pa.string()), nullable=False),
-            pa.field("model_sha", pa.dictionary(pa.int8(), pa.string()), nullable=False),
-            # BLAKE2b-128 of the text as sent (embedder.identity): which text made the vector.
-            pa.field("text_hash", pa.binary(TEXT_HASH_BYTES), nullable=False),
-            pa.field("embedded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
-            # The claim that produced the row, issued by MongoDB (embedder.queue.work_queue.Claim.seq):
-            # the consolidator keeps the row of the latest claim. Null in rows written
-            # without one; shards of older versions lack the column.
-            pa.field("claim_seq", pa.int64()),
-        ],
-        metadata={f"embedder.{k}": v for k, v in metadata.items()},
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +69,13 @@ class ShardWriter:
     """Accumulates embedded rows into one open shard at a time. Blocking: call from a thread."""
 
     def __init__(
-        self, settings: ShardSettings, *, owner: str, dimension: int, metadata: dict[str, str]
+        self, settings: ShardSettings, *, owner: str, dimension: int, metadata: ShardMetadata
     ) -> None:
         self.settings = settings
         self._schema = shard_schema(dimension, metadata)
         self._dimension = dimension
-        self._model = metadata.get("model_id", "")
-        self._model_sha = metadata.get("model_sha", "")
+        self._model = metadata.model_id
+        self._model_sha = metadata.model_sha
         self._cold_fs, self._cold_root = storage.open_root(
             settings.cold_uri, filesystem=settings.filesystem
         )
