@@ -15,10 +15,10 @@ from embedder.fleet import tei_protocol as tei
 from embedder.ids import decode_id, encode_id, sort_key
 from embedder.queue.connection import redact_uri, scrub
 from embedder.queue.leases import Lease, plan_claim
-from embedder.worker.batching import Limits, estimate_tokens, halves, plan_batches
+from embedder.worker.batching import BatchLimits, estimate_tokens, halves, plan_batches
 from embedder.worker.documents import Doc, Rejected, to_doc
 
-LIMITS = Limits(
+LIMITS = BatchLimits(
     max_inputs=32, max_tokens=4096, max_bytes=200_000, max_input_tokens=512, truncating=True
 )
 
@@ -34,7 +34,7 @@ ids = st.one_of(
 def test_batches_keep_every_doc_once_in_order_within_limits(
     items: list[str], max_inputs: int, budget: int
 ) -> None:
-    limits = Limits(max_inputs, budget, 50_000, 512, truncating=False)
+    limits = BatchLimits(max_inputs, budget, 50_000, 512, truncating=False)
     docs = [Doc(i, t) for i, t in enumerate(items)]
     batches = list(plan_batches(docs, limits))
     assert [d for b in batches for d in b] == docs
@@ -203,14 +203,14 @@ def test_routing_picks_the_least_loaded_healthy_endpoint_with_room(
     import httpx
 
     from embedder.fleet.endpoint import EndpointClient
-    from embedder.fleet.limits import FixedLimit
+    from embedder.fleet.limits import FixedInflightLimit
     from embedder.fleet.routing import Endpoint, choose_endpoint
 
     http = httpx.AsyncClient()
     endpoints = [
         Endpoint(
             EndpointClient(f"http://e{i}", http),
-            limit=FixedLimit(limit),
+            limit=FixedInflightLimit(limit),
             sent=[(0.0, size) for size in requests],
             up=up,
         )

@@ -63,7 +63,7 @@ class Selection:
 
 
 @dataclass(slots=True)
-class Report:
+class RequeueReport:
     selection: str
     dry_run: bool
     matched: int = 0
@@ -108,9 +108,9 @@ async def requeue(
     *,
     dry_run: bool,
     batch_size: int = 1000,
-) -> Report:
+) -> RequeueReport:
     docs = client[spec.database][spec.collection]
-    report = Report(selection.describe(), dry_run)
+    report = RequeueReport(selection.describe(), dry_run)
     if selection.changed_text:
         await _changed_text(docs, spec, report, batch_size)
         return report
@@ -127,7 +127,7 @@ async def requeue(
 
 
 async def _changed_text(
-    docs: AsyncCollection[dict[str, Any]], spec: QueueSpec, report: Report, batch_size: int
+    docs: AsyncCollection[dict[str, Any]], spec: QueueSpec, report: RequeueReport, batch_size: int
 ) -> None:
     last: Any = None
     while True:
@@ -139,7 +139,7 @@ async def _changed_text(
 async def changed_text_batch(
     docs: AsyncCollection[dict[str, Any]],
     spec: QueueSpec,
-    report: Report,
+    report: RequeueReport,
     batch_size: int,
     *,
     after: Any,

@@ -84,7 +84,7 @@ class ConsolidateSettings:
 
 
 @dataclass
-class Report:
+class ConsolidationReport:
     run_id: str
     sources: list[str] = field(default_factory=list)
     rows_in: int = 0
@@ -118,7 +118,7 @@ class _Attempt:
     shards: list[_Source]
     manifest: mf.Manifest
     queue: str | None
-    report: Report
+    report: ConsolidationReport
     staging: str
     to_copy: list[tuple[int, _Source]] = field(default_factory=list)
 
@@ -140,12 +140,14 @@ class CommitRecord:
     supersedes: list[str]
     sources: list[str]
     retire: str
-    manifest: dict[str, Any]  # the manifest to write, as its JSON
+    manifest: mf.Manifest  # the manifest to write
     base: str | None  # the last run of the manifest it was built on (None: an empty one)
     base_known: bool = True  # False for records of versions that did not keep the base
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        body = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        body["manifest"] = orjson.loads(self.manifest.to_bytes())  # as _manifest.json holds it
+        return orjson.dumps(body)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CommitRecord:
@@ -153,6 +155,7 @@ class CommitRecord:
         known = "base" in body
         body.setdefault("base", None)
         body["base_known"] = body.get("base_known", known)
+        body["manifest"] = mf.Manifest.from_bytes(orjson.dumps(body["manifest"]))
         return cls(**body)
 
 
@@ -168,7 +171,7 @@ class Consolidator:
         # Raises LeaseLost unless this run still holds the output; set while a run holds it.
         self._confirm: Callable[[], None] = _not_held
 
-    def run(self) -> Report:
+    def run(self) -> ConsolidationReport:
         """One consolidation under the output's lease; ``LeaseHeld`` when another holds it."""
         lease = OutputLease(
             self.fs_out,
@@ -184,12 +187,12 @@ class Consolidator:
         finally:
             lease.release()
 
-    def _run_held(self) -> Report:
+    def _run_held(self) -> ConsolidationReport:
         started = time.monotonic()
         self.recover()
         manifest = mf.load(self.fs_out, self.root_out)
         queue = self._output_queue(manifest)
-        report = Report(run_id=_run_id())
+        report = ConsolidationReport(run_id=_run_id())
         shards = [
             i
             for i in storage.list_parquet(self.fs_in, self.root_in)
@@ -224,7 +227,11 @@ class Consolidator:
         return wanted or manifest.queue
 
     def _consolidate(
-        self, shards: list[_Source], manifest: mf.Manifest, queue: str | None, report: Report
+        self,
+        shards: list[_Source],
+        manifest: mf.Manifest,
+        queue: str | None,
+        report: ConsolidationReport,
     ) -> None:
         outputs = [
             _Source(
@@ -329,7 +336,7 @@ class Consolidator:
             supersedes=report.rewritten,
             sources=report.sources,
             retire=self.settings.retire,
-            manifest=orjson.loads(updated.to_bytes()),
+            manifest=updated,
             base=manifest.runs[-1].run_id if manifest.runs else None,
         )
         commit_path = f"{self.root_out}/{_COMMIT_PREFIX}{report.run_id}.json"
@@ -473,11 +480,7 @@ class Consolidator:
                 return False
             self._confirm()
             failpoint("consolidate.before-manifest")
-            storage.write_bytes_atomically(
-                self.fs_out,
-                f"{self.root_out}/{mf.MANIFEST_NAME}",
-                orjson.dumps(record.manifest, option=orjson.OPT_INDENT_2),
-            )
+            mf.save(self.fs_out, self.root_out, record.manifest)
             failpoint("consolidate.after-manifest")
         # From here on the manifest no longer names what is removed.
         for name in record.supersedes:

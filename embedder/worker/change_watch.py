@@ -214,7 +214,7 @@ class ChangeWatcher:
         """One bounded batch of the scan, carrying on from the last one: a large collection
         is read a batch at a time, never whole at once. MongoDB errors propagate: the caller
         retries outages (a batch is safe to repeat)."""
-        report = requeuing.Report("changed texts", dry_run=False)
+        report = requeuing.RequeueReport("changed texts", dry_run=False)
         self._scan_after = await requeuing.changed_text_batch(
             self._docs, self._spec, report, _SCAN_BATCH, after=self._scan_after
         )

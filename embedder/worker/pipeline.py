@@ -35,7 +35,7 @@ from embedder.queue.marks import DoneMark
 from embedder.queue.work_queue import Claim
 from embedder.storage.shards import ShardReceipt, ShardWriter
 from embedder.telemetry import Summary, Telemetry
-from embedder.worker.batching import Limits, oversized, plan_batches
+from embedder.worker.batching import BatchLimits, oversized, plan_batches
 from embedder.worker.documents import Doc, Embedded, FailureCause, Rejected, to_doc
 from embedder.worker.progress import Progress, Silent
 from embedder.worker.reuse import TextReuse
@@ -557,7 +557,7 @@ def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group.exceptions[0]
 
 
-def _checked(raw: Mapping[str, Any], text_field: str, limits: Limits) -> Doc | Rejected:
+def _checked(raw: Mapping[str, Any], text_field: str, limits: BatchLimits) -> Doc | Rejected:
     item = to_doc(raw, text_field)
     if isinstance(item, Doc):
         return oversized(item, limits) or item
