@@ -20,6 +20,8 @@ import numpy as np
 import orjson
 import simdjson
 
+from embedder.vectors import vector_faults
+
 EMBED_ROUTE = "/embed"
 TOKENIZE_ROUTE = "/tokenize"
 OPENAI_ROUTES = ("/v1/embeddings", "/embeddings")
@@ -258,7 +260,7 @@ def _parser() -> simdjson.Parser:
 def _checked(vectors: np.ndarray, expected_count: int) -> np.ndarray:
     if vectors.ndim != 2 or vectors.shape[0] != expected_count or vectors.shape[1] == 0:
         raise ProtocolError(f"vectors have shape {vectors.shape}, expected ({expected_count}, d)")
-    if not np.isfinite(vectors).all():
+    if vector_faults(vectors, normalized=False).nonfinite_rows:
         raise ProtocolError("vectors hold NaN or infinity")
     return vectors
 

@@ -38,6 +38,7 @@ from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
 from embedder.storage.schema import ShardMetadata
 from embedder.storage.workdb import open_work_db
+from embedder.vectors import vector_faults
 
 # One row per output row and per done mark: what identifies the vector a doc should have.
 # model_sha and embed_key are '' where unknown, so equality needs no NULL cases.
@@ -389,11 +390,9 @@ def _check_vectors(
     tolerance: float,
 ) -> None:
     vectors = np.asarray(batch.column("embedding").flatten()).reshape(-1, dimension)
-    finite = np.isfinite(vectors).all(axis=1)
-    report.nonfinite_rows += int((~finite).sum())
-    if normalized:
-        norms = np.linalg.norm(np.where(finite[:, None], vectors, 0), axis=1)
-        report.off_norm_rows += int((finite & (np.abs(norms - 1.0) > tolerance)).sum())
+    faults = vector_faults(vectors, normalized=normalized, tolerance=tolerance)
+    report.nonfinite_rows += faults.nonfinite_rows
+    report.off_norm_rows += faults.off_norm_rows
 
 
 def _row_keys(batch: pa.RecordBatch, embed_key: str) -> pa.RecordBatch:

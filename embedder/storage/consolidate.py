@@ -43,6 +43,7 @@ from embedder.storage.dedup import CLAIM_SEQ, LoserStream, find_losers
 from embedder.storage.output_lease import DEFAULT_TTL_S, ExclusiveCreate, LeaseKeeper, OutputLease
 from embedder.storage.schema import ShardMetadata
 from embedder.storage.shards import PARQUET_OPTIONS
+from embedder.vectors import vector_faults
 
 log = logging.getLogger(__name__)
 
@@ -647,15 +648,14 @@ def _check_vectors(
     if column.null_count:
         raise _BadSource(source, "null vectors")
     values = np.asarray(column.flatten()).reshape(-1, dimension)
-    if not np.isfinite(values).all():
+    faults = vector_faults(values, normalized=normalized, tolerance=tolerance)
+    if faults.nonfinite_rows:
         raise _BadSource(source, "vectors hold NaN or infinity")
-    if normalized:
-        norms = np.linalg.norm(values, axis=1)
-        worst = float(np.max(np.abs(norms - 1.0))) if len(norms) else 0.0
-        if worst > tolerance:
-            raise _BadSource(
-                source, f"a vector's norm is off by {worst:.4f} though vectors are normalized"
-            )
+    if faults.off_norm_rows:
+        raise _BadSource(
+            source,
+            f"a vector's norm is off by {faults.worst_norm_error:.4f} though vectors are normalized",
+        )
 
 
 def _run_id() -> str:

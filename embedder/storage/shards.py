@@ -206,22 +206,7 @@ class ShardWriter:
             self._pending, self._pending_rows = [], 0
 
     def _publish(self, hot_path: Path, name: str) -> None:
-        final = f"{self._cold_root}/{name}"
-        if isinstance(self._cold_fs, pafs.LocalFileSystem):
-            cold_dir = Path(self._cold_root)
-            staging = cold_dir / f".{name}.tmp"
-            try:
-                os.replace(hot_path, staging)  # same filesystem: a rename, no copy
-            except OSError:
-                shutil.copyfile(hot_path, staging)
-                hot_path.unlink()
-            storage.fsync_file(staging)
-            os.replace(staging, final)
-            storage.fsync_dir(cold_dir)
-            return
-        with hot_path.open("rb") as source, self._cold_fs.open_output_stream(final) as sink:
-            shutil.copyfileobj(source, sink, length=8 << 20)
-        hot_path.unlink()
+        storage.publish_file(self._cold_fs, hot_path, f"{self._cold_root}/{name}")
 
     def _reset(self) -> None:
         self._writer, self._hot_path = None, None
@@ -240,18 +225,8 @@ def _own_hot_dir(root: Path, owner: str) -> Path:
     host = socket.gethostname()
     for stale in root.glob(f"{host}-*"):
         pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not storage.process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     mine = root / f"{host}-{os.getpid()}-{owner[:8]}"
     mine.mkdir(parents=True, exist_ok=True)
     return mine
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
