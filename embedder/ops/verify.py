@@ -36,7 +36,7 @@ from embedder.queue.marks import DoneMark, done_query, failed_query
 from embedder.queue.spec import QueueSpec
 from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
-from embedder.storage.schema import ShardMetadata
+from embedder.storage.schema import ShardMetadata, read_footer
 from embedder.storage.workdb import open_work_db
 from embedder.vectors import vector_faults
 
@@ -285,9 +285,7 @@ def _check_shards(shards_uri: str, spec: QueueSpec) -> int:
 
 def _read_schema(fs: pafs.FileSystem, path: str) -> pa.Schema:
     try:
-        with fs.open_input_file(path) as handle:
-            schema: pa.Schema = pq.ParquetFile(handle).schema_arrow
-            return schema
+        return read_footer(fs, path).schema
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read {path}: {exc}") from exc
 

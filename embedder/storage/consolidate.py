@@ -41,7 +41,7 @@ from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
 from embedder.storage.dedup import CLAIM_SEQ, LoserStream, find_losers
 from embedder.storage.output_lease import DEFAULT_TTL_S, ExclusiveCreate, LeaseKeeper, OutputLease
-from embedder.storage.schema import ShardMetadata
+from embedder.storage.schema import ShardMetadata, read_footer
 from embedder.storage.shards import PARQUET_OPTIONS
 from embedder.vectors import vector_faults
 
@@ -400,8 +400,7 @@ class Consolidator:
             while chunk := stream.read(8 << 20):
                 digest.update(chunk)
                 size += len(chunk)
-        with self.fs_out.open_input_file(path) as handle:
-            footer_rows = pq.ParquetFile(handle).metadata.num_rows
+        footer_rows = read_footer(self.fs_out, path).rows
         if footer_rows != rows:
             raise StorageError(f"{name} holds {footer_rows} rows, {rows} were written")
         return mf.OutputFile(name, rows, size, digest.hexdigest(), sources, mf.now_iso())
@@ -418,14 +417,12 @@ class Consolidator:
             if info.base_name in bad:
                 continue
             try:
-                with self.fs_in.open_input_file(info.path) as handle:
-                    parquet = pq.ParquetFile(handle)
-                    schema, rows = parquet.schema_arrow, parquet.metadata.num_rows
+                footer = read_footer(self.fs_in, info.path)
             except (OSError, pa.ArrowException) as exc:
                 bad[info.base_name] = f"unreadable: {type(exc).__name__}: {exc}"
                 continue
+            schema, rows, made_by = footer.schema, footer.rows, footer.metadata
             problem = _schema_problem(schema)
-            made_by = ShardMetadata.from_schema(schema)
             model = made_by.model_id or None
             dimension = schema.field("embedding").type.list_size if problem is None else None
             if problem is None and reference[0] is not None and (model, dimension) != reference:
@@ -625,9 +622,7 @@ class _RollingWriter:
 
 
 def _read_schema(source: _Source) -> pa.Schema:
-    with source.fs.open_input_file(source.path) as handle:
-        schema: pa.Schema = pq.ParquetFile(handle).schema_arrow
-        return schema
+    return read_footer(source.fs, source.path).schema
 
 
 def _schema_problem(schema: pa.Schema) -> str | None:

@@ -68,11 +68,23 @@ class ShardMetadata:
         )
 
 
-def read_schema(fs: pafs.FileSystem, path: str) -> pa.Schema:
-    """A Parquet file's Arrow schema, from its footer. Raises OSError or ArrowException."""
+@dataclass(frozen=True, slots=True)
+class Footer:
+    """What a shard's (or output file's) footer says, read without its rows."""
+
+    schema: pa.Schema
+    rows: int
+
+    @property
+    def metadata(self) -> ShardMetadata:
+        return ShardMetadata.from_schema(self.schema)
+
+
+def read_footer(fs: pafs.FileSystem, path: str) -> Footer:
+    """Raises OSError or ArrowException for a file that is not (or no longer) Parquet."""
     with fs.open_input_file(path) as handle:
-        schema: pa.Schema = pq.ParquetFile(handle).schema_arrow
-        return schema
+        parquet = pq.ParquetFile(handle)
+        return Footer(parquet.schema_arrow, parquet.metadata.num_rows)
 
 
 def shard_schema(dimension: int, metadata: ShardMetadata) -> pa.Schema:

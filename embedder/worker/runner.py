@@ -23,7 +23,7 @@ from embedder.queue.retry import MongoRetry
 from embedder.queue.spec import QueueSpec
 from embedder.queue.work_queue import MongoWorkQueue
 from embedder.storage import filesystems as storage
-from embedder.storage.schema import ShardMetadata, read_schema
+from embedder.storage.schema import ShardMetadata, read_footer
 from embedder.storage.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.change_watch import ChangeWatcher
@@ -206,7 +206,7 @@ def _check_shards_are_ours(settings: ShardSettings, key: str, fleet: Fleet) -> N
     if not existing:
         return
     try:
-        theirs = ShardMetadata.from_schema(read_schema(fs, existing[-1].path))
+        theirs = read_footer(fs, existing[-1].path).metadata
     except (OSError, pa.ArrowException):
         return  # a damaged shard is the consolidator's to report
     if theirs.embed_key and theirs.embed_key != key:
