@@ -29,6 +29,7 @@ from embedder.queue.marks import (
     done_query,
     failed_query,
     read_mark,
+    status_field,
     still_hashed,
     text_hash_field,
 )
@@ -148,7 +149,8 @@ async def changed_text_batch(
     ``_id`` order; the last ``_id`` checked, or None past the end."""
     target = spec.target_field
     base = condition(spec, Selection(changed_text=True))
-    projection = {spec.text_field: 1, text_hash_field(target): 1}
+    # The status too: read_mark reads a mark by it.
+    projection = {spec.text_field: 1, status_field(target): 1, text_hash_field(target): 1}
 
     async def read(clause: dict[str, Any], limit: int) -> list[dict[str, Any]]:
         # The _id index, walked in order: one pass over the collection in all, never a sort
