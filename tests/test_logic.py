@@ -17,6 +17,7 @@ from embedder.queue.connection import redact_uri, scrub
 from embedder.queue.leases import Lease, plan_claim
 from embedder.worker.batching import BatchLimits, estimate_tokens, halves, plan_batches
 from embedder.worker.documents import Doc, Rejected, to_doc
+from tests.support.openai_answers import decode_openai_response
 
 LIMITS = BatchLimits(
     max_inputs=32, max_tokens=4096, max_bytes=200_000, max_input_tokens=512, truncating=True
@@ -152,7 +153,7 @@ def test_embed_answers_are_checked_before_use() -> None:
 def test_openai_base64_round_trips() -> None:
     vectors = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
     raw = tei.encode_openai_response(vectors, model="m", encoding_format="base64", prompt_tokens=7)
-    np.testing.assert_array_equal(tei.decode_openai_response(raw, 3), vectors)
+    np.testing.assert_array_equal(decode_openai_response(raw, 3), vectors)
 
 
 def test_error_answers_are_read_in_tei_and_plain_forms() -> None:

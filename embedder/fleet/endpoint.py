@@ -47,10 +47,6 @@ def address(url: str) -> Address:
     return Address(urlunsplit((parts.scheme, host, path, "", "")), auth)
 
 
-def base_url(url: str) -> str:
-    return address(url).url
-
-
 @dataclass(frozen=True, slots=True)
 class EndpointReply:
     """One endpoint's answer to an embed request (the worker's ``Embedded`` is a doc once sent)."""

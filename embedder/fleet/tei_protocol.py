@@ -305,22 +305,6 @@ def encode_openai_response(
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def decode_openai_response(raw: bytes, expected_count: int) -> np.ndarray:
-    try:
-        body = orjson.loads(raw)
-        items = sorted(body["data"], key=lambda item: int(item["index"]))
-        rows = [
-            np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
-            if isinstance(item["embedding"], str)
-            else np.asarray(item["embedding"], dtype=np.float32)
-            for item in items
-        ]
-        vectors = np.stack(rows).astype(np.float32) if rows else np.empty((0, 0), np.float32)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"not an OpenAI embeddings answer: {exc}") from exc
-    return _checked(vectors, expected_count)
-
-
 # --- /tokenize --------------------------------------------------------------------------------
 
 

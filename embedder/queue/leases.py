@@ -44,7 +44,6 @@ class ControlView:
 
     version: int
     cursor: Any
-    passes: int
     leases: tuple[Lease, ...]
     expiry: Mapping[str, dt.datetime | None]  # owner -> heartbeat expiry
     paused: bool
@@ -55,7 +54,6 @@ class ControlView:
         return cls(
             version=int(raw.get("version", 0)),
             cursor=raw.get("cursor"),
-            passes=int(raw.get("passes", 0)),
             leases=tuple(Lease.from_bson(x) for x in raw.get("leases") or ()),
             expiry={owner: Heartbeat.from_bson(w).expires_at for owner, w in workers.items()},
             paused=bool(raw.get("paused", False)),
