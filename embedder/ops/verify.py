@@ -366,7 +366,9 @@ def _scan_output(
             if dimension not in report.dimensions_seen:
                 report.dimensions_seen.append(dimension)
             for batch in _batches(parquet):
-                _check_vectors(batch, dimension, report, normalized=normalized, tolerance=tolerance)
+                _count_bad_vectors(
+                    batch, dimension, report, normalized=normalized, tolerance=tolerance
+                )
                 report.rows += batch.num_rows
                 _append(con, "output", _row_keys(batch, embed_key))
     except (OSError, pa.ArrowException) as exc:
@@ -379,7 +381,7 @@ def _batches(parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
     yield from parquet.iter_batches(batch_size=16_384, columns=present)
 
 
-def _check_vectors(
+def _count_bad_vectors(
     batch: pa.RecordBatch,
     dimension: int,
     report: VerifyReport,

@@ -268,10 +268,8 @@ class Consolidator:
     def _copy_all(self, attempt: _Attempt, losers: LoserStream) -> list[tuple[str, int, list[str]]]:
         manifest = attempt.manifest
         inputs = [s for _, s in attempt.to_copy]
-        schema = _output_schema(_read_schema(attempt.shards[0]))
-        dimension = schema.field("embedding").type.list_size
-        made_by = ShardMetadata.from_schema(schema)
-        normalized = manifest.normalized if manifest.normalized is not None else made_by.normalize
+        schema = _output_schema(read_footer(attempt.shards[0].fs, attempt.shards[0].path).schema)
+        dimension, normalized = _vectors_of(schema, manifest)
         # Inputs are written with the same encoding as the output, so their bytes per row
         # predict the output's and files come out near the target size.
         row_bytes = sum(s.bytes for s in inputs) / max(1, sum(s.rows for s in inputs))
@@ -293,10 +291,9 @@ class Consolidator:
     def _commit(self, attempt: _Attempt, written: list[tuple[str, int, list[str]]]) -> None:
         shards, to_copy, manifest = attempt.shards, attempt.to_copy, attempt.manifest
         staging, report = attempt.staging, attempt.report
-        schema = _read_schema(shards[0])
-        dimension = schema.field("embedding").type.list_size
+        schema = read_footer(shards[0].fs, shards[0].path).schema
+        dimension, normalized = _vectors_of(schema, manifest)
         made_by = ShardMetadata.from_schema(schema)
-        normalized = manifest.normalized if manifest.normalized is not None else made_by.normalize
         report.sources = [s.name for s in shards]
         report.rewritten = [s.name for _, s in to_copy if not s.is_shard]
         report.rows_in = sum(s.rows for _, s in to_copy)
@@ -379,7 +376,7 @@ class Consolidator:
                     batch = _conform(
                         read if keep.all() else read.filter(pa.array(keep)), writer.schema
                     )
-                    _check_vectors(
+                    _refuse_bad_vectors(
                         batch, dimension, normalized, self.settings.norm_tolerance, source.name
                     )
                     writer.write(batch, source.name)
@@ -621,8 +618,13 @@ class _RollingWriter:
         self._writer = None
 
 
-def _read_schema(source: _Source) -> pa.Schema:
-    return read_footer(source.fs, source.path).schema
+def _vectors_of(schema: pa.Schema, manifest: mf.Manifest) -> tuple[int, bool]:
+    """The dimension of a run's vectors, and whether they are unit length (as the output says
+    once it has a manifest, else as the first shard does)."""
+    dimension: int = schema.field("embedding").type.list_size
+    if manifest.normalized is not None:
+        return dimension, manifest.normalized
+    return dimension, ShardMetadata.from_schema(schema).normalize
 
 
 def _schema_problem(schema: pa.Schema) -> str | None:
@@ -636,7 +638,7 @@ def _schema_problem(schema: pa.Schema) -> str | None:
     return None
 
 
-def _check_vectors(
+def _refuse_bad_vectors(
     batch: pa.RecordBatch, dimension: int, normalized: bool, tolerance: float, source: str
 ) -> None:
     column = batch.column("embedding")
