@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.memory_queue import run_worker
 from bench.sim_fleet import machine, running_fleet
 from embedder.devtools.samples import generate
-from embedder.fleet.limits import AdaptiveLimit
+from embedder.fleet.limits import AdaptiveInflightLimit
 from embedder.fleet.routing import Fleet, FleetSettings
 from embedder.telemetry import Telemetry
 
@@ -49,7 +49,7 @@ async def main() -> None:
                     shares = [
                         f"{e.limit.settled_queue_share:g}"
                         for e in fleet.endpoints
-                        if isinstance(e.limit, AdaptiveLimit)
+                        if isinstance(e.limit, AdaptiveInflightLimit)
                     ]
                     rows.append((name, len(measured) / seconds, ", ".join(shares)))
                 finally:

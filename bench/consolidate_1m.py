@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedder.storage.shards import PARQUET_OPTIONS, shard_schema
+from embedder.storage.schema import ShardMetadata, shard_schema
+from embedder.storage.shards import PARQUET_OPTIONS
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -36,7 +37,7 @@ def make_shards(
     directory.mkdir(parents=True)
     rng = np.random.default_rng(0)
     schema = shard_schema(
-        dimension, {"model_id": "bench/model", "dimension": str(dimension), "normalize": "true"}
+        dimension, ShardMetadata(model_id="bench/model", dimension=dimension, normalize=True)
     )
     per_shard = rows // shards
     unique = int(rows * (1 - duplicate_rate))

@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedder.storage.shards import PARQUET_OPTIONS, shard_schema
+from embedder.storage.schema import ShardMetadata, shard_schema
+from embedder.storage.shards import PARQUET_OPTIONS
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -35,7 +36,7 @@ def make_shards(directory: Path, rows: int, shards: int, dimension: int) -> int:
     """``shards`` files of ``rows / shards`` rows; the second half repeats the first's ids."""
     directory.mkdir(parents=True)
     schema = shard_schema(
-        dimension, {"model_id": "bench/model", "dimension": str(dimension), "normalize": "true"}
+        dimension, ShardMetadata(model_id="bench/model", dimension=dimension, normalize=True)
     )
     rng = np.random.default_rng(0)
     unique = rows // 2

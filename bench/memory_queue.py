@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from embedder.fleet.routing import Fleet
+from embedder.queue.heartbeat import WorkerProgress
 from embedder.queue.leases import Lease
-from embedder.queue.work_queue import Claim, DoneMark
+from embedder.queue.marks import DoneMark
+from embedder.queue.work_queue import Claim
+from embedder.storage.schema import ShardMetadata
 from embedder.storage.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.pipeline import LeaseTracker, Worker, WorkerSettings
@@ -29,7 +32,7 @@ class MemoryWorkQueue:
     async def register(self) -> None:
         return None
 
-    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None:
+    async def heartbeat(self, progress: WorkerProgress | None = None) -> None:
         return None
 
     async def leave(self) -> None:
@@ -87,7 +90,7 @@ async def run_worker(
         ShardSettings(cold_uri=str(out / "shards"), hot_dir=out / "hot", max_rows=max_rows),
         owner=queue.owner,
         dimension=fleet.dimension,
-        metadata={"model_id": fleet.info.model_id},
+        metadata=ShardMetadata(model_id=fleet.info.model_id),
     )
     worker = Worker(
         queue,

@@ -29,6 +29,7 @@ from bench.memory_queue import MemoryWorkQueue
 from embedder.fleet.routing import Fleet, FleetSettings
 from embedder.queue.leases import Lease
 from embedder.queue.work_queue import Claim
+from embedder.storage.schema import ShardMetadata
 from embedder.storage.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Telemetry
 from embedder.worker.pipeline import Worker, WorkerSettings
@@ -77,7 +78,7 @@ async def measure(url: str, docs: int, size: int, out: Path) -> tuple[int, int, 
             ShardSettings(cold_uri=str(out / "shards"), hot_dir=out / "hot"),
             owner=queue.owner,
             dimension=fleet.dimension,
-            metadata={"model_id": fleet.info.model_id},
+            metadata=ShardMetadata(model_id=fleet.info.model_id),
         )
         # The CLI's defaults: an idle sink commits after the poll interval, so a shorter one
         # would mark (and forget) docs before the shard's rows or age call for it.

@@ -7,14 +7,16 @@ import httpx
 import pytest
 
 from embedder.fleet.endpoint import EndpointClient
-from embedder.fleet.limits import AdaptiveLimit, AdaptiveSettings, FixedLimit
+from embedder.fleet.limits import AdaptiveInflightLimit, AdaptiveSettings, FixedInflightLimit
 from embedder.fleet.routing import Endpoint
 
 STEP = 32
 SETTINGS = AdaptiveSettings(window=4, baseline_horizon_s=30.0, probe_interval_s=5.0)
 
 
-def feed(limit: AdaptiveLimit, seconds: float, count: int, now: float, *, held: bool) -> float:
+def feed(
+    limit: AdaptiveInflightLimit, seconds: float, count: int, now: float, *, held: bool
+) -> float:
     """``count`` full answers of ``seconds`` each, none of them alone; returns the clock."""
     for _ in range(count):
         if held:
@@ -25,7 +27,7 @@ def feed(limit: AdaptiveLimit, seconds: float, count: int, now: float, *, held: 
 
 
 def test_starts_at_one_request_and_measures_the_unloaded_level_first() -> None:
-    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     assert limit.value == STEP
     assert limit.pacing() is None
     limit.answered(0.1, STEP, alone=True, now=0.0)
@@ -36,7 +38,7 @@ def test_starts_at_one_request_and_measures_the_unloaded_level_first() -> None:
 
 
 def test_grows_while_answers_stay_fast_and_the_limit_holds_requests_back() -> None:
-    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)  # the first answer of the first window
     now = feed(limit, 0.11, 3, 0.1, held=True)
     assert limit.value == 2 * STEP  # slow start doubles
@@ -48,7 +50,7 @@ def test_grows_while_answers_stay_fast_and_the_limit_holds_requests_back() -> No
 
 
 def test_shrinks_when_answers_queue_and_never_below_one_request() -> None:
-    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)
     now = feed(limit, 0.1, 3, 0.1, held=True)
     now = feed(limit, 0.1, 4, now, held=True)
@@ -64,7 +66,7 @@ def test_shrinks_when_answers_queue_and_never_below_one_request() -> None:
 
 
 def test_overload_halves_at_once_and_the_ceiling_holds() -> None:
-    limit = AdaptiveLimit(STEP, 100, SETTINGS)
+    limit = AdaptiveInflightLimit(STEP, 100, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)
     now = feed(limit, 0.1, 3, 0.1, held=True)
     for _ in range(4):
@@ -78,7 +80,7 @@ def test_overload_halves_at_once_and_the_ceiling_holds() -> None:
 
 
 def test_a_stale_unloaded_level_is_measured_again() -> None:
-    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)
     feed(limit, 0.1, 7, 0.1, held=True)
     assert limit.value == 4 * STEP
@@ -92,7 +94,7 @@ def test_a_stale_unloaded_level_is_measured_again() -> None:
 
 
 def test_small_requests_do_not_move_the_unloaded_level() -> None:
-    limit = AdaptiveLimit(STEP, 256, SETTINGS)
+    limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)
     limit.answered(0.01, 4, alone=True, now=0.1)
     assert limit.baseline == 0.1
@@ -105,7 +107,7 @@ def test_settings_refuse_a_band_that_cannot_settle() -> None:
 
 async def test_pacing_lets_the_next_request_go_just_before_the_server_frees_up() -> None:
     async with httpx.AsyncClient() as http:
-        limit = AdaptiveLimit(STEP, 256, SETTINGS)
+        limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
         limit.answered(0.1, STEP, alone=True, now=0.0)
         feed(limit, 0.1, 3, 0.1, held=True)
         endpoint = Endpoint(EndpointClient("http://e", http), limit=limit, up=True)
@@ -118,13 +120,15 @@ async def test_pacing_lets_the_next_request_go_just_before_the_server_frees_up()
         endpoint.sent.append((10.05, STEP))
         assert endpoint.wait_s(10.05) == pytest.approx(0.1)
         # A fixed limit does not pace.
-        fixed = Endpoint(EndpointClient("http://f", http), limit=FixedLimit(4 * STEP), up=True)
+        fixed = Endpoint(
+            EndpointClient("http://f", http), limit=FixedInflightLimit(4 * STEP), up=True
+        )
         fixed.sent.append((10.0, STEP))
         assert fixed.has_room(STEP, now=10.0)
 
 
 def run_windows(
-    limit: AdaptiveLimit, windows: int, now: float, rate_at: dict[float, float]
+    limit: AdaptiveInflightLimit, windows: int, now: float, rate_at: dict[float, float]
 ) -> float:
     """Answers at the delivery rate (inputs/s) the current queue share gets, with the endpoint
     always wanted; latency at the unloaded level times (1 + share) / 1.5, as pacing allows."""
@@ -138,8 +142,8 @@ def run_windows(
     return now
 
 
-def settled(rates: dict[float, float]) -> tuple[AdaptiveLimit, float]:
-    limit = AdaptiveLimit(STEP, 1024, SETTINGS)
+def settled(rates: dict[float, float]) -> tuple[AdaptiveInflightLimit, float]:
+    limit = AdaptiveInflightLimit(STEP, 1024, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)
     return limit, run_windows(limit, 200, 0.0, rates)
 

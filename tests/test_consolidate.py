@@ -32,6 +32,7 @@ from embedder.queue.spec import QueueSpec
 from embedder.storage import manifest as mf
 from embedder.storage.consolidate import ConsolidateSettings, Consolidator
 from embedder.storage.output_lease import LEASE_DIR, Holder, LeaseHeld, LeaseLost, OutputLease
+from embedder.storage.schema import ShardMetadata
 from embedder.storage.shards import ShardSettings, ShardWriter
 from tests.support import corpus as corpora
 from tests.support.servers import ROOT, run_python
@@ -62,7 +63,7 @@ def write_shard(shards: Path, ids: list[int], version: int, hot: Path | None = N
         settings,
         owner=uuid.uuid4().hex,
         dimension=DIM,
-        metadata={"model_id": "test/model", "dimension": str(DIM), "normalize": "true"},
+        metadata=ShardMetadata(model_id="test/model", dimension=DIM, normalize=True),
     )
     writer.append(ids, vectors_for(ids, version), T0 + dt.timedelta(minutes=version), hashes(ids))
     receipt = writer.roll()
@@ -296,7 +297,7 @@ def test_a_shard_of_another_model_is_left_in_place(dirs: tuple[Path, Path]) -> N
         ShardSettings(cold_uri=str(shards), hot_dir=shards.parent / "hot"),
         owner="x" * 32,
         dimension=DIM,
-        metadata={"model_id": "other/model", "normalize": "true"},
+        metadata=ShardMetadata(model_id="other/model", normalize=True),
     )
     other.append([2], vectors_for([2], 1), T0, hashes([2]))
     receipt = other.roll()
@@ -320,7 +321,7 @@ def test_object_store_paths_through_pyarrow_fs(tmp_path: Path) -> None:
             shard_settings,
             owner=uuid.uuid4().hex,
             dimension=DIM,
-            metadata={"model_id": "test/model", "normalize": "true"},
+            metadata=ShardMetadata(model_id="test/model", normalize=True),
         )
         writer.append(
             ids, vectors_for(ids, version), T0 + dt.timedelta(minutes=version), hashes(ids)
@@ -545,7 +546,7 @@ def write_queue_shard(shards: Path, ids: list[int], queue: str) -> str:
         ShardSettings(cold_uri=str(shards), hot_dir=shards.parent / "hot", max_rows=10**9),
         owner=uuid.uuid4().hex,
         dimension=DIM,
-        metadata={"model_id": "test/model", "normalize": "true", "queue": queue},
+        metadata=ShardMetadata(model_id="test/model", normalize=True, queue=queue),
     )
     writer.append(ids, vectors_for(ids, 1), T0, hashes(ids))
     receipt = writer.roll()

@@ -15,10 +15,11 @@ from embedder.fleet import tei_protocol as tei
 from embedder.ids import decode_id, encode_id, sort_key
 from embedder.queue.connection import redact_uri, scrub
 from embedder.queue.leases import Lease, plan_claim
-from embedder.worker.batching import Limits, estimate_tokens, halves, plan_batches
+from embedder.worker.batching import BatchLimits, estimate_tokens, halves, plan_batches
 from embedder.worker.documents import Doc, Rejected, to_doc
+from tests.support.openai_answers import decode_openai_response
 
-LIMITS = Limits(
+LIMITS = BatchLimits(
     max_inputs=32, max_tokens=4096, max_bytes=200_000, max_input_tokens=512, truncating=True
 )
 
@@ -34,7 +35,7 @@ ids = st.one_of(
 def test_batches_keep_every_doc_once_in_order_within_limits(
     items: list[str], max_inputs: int, budget: int
 ) -> None:
-    limits = Limits(max_inputs, budget, 50_000, 512, truncating=False)
+    limits = BatchLimits(max_inputs, budget, 50_000, 512, truncating=False)
     docs = [Doc(i, t) for i, t in enumerate(items)]
     batches = list(plan_batches(docs, limits))
     assert [d for b in batches for d in b] == docs
@@ -152,7 +153,7 @@ def test_embed_answers_are_checked_before_use() -> None:
 def test_openai_base64_round_trips() -> None:
     vectors = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
     raw = tei.encode_openai_response(vectors, model="m", encoding_format="base64", prompt_tokens=7)
-    np.testing.assert_array_equal(tei.decode_openai_response(raw, 3), vectors)
+    np.testing.assert_array_equal(decode_openai_response(raw, 3), vectors)
 
 
 def test_error_answers_are_read_in_tei_and_plain_forms() -> None:
@@ -206,14 +207,14 @@ def test_routing_picks_the_least_loaded_healthy_endpoint_with_room(
     import httpx
 
     from embedder.fleet.endpoint import EndpointClient
-    from embedder.fleet.limits import FixedLimit
+    from embedder.fleet.limits import FixedInflightLimit
     from embedder.fleet.routing import Endpoint, choose_endpoint
 
     http = httpx.AsyncClient()
     endpoints = [
         Endpoint(
             EndpointClient(f"http://e{i}", http),
-            limit=FixedLimit(limit),
+            limit=FixedInflightLimit(limit),
             sent=[(0.0, size) for size in requests],
             up=up,
         )

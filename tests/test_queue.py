@@ -20,8 +20,9 @@ from embedder.errors import ConfigurationError
 from embedder.identity import text_hash
 from embedder.ids import Bound, range_clauses, sort_key
 from embedder.queue import connection as mongo_setup
+from embedder.queue.marks import DoneMark
 from embedder.queue.spec import QueueSpec
-from embedder.queue.work_queue import DoneMark, MongoWorkQueue
+from embedder.queue.work_queue import MongoWorkQueue
 from tests.support import corpus as corpora
 from tests.support.servers import ROOT, FaultTei, run_python
 from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from embedder.ops import status
-from embedder.storage.consolidate import ConsolidateSettings, Report, consolidate_every
+from embedder.storage.consolidate import ConsolidateSettings, ConsolidationReport, consolidate_every
 
 
 def _status(pending: int) -> status.QueueStatus:
@@ -44,9 +44,9 @@ def test_consolidate_every_reports_each_round_until_stopped(tmp_path: Path) -> N
         shards_uri=str(tmp_path / "shards"), output_uri=str(tmp_path / "out")
     )
     stop = threading.Event()
-    reports: list[Report] = []
+    reports: list[ConsolidationReport] = []
 
-    def on_report(report: Report) -> None:
+    def on_report(report: ConsolidationReport) -> None:
         reports.append(report)
         if len(reports) == 2:
             stop.set()

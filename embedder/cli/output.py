@@ -24,8 +24,8 @@ from embedder.queue import connection as mongo
 from embedder.queue.spec import QueueSpec
 from embedder.storage.consolidate import (
     ConsolidateSettings,
+    ConsolidationReport,
     Consolidator,
-    Report,
     consolidate_every,
 )
 from embedder.storage.output_lease import LeaseHeld
@@ -134,7 +134,7 @@ def consolidate(
     except ConfigurationError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
 
-    def show(report: Report) -> None:
+    def show(report: ConsolidationReport) -> None:
         write_json(report_json, report)
         click.echo("\n".join(report.lines()), err=True)
 

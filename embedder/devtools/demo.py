@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,7 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 
+from embedder.devtools.processes import start_server
 from embedder.devtools.samples import generate
 from embedder.fleet.routing import FleetSettings
 from embedder.ids import decode_id
@@ -47,7 +47,6 @@ QUERIES = [
     "a delicious homemade dinner",
     "shares tumble on wall street",
 ]
-_ADDRESS = re.compile(r"listening on (\S+)")
 
 
 @dataclass
@@ -218,20 +217,13 @@ def _terminate(children: list[Child]) -> None:
 
 
 def _start(name: str, args: list[str], root: Path) -> Child:
-    log = (root / f"{name}.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "embedder.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        start_new_session=True,
+    process, address = start_server(
+        ["-m", "embedder.cli", *args],
+        root / f"{name}.log",
+        new_session=True,
+        ready_timeout=float("inf"),  # a cold model download may take minutes
     )
-    assert process.stdout is not None
-    for line in process.stdout:
-        match = _ADDRESS.search(line)
-        if match:
-            return Child(name, process, match.group(1))
-    raise RuntimeError(f"{name} did not start; see {root / f'{name}.log'}")
+    return Child(name, process, address)
 
 
 def _step(message: str) -> None:

@@ -47,12 +47,10 @@ def address(url: str) -> Address:
     return Address(urlunsplit((parts.scheme, host, path, "", "")), auth)
 
 
-def base_url(url: str) -> str:
-    return address(url).url
-
-
 @dataclass(frozen=True, slots=True)
-class Embedded:
+class EndpointReply:
+    """One endpoint's answer to an embed request (the worker's ``Embedded`` is a doc once sent)."""
+
     vectors: np.ndarray
     tokens: int | None  # from x-compute-tokens, when the server sends it
     seconds: float
@@ -92,7 +90,7 @@ class EndpointClient:
             return False
         return response.status_code == 200
 
-    async def embed(self, texts: list[str], options: tei.EmbedOptions) -> Embedded:
+    async def embed(self, texts: list[str], options: tei.EmbedOptions) -> EndpointReply:
         body = tei.encode_embed_request(texts, options)
         started = time.perf_counter()
         response = await self._request("POST", tei.EMBED_ROUTE, content=body)
@@ -105,7 +103,7 @@ class EndpointClient:
                 f"bad answer: {exc}", endpoint=self.url, kind=FaultKind.GARBAGE
             ) from exc
         tokens = response.headers.get(tei.HEADER_COMPUTE_TOKENS)
-        return Embedded(
+        return EndpointReply(
             vectors,
             int(tokens) if tokens and tokens.isdigit() else None,
             time.perf_counter() - started,

@@ -65,7 +65,10 @@ class AdaptiveSettings:
             raise ConfigurationError(f"invalid adaptive concurrency settings: {self}")
 
 
-class Limit(Protocol):
+class InflightLimit(Protocol):
+    """How many inputs one endpoint may have in flight now (not a request's size: that is
+    ``embedder.worker.batching.BatchLimits``; nor httpx's connection ``Limits``)."""
+
     @property
     def value(self) -> int: ...
     @property
@@ -78,8 +81,8 @@ class Limit(Protocol):
     def overloaded(self, now: float) -> bool: ...
 
 
-class FixedLimit:
-    """The same limit whatever the endpoint does."""
+class FixedInflightLimit:
+    """The same number of inputs in flight whatever the endpoint does."""
 
     def __init__(self, limit: int) -> None:
         self.value = max(1, limit)
@@ -101,7 +104,7 @@ class FixedLimit:
         return False
 
 
-class AdaptiveLimit:
+class AdaptiveInflightLimit:
     def __init__(self, step: int, ceiling: int, settings: AdaptiveSettings | None = None) -> None:
         self.step = max(1, step)  # one full request
         self.ceiling = max(self.step, ceiling)

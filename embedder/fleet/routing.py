@@ -43,11 +43,16 @@ from embedder.errors import (
     FleetUnavailableError,
 )
 from embedder.fleet import tei_protocol as tei
-from embedder.fleet.endpoint import Embedded, EndpointClient
-from embedder.fleet.limits import AdaptiveLimit, AdaptiveSettings, FixedLimit, Limit
+from embedder.fleet.endpoint import EndpointClient, EndpointReply
+from embedder.fleet.limits import (
+    AdaptiveInflightLimit,
+    AdaptiveSettings,
+    FixedInflightLimit,
+    InflightLimit,
+)
 from embedder.identity import same_vector
 from embedder.telemetry import Telemetry
-from embedder.worker.batching import Limits, halves
+from embedder.worker.batching import BatchLimits, halves
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +102,7 @@ class FleetSettings:
 class Endpoint:
     client: EndpointClient
     info: tei.Info | None = None
-    limit: Limit = field(default_factory=lambda: FixedLimit(0))
+    limit: InflightLimit = field(default_factory=lambda: FixedInflightLimit(0))
     # (sent at, inputs) of the requests in flight, in the order sent, and when the last answer
     # came: the adaptive limit's pacing predicts from them how long a new request would wait.
     sent: list[tuple[float, int]] = field(default_factory=list)
@@ -225,9 +230,11 @@ class Fleet:
         # inputs we keep in flight stay at half the server's permits at most.
         cap = max(1, info.max_concurrent_requests // 2)
         if self.settings.concurrency is None:
-            endpoint.limit = AdaptiveLimit(self.batch_size, cap, self.settings.adaptive)
+            endpoint.limit = AdaptiveInflightLimit(self.batch_size, cap, self.settings.adaptive)
         else:
-            endpoint.limit = FixedLimit(min(cap, self.settings.concurrency * self.batch_size))
+            endpoint.limit = FixedInflightLimit(
+                min(cap, self.settings.concurrency * self.batch_size)
+            )
         self._gauge_limit(endpoint)
         self._set_up(endpoint, True)
 
@@ -292,12 +299,12 @@ class Fleet:
         )
         return max(1, min(self._batch_cap, server))
 
-    def batch_limits(self) -> Limits:
+    def batch_limits(self) -> BatchLimits:
         infos = [e.info for e in self._endpoints if e.info]
         truncating = self.settings.options.truncate
         if truncating is None:
             truncating = all(i.auto_truncate for i in infos)
-        return Limits(
+        return BatchLimits(
             max_inputs=self.batch_size,
             max_tokens=min(i.max_batch_tokens for i in infos),
             max_bytes=int(self.settings.payload_limit * 0.9),
@@ -381,7 +388,7 @@ class Fleet:
         parts = list(zip(halves(texts, limit), halves(positions, limit), strict=True))
         await asyncio.gather(*(self._embed_into(list(t), list(p), result) for t, p in parts))
 
-    async def _send(self, texts: list[str], exclude: frozenset[str]) -> Embedded:
+    async def _send(self, texts: list[str], exclude: frozenset[str]) -> EndpointReply:
         """The vectors of ``texts`` from some endpoint not in ``exclude``.
 
         The endpoints' faults are retried elsewhere up to the outage bound, then
@@ -417,7 +424,7 @@ class Fleet:
 
     async def _ask(
         self, endpoint: Endpoint, ticket: tuple[float, int], texts: list[str]
-    ) -> Embedded:
+    ) -> EndpointReply:
         alone = endpoint.inflight_requests == 1
         try:
             embedded = await endpoint.client.embed(texts, self.settings.options)
@@ -459,7 +466,7 @@ class Fleet:
             return exc
         return None
 
-    def _check_dimension(self, endpoint: Endpoint, embedded: Embedded) -> None:
+    def _check_dimension(self, endpoint: Endpoint, embedded: EndpointReply) -> None:
         if embedded.vectors.shape[1] != self.dimension:
             raise EndpointError(
                 f"bad answer: vectors of dimension {embedded.vectors.shape[1]}, "
@@ -534,7 +541,7 @@ class Fleet:
             self._changed.notify_all()
 
     async def _record_success(
-        self, endpoint: Endpoint, inputs: int, embedded: Embedded, *, alone: bool
+        self, endpoint: Endpoint, inputs: int, embedded: EndpointReply, *, alone: bool
     ) -> None:
         endpoint.consecutive_faults = 0
         self._telemetry.request_ok(endpoint.name, inputs, embedded.seconds, embedded.tokens)
@@ -578,7 +585,7 @@ class Fleet:
 
     def _gauge_limit(self, endpoint: Endpoint) -> None:
         self._telemetry.concurrency_limit.labels(endpoint.name).set(endpoint.input_limit)
-        if isinstance(endpoint.limit, AdaptiveLimit):
+        if isinstance(endpoint.limit, AdaptiveInflightLimit):
             self._telemetry.queue_share.labels(endpoint.name).set(endpoint.limit.queue_share)
 
     def _gauge_inflight(self, endpoint: Endpoint) -> None:

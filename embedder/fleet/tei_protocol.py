@@ -20,6 +20,8 @@ import numpy as np
 import orjson
 import simdjson
 
+from embedder.vectors import vector_faults
+
 EMBED_ROUTE = "/embed"
 TOKENIZE_ROUTE = "/tokenize"
 OPENAI_ROUTES = ("/v1/embeddings", "/embeddings")
@@ -258,7 +260,7 @@ def _parser() -> simdjson.Parser:
 def _checked(vectors: np.ndarray, expected_count: int) -> np.ndarray:
     if vectors.ndim != 2 or vectors.shape[0] != expected_count or vectors.shape[1] == 0:
         raise ProtocolError(f"vectors have shape {vectors.shape}, expected ({expected_count}, d)")
-    if not np.isfinite(vectors).all():
+    if vector_faults(vectors, normalized=False).nonfinite_rows:
         raise ProtocolError("vectors hold NaN or infinity")
     return vectors
 
@@ -301,22 +303,6 @@ def encode_openai_response(
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def decode_openai_response(raw: bytes, expected_count: int) -> np.ndarray:
-    try:
-        body = orjson.loads(raw)
-        items = sorted(body["data"], key=lambda item: int(item["index"]))
-        rows = [
-            np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
-            if isinstance(item["embedding"], str)
-            else np.asarray(item["embedding"], dtype=np.float32)
-            for item in items
-        ]
-        vectors = np.stack(rows).astype(np.float32) if rows else np.empty((0, 0), np.float32)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"not an OpenAI embeddings answer: {exc}") from exc
-    return _checked(vectors, expected_count)
 
 
 # --- /tokenize --------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ class Cell:
 
 
 @dataclass(slots=True)
-class Report:
+class AutotuneReport:
     settings: SweepSettings
     endpoints: list[str]
     model: str
@@ -280,7 +280,7 @@ def markdown_table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
-def report_markdown(report: Report) -> str:
+def report_markdown(report: AutotuneReport) -> str:
     s = report.settings
     parts = [
         "# embedder autotune",
@@ -314,7 +314,7 @@ async def sweep(
     api_key: str | None = None,
     request_timeout_s: float = 600.0,
     on_cell: Callable[[Cell], None] | None = None,
-) -> Report:
+) -> AutotuneReport:
     if not texts:
         raise ConfigurationError("autotune needs texts to send; the sample is empty")
     options = options or tei.EmbedOptions()
@@ -366,7 +366,7 @@ async def sweep(
         if best
         else advise(cells, settings.p95_slo_s, max_concurrent_requests=permits, endpoints=len(urls))
     )
-    return Report(
+    return AutotuneReport(
         settings=settings,
         endpoints=[c.url for c in clients],
         model=f"{infos[0].model_id}@{infos[0].model_sha}",

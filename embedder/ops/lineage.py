@@ -26,9 +26,11 @@ from pymongo.errors import PyMongoError
 
 from embedder.errors import QueueError, StorageError
 from embedder.ids import encode_id
+from embedder.queue.marks import DoneMark, FailedMark, Mark, read_mark
 from embedder.queue.spec import QueueSpec
 from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
+from embedder.storage.schema import ShardMetadata
 from embedder.worker.documents import Doc, to_doc
 
 
@@ -52,7 +54,8 @@ def parse_doc_id(text: str) -> list[Any]:
 class Lineage:
     doc_id: Any
     found: bool = False
-    mark: dict[str, Any] | None = None
+    mark: Mark | None = None
+    stored_mark: dict[str, Any] | None = None  # the target field as stored, shown verbatim
     text_hash_now: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -63,9 +66,7 @@ class Lineage:
 
     @property
     def model(self) -> str | None:
-        if self.mark and self.mark.get("status") == "done":
-            return f"{self.mark.get('model')}@{self.mark.get('model_sha')}"
-        return None
+        return self.mark.model_ref if isinstance(self.mark, DoneMark) else None
 
     def as_dict(self) -> dict[str, Any]:
         plain: dict[str, Any] = json.loads(
@@ -74,7 +75,7 @@ class Lineage:
                     "doc_id": self.doc_id,
                     "found": self.found,
                     "model": self.model,
-                    "mark": self.mark,
+                    "mark": self.stored_mark,
                     "text_hash_now": self.text_hash_now,
                     "rows": self.rows,
                     "problems": self.problems,
@@ -88,16 +89,14 @@ class Lineage:
         if not self.found:
             return [f"doc {self.doc_id!r}: not in the collection"]
         lines = [f"doc {self.doc_id!r}:"]
-        mark = self.mark or {}
-        status = mark.get("status")
-        if status == "done":
+        mark = self.mark
+        if isinstance(mark, DoneMark):
             lines.append(
-                f"  embedded by {mark.get('model')} @ {mark.get('model_sha')} "
-                f"(embed key {mark.get('embed_key') or '?'}) at {mark.get('at')}, shard "
-                f"{mark.get('shard')}"
+                f"  embedded by {mark.model} @ {mark.model_sha} "
+                f"(embed key {mark.embed_key or '?'}) at {mark.at}, shard {mark.shard}"
             )
-        elif status == "failed":
-            lines.append(f"  failed: {mark.get('reason')}")
+        elif isinstance(mark, FailedMark):
+            lines.append(f"  failed: {mark.reason}")
         else:
             lines.append("  not embedded yet (pending)")
         for row in self.rows:
@@ -112,7 +111,8 @@ class Lineage:
             )
         lines.extend(f"  FAILED: {problem}" for problem in self.problems)
         if not self.problems:
-            lines.append("  OK" if status == "done" else "  OK (not marked done: no row expected)")
+            done = isinstance(mark, DoneMark)
+            lines.append("  OK" if done else "  OK (not marked done: no row expected)")
         return lines
 
 
@@ -136,9 +136,10 @@ async def lineage(
     if raw is None:
         return Lineage(candidates[0])
     found = Lineage(raw["_id"], found=True)
-    mark = raw.get(spec.target_field)
-    if isinstance(mark, dict):
-        found.mark = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in mark.items()}
+    stored = raw.get(spec.target_field)
+    found.mark = read_mark(stored)
+    if isinstance(stored, dict):
+        found.stored_mark = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in stored.items()}
     now = to_doc(raw, spec.text_field)
     found.text_hash_now = now.text_hash.hex() if isinstance(now, Doc) else None
     key, kind = encode_id(raw["_id"])
@@ -151,24 +152,24 @@ async def lineage(
 
 def _problems(found: Lineage) -> list[str]:
     """What is wrong with the doc's row, judged against its mark and its text now."""
-    mark = found.mark or {}
+    mark = found.mark
     in_output = [row for row in found.rows if row["in_output"]]
-    if mark.get("status") != "done":
+    if not isinstance(mark, DoneMark):
         # Pending or failed: its vector is yet to come, and none may be in the output.
         if in_output:
             return ["a row in the consolidated output, but the doc is not marked done"]
         return []
-    named = [r for r in found.rows if not r["in_output"] and r["file"] == mark.get("shard")]
+    named = [r for r in found.rows if not r["in_output"] and r["file"] == mark.shard]
     current = named or in_output
     if not current:
         return ["no row found in the consolidated output or the shards"]
     problems = []
     if len(in_output) > 1:
         problems.append(f"{len(in_output)} rows in the consolidated output (one expected)")
-    named_model = f"{mark.get('model')} @ {mark.get('model_sha') or ''}"
+    named_model = f"{mark.model} @ {mark.model_sha or ''}"
     for row in current:
         model = f"{row['model']} @ {row['model_sha'] or ''}"
-        key, named_key = row["embed_key"], mark.get("embed_key")
+        key, named_key = row["embed_key"], mark.embed_key
         if model != named_model or (key and named_key and key != named_key):
             problems.append(
                 f"row in {row['file']} is from another model ({model}, embed key {key or '?'}) "
@@ -176,7 +177,7 @@ def _problems(found: Lineage) -> list[str]:
             )
         if row["text_hash"] != found.text_hash_now:
             problems.append(f"row in {row['file']} is from another text than the doc holds now")
-        if mark.get("text_hash") and row["text_hash"] != mark["text_hash"]:
+        if mark.text_hash and row["text_hash"] != mark.text_hash.hex():
             problems.append(f"row in {row['file']} is from another text than its mark names")
     return problems
 
@@ -197,8 +198,7 @@ def _rows(uri: str, key: str, kind: str, *, manifest: bool) -> list[dict[str, An
     expression = (pc.field("_id") == key) & (pc.field("_id_kind") == kind)
     rows = []
     for fragment in dataset.get_fragments():
-        metadata = fragment.physical_schema.metadata or {}
-        embed_key = metadata.get(b"embedder.embed_key", b"").decode()
+        embed_key = ShardMetadata.from_schema(fragment.physical_schema).embed_key
         for row in fragment.to_table(columns=columns, filter=expression).to_pylist():
             text_hash = row.get("text_hash")
             rows.append(

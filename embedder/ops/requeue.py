@@ -16,17 +16,23 @@ repeated re-queues each doc at most once and never one that changed state meanwh
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bson import Binary
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
 from embedder import ids
 from embedder.errors import ConfigurationError
+from embedder.queue.marks import (
+    DoneMark,
+    done_query,
+    failed_query,
+    read_mark,
+    status_field,
+    still_hashed,
+    text_hash_field,
+)
 from embedder.queue.spec import QueueSpec
 from embedder.worker.documents import Doc, to_doc
 
@@ -58,7 +64,7 @@ class Selection:
 
 
 @dataclass(slots=True)
-class Report:
+class RequeueReport:
     selection: str
     dry_run: bool
     matched: int = 0
@@ -90,16 +96,10 @@ def condition(spec: QueueSpec, selection: Selection) -> dict[str, Any]:
     target = spec.target_field
     if selection.model is not None:
         model_id, _, sha = selection.model.partition("@")
-        query: dict[str, Any] = {f"{target}.status": "done", f"{target}.model": model_id}
-        if sha:
-            query[f"{target}.model_sha"] = sha
-        return query
+        return done_query(target, model=model_id, model_sha=sha or None)
     if selection.failed:
-        query = {f"{target}.status": "failed"}
-        if selection.reason:
-            query[f"{target}.reason"] = {"$regex": re.escape(selection.reason)}
-        return query
-    return {f"{target}.status": "done"}
+        return failed_query(target, reason_contains=selection.reason)
+    return done_query(target)
 
 
 async def requeue(
@@ -109,9 +109,9 @@ async def requeue(
     *,
     dry_run: bool,
     batch_size: int = 1000,
-) -> Report:
+) -> RequeueReport:
     docs = client[spec.database][spec.collection]
-    report = Report(selection.describe(), dry_run)
+    report = RequeueReport(selection.describe(), dry_run)
     if selection.changed_text:
         await _changed_text(docs, spec, report, batch_size)
         return report
@@ -128,7 +128,7 @@ async def requeue(
 
 
 async def _changed_text(
-    docs: AsyncCollection[dict[str, Any]], spec: QueueSpec, report: Report, batch_size: int
+    docs: AsyncCollection[dict[str, Any]], spec: QueueSpec, report: RequeueReport, batch_size: int
 ) -> None:
     last: Any = None
     while True:
@@ -140,7 +140,7 @@ async def _changed_text(
 async def changed_text_batch(
     docs: AsyncCollection[dict[str, Any]],
     spec: QueueSpec,
-    report: Report,
+    report: RequeueReport,
     batch_size: int,
     *,
     after: Any,
@@ -149,7 +149,8 @@ async def changed_text_batch(
     ``_id`` order; the last ``_id`` checked, or None past the end."""
     target = spec.target_field
     base = condition(spec, Selection(changed_text=True))
-    projection = {spec.text_field: 1, f"{target}.text_hash": 1}
+    # The status too: read_mark reads a mark by it.
+    projection = {spec.text_field: 1, status_field(target): 1, text_hash_field(target): 1}
 
     async def read(clause: dict[str, Any], limit: int) -> list[dict[str, Any]]:
         # The _id index, walked in order: one pass over the collection in all, never a sort
@@ -167,10 +168,9 @@ async def changed_text_batch(
         if stored is None:
             report.without_hash += 1
             continue
-        current = to_doc(raw, spec.text_field)
-        if not isinstance(current, Doc) or current.text_hash != stored:
+        if embedded_text_changed(to_doc(raw, spec.text_field), stored):
             # Only if the mark still holds the hash compared against.
-            still = {"_id": raw["_id"], **base, f"{target}.text_hash": Binary(stored)}
+            still = {"_id": raw["_id"], **base, **still_hashed(target, stored)}
             changed.append(UpdateOne(still, {"$unset": {target: ""}}))
     report.matched += len(changed)
     if changed and not report.dry_run:
@@ -179,10 +179,16 @@ async def changed_text_batch(
     return batch[-1]["_id"]
 
 
-def _stored_hash(mark: Any) -> bytes | None:
-    if isinstance(mark, Mapping) and isinstance(mark.get("text_hash"), bytes):
-        return bytes(mark["text_hash"])
-    return None
+def embedded_text_changed(now: object, embedded_hash: bytes) -> bool:
+    """The changed-text rule: a doc whose text now (``to_doc``'s answer: a ``Doc``, or why it
+    has no usable text) is not the text whose hash its done mark keeps."""
+    return not isinstance(now, Doc) or now.text_hash != embedded_hash
+
+
+def _stored_hash(value: Any) -> bytes | None:
+    """The text hash a done mark keeps; None when the doc was embedded without one."""
+    mark = read_mark(value)
+    return mark.text_hash if isinstance(mark, DoneMark) else None
 
 
 async def _unset(

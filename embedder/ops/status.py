@@ -18,6 +18,8 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from embedder.errors import QueueError
+from embedder.queue.heartbeat import Heartbeat, WorkerProgress
+from embedder.queue.marks import done_query, failed_query, reason_field
 from embedder.queue.spec import QueueSpec
 from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
@@ -99,13 +101,14 @@ async def collect(
     docs = client[spec.database][spec.collection]
     try:
         pending = await docs.count_documents(spec.pending_query(), hint=spec.index_name)
-        done = await docs.count_documents({spec.status_path: "done"}, hint=spec.done_index_name)
-        failed = await docs.count_documents({spec.status_path: "failed"}, hint=spec.done_index_name)
+        target = spec.target_field
+        done = await docs.count_documents(done_query(target), hint=spec.done_index_name)
+        failed = await docs.count_documents(failed_query(target), hint=spec.done_index_name)
         reasons = await (
             await docs.aggregate(
                 [
-                    {"$match": {spec.status_path: "failed"}},
-                    {"$group": {"_id": f"${spec.target_field}.reason", "count": {"$sum": 1}}},
+                    {"$match": failed_query(target)},
+                    {"$group": {"_id": f"${reason_field(target)}", "count": {"$sum": 1}}},
                     {"$sort": {"count": -1}},
                     {"$limit": 5},
                 ],
@@ -155,25 +158,21 @@ def _workers(control: dict[str, Any]) -> list[WorkerState]:
     leases = control.get("leases") or []
     states = []
     for owner, raw in sorted((control.get("workers") or {}).items()):
-        expires = raw.get("expires_at")
-        if isinstance(expires, dt.datetime) and expires.tzinfo is None:
-            expires = expires.replace(tzinfo=dt.UTC)
-        seen = raw.get("seen_at")
+        beat = Heartbeat.from_bson(raw)
+        progress = beat.progress or WorkerProgress()
         states.append(
             WorkerState(
                 owner=owner,
-                host=str(raw.get("host", "?")),
-                pid=raw.get("pid"),
-                alive=isinstance(expires, dt.datetime) and expires > now,
-                seen_at=seen.isoformat(timespec="seconds")
-                if isinstance(seen, dt.datetime)
-                else None,
+                host=beat.host,
+                pid=beat.pid,
+                alive=beat.alive(now),
+                seen_at=beat.seen_at.isoformat(timespec="seconds") if beat.seen_at else None,
                 leases=sum(1 for lease in leases if lease.get("owner") == owner),
-                embedded=int(raw.get("embedded", 0)),
-                rate_docs_per_s=float(raw.get("rate_docs_per_s", 0.0)),
-                last_shard=str(raw.get("last_shard", "")),
-                reused=int(raw.get("reused", 0)),
-                paused=bool(raw.get("paused", False)),
+                embedded=progress.embedded,
+                rate_docs_per_s=progress.rate_docs_per_s,
+                last_shard=progress.last_shard,
+                reused=progress.reused,
+                paused=progress.paused,
             )
         )
     return states

@@ -32,10 +32,13 @@ from pymongo.errors import PyMongoError
 
 from embedder.errors import EmbedderError, QueueError, StorageError
 from embedder.ids import encode_id
+from embedder.queue.marks import DoneMark, done_query, failed_query
 from embedder.queue.spec import QueueSpec
 from embedder.storage import filesystems as storage
 from embedder.storage import manifest as mf
+from embedder.storage.schema import ShardMetadata, read_footer
 from embedder.storage.workdb import open_work_db
+from embedder.vectors import vector_faults
 
 # One row per output row and per done mark: what identifies the vector a doc should have.
 # model_sha and embed_key are '' where unknown, so equality needs no NULL cases.
@@ -264,8 +267,7 @@ def _load_manifest(fs: pafs.FileSystem, root: str) -> mf.Manifest:
 
 
 def _file_queue(schema: pa.Schema) -> str | None:
-    raw = (schema.metadata or {}).get(b"embedder.queue")
-    return raw.decode() if raw else None
+    return ShardMetadata.from_schema(schema).queue or None
 
 
 def _check_shards(shards_uri: str, spec: QueueSpec) -> int:
@@ -283,9 +285,7 @@ def _check_shards(shards_uri: str, spec: QueueSpec) -> int:
 
 def _read_schema(fs: pafs.FileSystem, path: str) -> pa.Schema:
     try:
-        with fs.open_input_file(path) as handle:
-            schema: pa.Schema = pq.ParquetFile(handle).schema_arrow
-            return schema
+        return read_footer(fs, path).schema
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read {path}: {exc}") from exc
 
@@ -302,11 +302,11 @@ async def _count_queue(
     docs = client[spec.database][spec.collection]
     try:
         report.done_in_mongo = await docs.count_documents(
-            {spec.status_path: "done"}, hint=spec.done_index_name
+            done_query(spec.target_field), hint=spec.done_index_name
         )
         report.pending = await docs.count_documents(spec.pending_query(), hint=spec.index_name)
         report.failed = await docs.count_documents(
-            {spec.status_path: "failed"}, hint=spec.done_index_name
+            failed_query(spec.target_field), hint=spec.done_index_name
         )
     except PyMongoError as exc:
         raise QueueError(f"counting the queue's docs failed: {exc}") from exc
@@ -321,24 +321,15 @@ async def _done_marks(
     projection = {
         f"{target}.{name}": 1 for name in ("model", "model_sha", "embed_key", "text_hash")
     }
-    cursor = docs.find({spec.status_path: "done"}, projection, batch_size=10_000).hint(
-        spec.done_index_name
-    )
+    cursor = docs.find(done_query(target), projection, batch_size=10_000).hint(spec.done_index_name)
     rows: list[tuple[str, str, str, str, str, bytes | None]] = []
     try:
         async for doc in cursor:
-            mark = doc.get(target) or {}
+            # Selected by its done status, so a done mark (however partial its fields).
+            mark = DoneMark.from_bson(doc.get(target) or {})
             text, kind = encode_id(doc["_id"])
-            digest = mark.get("text_hash")
             rows.append(
-                (
-                    text,
-                    kind,
-                    str(mark.get("model") or ""),
-                    str(mark.get("model_sha") or ""),
-                    str(mark.get("embed_key") or ""),
-                    bytes(digest) if isinstance(digest, bytes) else None,
-                )
+                (text, kind, mark.model, mark.model_sha or "", mark.embed_key, mark.text_hash)
             )
             if len(rows) >= _MARK_BATCH:
                 yield _key_batch(rows)
@@ -370,12 +361,14 @@ def _scan_output(
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             schema = parquet.schema_arrow
-            embed_key = (schema.metadata or {}).get(b"embedder.embed_key", b"").decode()
+            embed_key = ShardMetadata.from_schema(schema).embed_key
             dimension = schema.field("embedding").type.list_size
             if dimension not in report.dimensions_seen:
                 report.dimensions_seen.append(dimension)
             for batch in _batches(parquet):
-                _check_vectors(batch, dimension, report, normalized=normalized, tolerance=tolerance)
+                _count_bad_vectors(
+                    batch, dimension, report, normalized=normalized, tolerance=tolerance
+                )
                 report.rows += batch.num_rows
                 _append(con, "output", _row_keys(batch, embed_key))
     except (OSError, pa.ArrowException) as exc:
@@ -388,7 +381,7 @@ def _batches(parquet: pq.ParquetFile) -> Iterator[pa.RecordBatch]:
     yield from parquet.iter_batches(batch_size=16_384, columns=present)
 
 
-def _check_vectors(
+def _count_bad_vectors(
     batch: pa.RecordBatch,
     dimension: int,
     report: VerifyReport,
@@ -397,11 +390,9 @@ def _check_vectors(
     tolerance: float,
 ) -> None:
     vectors = np.asarray(batch.column("embedding").flatten()).reshape(-1, dimension)
-    finite = np.isfinite(vectors).all(axis=1)
-    report.nonfinite_rows += int((~finite).sum())
-    if normalized:
-        norms = np.linalg.norm(np.where(finite[:, None], vectors, 0), axis=1)
-        report.off_norm_rows += int((finite & (np.abs(norms - 1.0) > tolerance)).sum())
+    faults = vector_faults(vectors, normalized=normalized, tolerance=tolerance)
+    report.nonfinite_rows += faults.nonfinite_rows
+    report.off_norm_rows += faults.off_norm_rows
 
 
 def _row_keys(batch: pa.RecordBatch, embed_key: str) -> pa.RecordBatch:

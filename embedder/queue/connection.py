@@ -11,6 +11,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from embedder.errors import ConfigurationError
+from embedder.queue.marks import is_mark
 from embedder.queue.spec import QueueSpec
 
 _USERINFO = re.compile(r"(?P<scheme>mongodb(?:\+srv)?://)(?P<userinfo>[^@/\s]*)@")
@@ -143,7 +144,7 @@ async def check_target_field(client: AsyncMongoClient[dict[str, Any]], spec: Que
         raise ConfigurationError(f"cannot sample {spec.collection}: {scrub(str(exc))}") from exc
     for doc in sample:
         value = doc.get(spec.target_field)
-        if not (isinstance(value, dict) and value.get("status") in ("done", "failed")):
+        if not is_mark(value):
             raise ConfigurationError(
                 f"the target field {spec.target_field!r} of {spec.collection} already holds values embedder "
                 f"did not write (doc {doc['_id']!r}: {type(value).__name__} {str(value)[:40]}); choose another "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedder.ids import sort_key
+from embedder.queue.heartbeat import Heartbeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +44,8 @@ class ControlView:
 
     version: int
     cursor: Any
-    passes: int
     leases: tuple[Lease, ...]
-    expiry: Mapping[str, dt.datetime]  # owner -> heartbeat expiry
+    expiry: Mapping[str, dt.datetime | None]  # owner -> heartbeat expiry
     paused: bool
 
     @classmethod
@@ -54,9 +54,8 @@ class ControlView:
         return cls(
             version=int(raw.get("version", 0)),
             cursor=raw.get("cursor"),
-            passes=int(raw.get("passes", 0)),
             leases=tuple(Lease.from_bson(x) for x in raw.get("leases") or ()),
-            expiry={owner: w["expires_at"] for owner, w in workers.items() if "expires_at" in w},
+            expiry={owner: Heartbeat.from_bson(w).expires_at for owner, w in workers.items()},
             paused=bool(raw.get("paused", False)),
         )
 
@@ -68,11 +67,7 @@ class ControlView:
 
 
 def _expired(expires_at: dt.datetime | None, now: dt.datetime) -> bool:
-    if expires_at is None:
-        return True
-    if expires_at.tzinfo is None:
-        expires_at = expires_at.replace(tzinfo=dt.UTC)
-    return expires_at < now
+    return expires_at is None or expires_at < now
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from embedder.errors import ConfigurationError
+from embedder.queue import marks
 
 DEFAULT_DATABASE = "twitter_data"
 DEFAULT_TARGET_FIELD = "gemma_embedded_768"
@@ -76,7 +77,7 @@ class QueueSpec:
 
     @property
     def status_path(self) -> str:
-        return f"{self.target_field}.status"
+        return marks.status_field(self.target_field)
 
     def pending_query(self, id_range: Mapping[str, Any] | None = None) -> dict[str, Any]:
         query: dict[str, Any] = {**self.filter, **self.partial_filter}

@@ -19,14 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bson import Binary
 from pymongo import AsyncMongoClient, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from embedder.errors import ConfigurationError, QueueError
 from embedder.ids import Bound, after, id_type, read_range, unsupported_clause
+from embedder.queue.heartbeat import Heartbeat, WorkerProgress
 from embedder.queue.leases import ClaimPlan, ControlView, Lease, plan_claim
+from embedder.queue.marks import DoneMark, FailedMark, done_query
 from embedder.queue.retry import MongoRetry
 from embedder.queue.spec import QueueSpec
 from embedder.worker.documents import reading_options
@@ -50,26 +51,6 @@ class Claim:
     # claim of a doc has a higher one, whatever the hosts' clocks. Rows carry it, and the
     # consolidator keeps the row of the latest claim.
     seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class DoneMark:
-    """What the target field of an embedded doc says."""
-
-    model: str
-    model_sha: str | None
-    shard: str
-    embed_key: str = ""  # the model with its options (embedder.identity.embed_key)
-
-    def to_bson(self, at: dt.datetime) -> dict[str, Any]:
-        return {
-            "status": "done",
-            "model": self.model,
-            "model_sha": self.model_sha,
-            "embed_key": self.embed_key,
-            "shard": self.shard,
-            "at": at,
-        }
 
 
 class MongoWorkQueue:
@@ -105,17 +86,11 @@ class MongoWorkQueue:
         )
         await self.heartbeat()
 
-    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None:
+    async def heartbeat(self, progress: WorkerProgress | None = None) -> None:
         """Keep this worker's leases alive; ``progress`` is shown by ``embedder status``."""
         now = self._clock()
-        worker = {
-            **(progress or {}),
-            "expires_at": now + self._ttl,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "seen_at": now,
-        }
-        await self._update_control({"$set": {f"workers.{self.owner}": worker}})
+        beat = Heartbeat(socket.gethostname(), os.getpid(), now, now + self._ttl, progress)
+        await self._update_control({"$set": {f"workers.{self.owner}": beat.to_bson()}})
 
     async def leave(self) -> None:
         """Forget this worker; its leases, if any remain, expire at once for others."""
@@ -331,7 +306,7 @@ class MongoWorkQueue:
         count = await self._retry(
             "counting done docs",
             lambda: self._docs.count_documents(
-                {self.spec.status_path: "done"}, hint=self.spec.done_index_name
+                done_query(self.spec.target_field), hint=self.spec.done_index_name
             ),
         )
         return int(count)
@@ -366,9 +341,8 @@ class MongoWorkQueue:
         ops: list[UpdateMany | UpdateOne] = []
         if done_ids and text_hashes is not None:
             assert mark is not None
-            value = mark.to_bson(now)
             for doc_id, digest in zip(done_ids, text_hashes, strict=True):
-                hashed = {**value, "text_hash": Binary(digest)}
+                hashed = mark.hashing(digest).to_bson(now)
                 ops.append(UpdateOne({"_id": doc_id, target: None}, {"$set": {target: hashed}}))
         elif done_ids:
             assert mark is not None
@@ -379,7 +353,7 @@ class MongoWorkQueue:
                     UpdateMany({"_id": {"$in": chunk}, target: None}, {"$set": {target: value}})
                 )
         for doc_id, reason in failed:
-            failure = {"status": "failed", "reason": reason[:500], "at": now}
+            failure = FailedMark(reason).to_bson(now)
             ops.append(UpdateOne({"_id": doc_id, target: None}, {"$set": {target: failure}}))
         if not ops:
             return 0

@@ -112,11 +112,6 @@ class HashBackend:
             out[row] = self._table[words].mean(axis=0)
         return out
 
-    def embed_texts(self, texts: list[str], *, normalize: bool = True) -> np.ndarray:
-        """In-process embedding, as the server would answer (for tests and benchmarks)."""
-        vectors = self.embed([t.ids for t in self.tokenize(texts)])
-        return normalized(vectors) if normalize else vectors
-
 
 class OnnxMiniLM:
     """all-MiniLM-L6-v2 (384-d, mean pooling), int8 ONNX, on onnxruntime's CPU provider."""

@@ -81,10 +81,6 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._queue)
 
-    @property
-    def free_permits(self) -> int:
-        return self._free
-
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name="model-batches")
 

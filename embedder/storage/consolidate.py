@@ -50,7 +50,9 @@ from embedder.storage.output_lease import (
     LeaseLost,
     OutputLease,
 )
+from embedder.storage.schema import ShardMetadata, read_footer
 from embedder.storage.shards import PARQUET_OPTIONS
+from embedder.vectors import vector_faults
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class ConsolidateSettings:
 
 
 @dataclass
-class Report:
+class ConsolidationReport:
     run_id: str
     sources: list[str] = field(default_factory=list)
     rows_in: int = 0
@@ -139,7 +141,7 @@ class _Attempt:
     shards: list[_Source]
     manifest: mf.Manifest
     queue: str | None
-    report: Report
+    report: ConsolidationReport
     staging: str
     to_copy: list[tuple[int, _Source]] = field(default_factory=list)
 
@@ -161,12 +163,14 @@ class CommitRecord:
     supersedes: list[str]
     sources: list[str]
     retire: str
-    manifest: dict[str, Any]  # the manifest to write, as its JSON
+    manifest: mf.Manifest  # the manifest to write
     base: str | None  # the last run of the manifest it was built on (None: an empty one)
     base_known: bool = True  # False for records of versions that did not keep the base
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(dataclasses.asdict(self))
+        body = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        body["manifest"] = orjson.loads(self.manifest.to_bytes())  # as _manifest.json holds it
+        return orjson.dumps(body)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CommitRecord:
@@ -174,6 +178,7 @@ class CommitRecord:
         known = "base" in body
         body.setdefault("base", None)
         body["base_known"] = body.get("base_known", known)
+        body["manifest"] = mf.Manifest.from_bytes(orjson.dumps(body["manifest"]))
         return cls(**body)
 
 
@@ -190,7 +195,7 @@ class Consolidator:
         self._confirm: Callable[[], None] = _not_held
         self._generation = 0  # of the output lease this run holds
 
-    def run(self) -> Report:
+    def run(self) -> ConsolidationReport:
         """One consolidation under the output's lease; ``LeaseHeld`` when another holds it."""
         lease = OutputLease(
             self.fs_out,
@@ -210,12 +215,12 @@ class Consolidator:
         finally:
             lease.release()
 
-    def _run_held(self) -> Report:
+    def _run_held(self) -> ConsolidationReport:
         started = time.monotonic()
         self.recover()
         manifest = mf.load(self.fs_out, self.root_out)
         queue = self._output_queue(manifest)
-        report = Report(run_id=_run_id())
+        report = ConsolidationReport(run_id=_run_id())
         shards = [
             i
             for i in storage.list_parquet(self.fs_in, self.root_in)
@@ -255,7 +260,7 @@ class Consolidator:
         shards: list[_Source],
         manifest: mf.Manifest,
         queue: str | None,
-        report: Report,
+        report: ConsolidationReport,
         orphans: list[_Source],
     ) -> None:
         outputs = [
@@ -297,9 +302,9 @@ class Consolidator:
     def _copy_all(self, attempt: _Attempt, losers: LoserStream) -> list[tuple[str, int, list[str]]]:
         manifest = attempt.manifest
         inputs = [s for _, s in attempt.to_copy]
-        schema = _output_schema(_read_schema(_reference(attempt)))
-        dimension = schema.field("embedding").type.list_size
-        normalized = manifest.normalized if manifest.normalized is not None else _normalized(schema)
+        reference = _reference(attempt)
+        schema = _output_schema(read_footer(reference.fs, reference.path).schema)
+        dimension, normalized = _vectors_of(schema, manifest)
         # Inputs are written with the same encoding as the output, so their bytes per row
         # predict the output's and files come out near the target size.
         row_bytes = sum(s.bytes for s in inputs) / max(1, sum(s.rows for s in inputs))
@@ -321,9 +326,10 @@ class Consolidator:
     def _commit(self, attempt: _Attempt, written: list[tuple[str, int, list[str]]]) -> None:
         shards, to_copy, manifest = attempt.shards, attempt.to_copy, attempt.manifest
         staging, report = attempt.staging, attempt.report
-        schema = _read_schema(_reference(attempt))
-        dimension = schema.field("embedding").type.list_size
-        normalized = manifest.normalized if manifest.normalized is not None else _normalized(schema)
+        reference = _reference(attempt)
+        schema = read_footer(reference.fs, reference.path).schema
+        dimension, normalized = _vectors_of(schema, manifest)
+        made_by = ShardMetadata.from_schema(schema)
         report.sources = [s.name for s in shards]
         report.rewritten = [s.name for _, s in to_copy if not s.is_shard]
         report.rows_in = sum(s.rows for _, s in to_copy)
@@ -337,12 +343,8 @@ class Consolidator:
                 f"{report.duplicates_dropped} duplicates dropped; nothing was changed"
             )
         updated = mf.Manifest(
-            model_id=manifest.model_id
-            or schema.metadata.get(b"embedder.model_id", b"").decode()
-            or None,
-            model_sha=manifest.model_sha
-            or schema.metadata.get(b"embedder.model_sha", b"").decode()
-            or None,
+            model_id=manifest.model_id or made_by.model_id or None,
+            model_sha=manifest.model_sha or made_by.model_sha or None,
             dimension=dimension,
             normalized=normalized,
             queue=attempt.queue,
@@ -369,7 +371,7 @@ class Consolidator:
             supersedes=report.rewritten,
             sources=report.sources,
             retire=self.settings.retire,
-            manifest=orjson.loads(updated.to_bytes()),
+            manifest=updated,
             base=manifest.runs[-1].run_id if manifest.runs else None,
         )
         commit_path = f"{self.root_out}/{_COMMIT_PREFIX}{report.run_id}.json"
@@ -411,7 +413,7 @@ class Consolidator:
                     batch = _conform(
                         read if keep.all() else read.filter(pa.array(keep)), writer.schema
                     )
-                    _check_vectors(
+                    _refuse_bad_vectors(
                         batch, dimension, normalized, self.settings.norm_tolerance, source.name
                     )
                     writer.write(batch, source.name)
@@ -432,8 +434,7 @@ class Consolidator:
             while chunk := stream.read(8 << 20):
                 digest.update(chunk)
                 size += len(chunk)
-        with self.fs_out.open_input_file(path) as handle:
-            footer_rows = pq.ParquetFile(handle).metadata.num_rows
+        footer_rows = read_footer(self.fs_out, path).rows
         if footer_rows != rows:
             raise StorageError(f"{name} holds {footer_rows} rows, {rows} were written")
         return mf.OutputFile(name, rows, size, digest.hexdigest(), sources, mf.now_iso())
@@ -451,21 +452,20 @@ class Consolidator:
             if info.base_name in bad:
                 continue
             try:
-                with self.fs_in.open_input_file(info.path) as handle:
-                    parquet = pq.ParquetFile(handle)
-                    schema, rows = parquet.schema_arrow, parquet.metadata.num_rows
+                footer = read_footer(self.fs_in, info.path)
             except (OSError, pa.ArrowException) as exc:
                 bad[info.base_name] = f"unreadable: {type(exc).__name__}: {exc}"
                 continue
+            schema, rows, made_by = footer.schema, footer.rows, footer.metadata
             problem = _schema_problem(schema)
-            model = (schema.metadata or {}).get(b"embedder.model_id", b"").decode() or None
+            model = made_by.model_id or None
             dimension = schema.field("embedding").type.list_size if problem is None else None
             if problem is None and reference[0] is not None and (model, dimension) != reference:
                 problem = f"made by {model} ({dimension}-d), the output holds {reference[0]} ({reference[1]}-d)"
-            key = _embed_key(schema)
+            key = made_by.embed_key or None
             problem = problem or _embed_key_problem(key, embed_key)
             # Shards of older versions name no queue; they are taken as this output's.
-            theirs = (schema.metadata or {}).get(b"embedder.queue", b"").decode() or None
+            theirs = made_by.queue or None
             if problem is None and queue and theirs and theirs != queue:
                 problem = (
                     f"holds rows of queue {theirs}, this output holds queue {queue}: "
@@ -517,13 +517,10 @@ class Consolidator:
             self._confirm()
             failpoint("consolidate.before-manifest")
             self._refuse_if_superseded()
-            storage.write_bytes_atomically(
+            mf.save(
                 self.fs_out,
-                f"{self.root_out}/{mf.MANIFEST_NAME}",
-                orjson.dumps(
-                    {**record.manifest, "lease_generation": self._generation},
-                    option=orjson.OPT_INDENT_2,
-                ),
+                self.root_out,
+                dataclasses.replace(record.manifest, lease_generation=self._generation),
             )
             failpoint("consolidate.after-manifest")
         # From here on the manifest no longer names what is removed.
@@ -632,7 +629,7 @@ def consolidate_every(
     *,
     every_s: float,
     stop: threading.Event,
-    on_report: Callable[[Report], None],
+    on_report: Callable[[ConsolidationReport], None],
 ) -> None:
     """``embedder consolidate --watch``: consolidate now and every ``every_s`` seconds until
     ``stop`` is set. Another consolidator holding the output is waited for, not an error."""
@@ -721,10 +718,13 @@ class _RollingWriter:
         self._writer = None
 
 
-def _read_schema(source: _Source) -> pa.Schema:
-    with source.fs.open_input_file(source.path) as handle:
-        schema: pa.Schema = pq.ParquetFile(handle).schema_arrow
-        return schema
+def _vectors_of(schema: pa.Schema, manifest: mf.Manifest) -> tuple[int, bool]:
+    """The dimension of a run's vectors, and whether they are unit length (as the output says
+    once it has a manifest, else as the first shard does)."""
+    dimension: int = schema.field("embedding").type.list_size
+    if manifest.normalized is not None:
+        return dimension, manifest.normalized
+    return dimension, ShardMetadata.from_schema(schema).normalize
 
 
 def _schema_problem(schema: pa.Schema) -> str | None:
@@ -743,13 +743,12 @@ def _reference(attempt: _Attempt) -> _Source:
     return (attempt.shards or [s for _, s in attempt.to_copy])[0]
 
 
-def _embed_key(schema: pa.Schema) -> str | None:
-    """The shard's embed key; None in shards of versions that did not record it."""
-    return (schema.metadata or {}).get(b"embedder.embed_key", b"").decode() or None
-
-
 def _first_embed_key(shards: list[_Source]) -> str | None:
-    return next((key for s in shards if (key := _embed_key(_read_schema(s)))), None)
+    """The first embed key the shards record; None when they are of versions without one."""
+    for shard in shards:
+        if key := read_footer(shard.fs, shard.path).metadata.embed_key:
+            return key
+    return None
 
 
 def _embed_key_problem(theirs: str | None, ours: str | None) -> str | None:
@@ -764,27 +763,21 @@ def _embed_key_problem(theirs: str | None, ours: str | None) -> str | None:
     )
 
 
-def _normalized(schema: pa.Schema) -> bool:
-    flag: bytes = (schema.metadata or {}).get(b"embedder.normalize", b"true")
-    return flag == b"true"
-
-
-def _check_vectors(
+def _refuse_bad_vectors(
     batch: pa.RecordBatch, dimension: int, normalized: bool, tolerance: float, source: str
 ) -> None:
     column = batch.column("embedding")
     if column.null_count:
         raise _BadSource(source, "null vectors")
     values = np.asarray(column.flatten()).reshape(-1, dimension)
-    if not np.isfinite(values).all():
+    faults = vector_faults(values, normalized=normalized, tolerance=tolerance)
+    if faults.nonfinite_rows:
         raise _BadSource(source, "vectors hold NaN or infinity")
-    if normalized:
-        norms = np.linalg.norm(values, axis=1)
-        worst = float(np.max(np.abs(norms - 1.0))) if len(norms) else 0.0
-        if worst > tolerance:
-            raise _BadSource(
-                source, f"a vector's norm is off by {worst:.4f} though vectors are normalized"
-            )
+    if faults.off_norm_rows:
+        raise _BadSource(
+            source,
+            f"a vector's norm is off by {faults.worst_norm_error:.4f} though vectors are normalized",
+        )
 
 
 def _run_id() -> str:

@@ -8,6 +8,7 @@ whole when its upload completes, so there the final name is written directly.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -89,11 +90,35 @@ def write_bytes_atomically(fs: pafs.FileSystem, path: str, data: bytes) -> None:
             sink.write(data)
         return
     target = Path(path)
-    staging = target.with_name(f".{target.name}.tmp")
-    with staging.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    staging = _staging(target)
+    staging.write_bytes(data)
+    _rename_durably(staging, target)
+
+
+def publish_file(fs: pafs.FileSystem, source: Path, path: str) -> None:
+    """Move a finished local file to ``path``, where readers see it whole or not at all."""
+    if not is_local(fs):
+        with source.open("rb") as handle, fs.open_output_stream(path) as sink:
+            shutil.copyfileobj(handle, sink, length=8 << 20)
+        source.unlink()
+        return
+    target = Path(path)
+    staging = _staging(target)
+    try:
+        os.replace(source, staging)  # same filesystem: a rename, no copy
+    except OSError:
+        shutil.copyfile(source, staging)
+        source.unlink()
+    _rename_durably(staging, target)
+
+
+def _staging(target: Path) -> Path:
+    """Where a local file waits for its final name: beside it, and never listed (a dot)."""
+    return target.with_name(f".{target.name}.tmp")
+
+
+def _rename_durably(staging: Path, target: Path) -> None:
+    fsync_file(staging)
     os.replace(staging, target)
     fsync_dir(target.parent)
 
@@ -122,6 +147,18 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host still runs: the owner of a hot directory, or of an
+    output lease taken on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
 
 
 def fsync_dir(path: Path) -> None:

@@ -78,7 +78,7 @@ class Holder:
         """Released, expired, or held by a process of this host that no longer exists."""
         if self.released or self.expires_at < now:
             return True
-        return self.host == socket.gethostname() and not _alive(self.pid)
+        return self.host == socket.gethostname() and not storage.process_alive(self.pid)
 
 
 class LeaseHeld(StorageError):
@@ -289,13 +289,3 @@ class LeaseKeeper:
                 return
             except (OSError, pa.ArrowException, StorageError) as exc:  # tried at the next beat
                 log.warning("renewing the output lease failed: %s", exc)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

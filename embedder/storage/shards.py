@@ -29,6 +29,7 @@ from embedder.errors import StorageError
 from embedder.identity import TEXT_HASH_BYTES
 from embedder.ids import encode_id
 from embedder.storage import filesystems as storage
+from embedder.storage.schema import ShardMetadata, shard_schema
 
 log = logging.getLogger(__name__)
 
@@ -41,26 +42,6 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "use_byte_stream_split": ["embedding.list.element"],
 }
 _ROW_GROUP_ROWS = 8192
-
-
-def shard_schema(dimension: int, metadata: dict[str, str]) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("_id", pa.string(), nullable=False),
-            pa.field("_id_kind", pa.dictionary(pa.int8(), pa.string()), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dimension), nullable=False),
-            pa.field("model", pa.dictionary(pa.int8(), pa.string()), nullable=False),
-            pa.field("model_sha", pa.dictionary(pa.int8(), pa.string()), nullable=False),
-            # BLAKE2b-128 of the text as sent (embedder.identity): which text made the vector.
-            pa.field("text_hash", pa.binary(TEXT_HASH_BYTES), nullable=False),
-            pa.field("embedded_at", pa.timestamp("ms", tz="UTC"), nullable=False),
-            # The claim that produced the row, issued by MongoDB (embedder.queue.work_queue.Claim.seq):
-            # the consolidator keeps the row of the latest claim. Null in rows written
-            # without one; shards of older versions lack the column.
-            pa.field("claim_seq", pa.int64()),
-        ],
-        metadata={f"embedder.{k}": v for k, v in metadata.items()},
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +69,13 @@ class ShardWriter:
     """Accumulates embedded rows into one open shard at a time. Blocking: call from a thread."""
 
     def __init__(
-        self, settings: ShardSettings, *, owner: str, dimension: int, metadata: dict[str, str]
+        self, settings: ShardSettings, *, owner: str, dimension: int, metadata: ShardMetadata
     ) -> None:
         self.settings = settings
         self._schema = shard_schema(dimension, metadata)
         self._dimension = dimension
-        self._model = metadata.get("model_id", "")
-        self._model_sha = metadata.get("model_sha", "")
+        self._model = metadata.model_id
+        self._model_sha = metadata.model_sha
         self._cold_fs, self._cold_root = storage.open_root(
             settings.cold_uri, filesystem=settings.filesystem
         )
@@ -225,22 +206,7 @@ class ShardWriter:
             self._pending, self._pending_rows = [], 0
 
     def _publish(self, hot_path: Path, name: str) -> None:
-        final = f"{self._cold_root}/{name}"
-        if isinstance(self._cold_fs, pafs.LocalFileSystem):
-            cold_dir = Path(self._cold_root)
-            staging = cold_dir / f".{name}.tmp"
-            try:
-                os.replace(hot_path, staging)  # same filesystem: a rename, no copy
-            except OSError:
-                shutil.copyfile(hot_path, staging)
-                hot_path.unlink()
-            storage.fsync_file(staging)
-            os.replace(staging, final)
-            storage.fsync_dir(cold_dir)
-            return
-        with hot_path.open("rb") as source, self._cold_fs.open_output_stream(final) as sink:
-            shutil.copyfileobj(source, sink, length=8 << 20)
-        hot_path.unlink()
+        storage.publish_file(self._cold_fs, hot_path, f"{self._cold_root}/{name}")
 
     def _reset(self) -> None:
         self._writer, self._hot_path = None, None
@@ -259,18 +225,8 @@ def _own_hot_dir(root: Path, owner: str) -> Path:
     host = socket.gethostname()
     for stale in root.glob(f"{host}-*"):
         pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not storage.process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     mine = root / f"{host}-{os.getpid()}-{owner[:8]}"
     mine.mkdir(parents=True, exist_ok=True)
     return mine
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -13,7 +13,9 @@ _BODY_OVERHEAD = 128
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class BatchLimits:
+    """What one request to an endpoint may hold (the server's limits, with headroom)."""
+
     max_inputs: int  # the server's max_client_batch_size, or less by choice
     max_tokens: int  # a soft budget per request, from max_batch_tokens
     max_bytes: int  # the server's payload limit, with headroom
@@ -25,7 +27,7 @@ class Limits:
             raise ValueError(f"batch limits must be positive: {self}")
 
 
-def estimate_tokens(text: str, limits: Limits) -> int:
+def estimate_tokens(text: str, limits: BatchLimits) -> int:
     """A cheap upper-leaning guess (about 4 characters a token) without a tokenizer."""
     guess = len(text) // 4 + 2
     return min(guess, limits.max_input_tokens) if limits.truncating else guess
@@ -35,7 +37,7 @@ def encoded_size(doc: Doc) -> int:
     return (doc.size or len(doc.text.encode("utf-8"))) + _PER_INPUT_OVERHEAD
 
 
-def oversized(doc: Doc, limits: Limits) -> Rejected | None:
+def oversized(doc: Doc, limits: BatchLimits) -> Rejected | None:
     size = encoded_size(doc) + _BODY_OVERHEAD
     if size > limits.max_bytes:
         return Rejected(
@@ -46,7 +48,7 @@ def oversized(doc: Doc, limits: Limits) -> Rejected | None:
     return None
 
 
-def plan_batches(docs: Sequence[Doc], limits: Limits) -> Iterator[list[Doc]]:
+def plan_batches(docs: Sequence[Doc], limits: BatchLimits) -> Iterator[list[Doc]]:
     """Greedy, order-preserving: a batch closes when the next doc would break a limit.
 
     Every doc lands in exactly one batch; a doc that alone exceeds the token budget gets a

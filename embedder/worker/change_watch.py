@@ -29,7 +29,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bson import Binary
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import OperationFailure, PyMongoError
@@ -37,9 +36,10 @@ from pymongo.errors import OperationFailure, PyMongoError
 from embedder.errors import ConfigurationError, QueueError
 from embedder.ops import requeue as requeuing
 from embedder.queue.connection import scrub
+from embedder.queue.marks import DoneMark, done_query, read_mark, still_hashed
 from embedder.queue.retry import MongoRetry, transient
 from embedder.queue.spec import QueueSpec
-from embedder.worker.documents import Doc, reading_options, to_doc
+from embedder.worker.documents import reading_options, to_doc
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,6 @@ class ChangeWatcher:
         poll_interval_s: float = 60.0,
         retry: MongoRetry | None = None,
     ) -> None:
-        self._client = client
         self._spec = spec
         database = client.get_database(
             spec.database, codec_options=reading_options(client.codec_options)
@@ -82,7 +81,6 @@ class ChangeWatcher:
         self._retry = retry or MongoRetry()
         self._token: Mapping[str, Any] | None = None  # past the last event handled
         self.requeued = 0
-        self.mode = "starting"
         self._scan_after: Any = None  # where the polling scan goes on from
 
     async def run(self) -> None:
@@ -104,7 +102,6 @@ class ChangeWatcher:
                 _SCAN_BATCH,
                 self._poll_interval_s,
             )
-            self.mode = "polling"
             while True:
                 await self._retry("scanning for changed texts", self._scan)
                 # Between passes the poll interval; within one, a short breath per batch.
@@ -140,7 +137,6 @@ class ChangeWatcher:
             token = ((control or {}).get("change_stream") or {}).get("token")
         pipeline = [{"$match": {"operationType": {"$in": ["update", "replace"]}}}]
         stream = await self._docs.watch(pipeline, full_document="updateLookup", resume_after=token)
-        self.mode = "change stream"
         log.info(
             "watching %s for changed texts with a change stream%s",
             self._spec.collection,
@@ -205,19 +201,19 @@ class ChangeWatcher:
         if document is None:  # deleted since: nothing to re-queue
             return False
         target = self._spec.target_field
-        mark = document.get(target)
-        if not (isinstance(mark, Mapping) and mark.get("status") == "done"):
+        mark = read_mark(document.get(target))
+        if not isinstance(mark, DoneMark):
             # Not done (in flight, or pending): its mark, when it comes, is checked then.
             return False
-        now = to_doc(document, self._spec.text_field)
-        stored = mark.get("text_hash")
-        if not isinstance(stored, bytes) and only_if_hashed:
+        stored = mark.text_hash
+        if stored is None and only_if_hashed:
             return False  # a mark that names no text: nothing to compare with
-        if isinstance(now, Doc) and isinstance(stored, bytes) and now.text_hash == stored:
+        now = to_doc(document, self._spec.text_field)
+        if stored is not None and not requeuing.embedded_text_changed(now, stored):
             return False  # the text it was embedded from, or written again the same
-        condition: dict[str, Any] = {"_id": document["_id"], f"{target}.status": "done"}
-        if isinstance(stored, bytes):
-            condition[f"{target}.text_hash"] = Binary(stored)
+        condition: dict[str, Any] = {"_id": document["_id"], **done_query(target)}
+        if stored is not None:
+            condition.update(still_hashed(target, stored))
         result = await self._retry(
             "re-queueing a changed text",
             lambda: self._docs.update_one(condition, {"$unset": {target: ""}}),
@@ -232,7 +228,7 @@ class ChangeWatcher:
         """One bounded batch of the scan, carrying on from the last one: a large collection
         is read a batch at a time, never whole at once. MongoDB errors propagate: the caller
         retries outages (a batch is safe to repeat)."""
-        report = requeuing.Report("changed texts", dry_run=False)
+        report = requeuing.RequeueReport("changed texts", dry_run=False)
         self._scan_after = await requeuing.changed_text_batch(
             self._docs, self._spec, report, _SCAN_BATCH, after=self._scan_after
         )

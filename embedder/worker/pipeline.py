@@ -29,11 +29,13 @@ import numpy as np
 
 from embedder.errors import ConfigurationError
 from embedder.fleet.routing import Fleet
+from embedder.queue.heartbeat import WorkerProgress
 from embedder.queue.leases import Lease
-from embedder.queue.work_queue import Claim, DoneMark
+from embedder.queue.marks import DoneMark
+from embedder.queue.work_queue import Claim
 from embedder.storage.shards import ShardReceipt, ShardWriter
 from embedder.telemetry import Summary, Telemetry
-from embedder.worker.batching import Limits, oversized, plan_batches
+from embedder.worker.batching import BatchLimits, oversized, plan_batches
 from embedder.worker.documents import Doc, Embedded, FailureCause, Rejected, to_doc
 from embedder.worker.progress import Progress, Silent
 from embedder.worker.reuse import TextReuse
@@ -47,7 +49,7 @@ class WorkQueue(Protocol):
     owner: str
 
     async def register(self) -> None: ...
-    async def heartbeat(self, progress: Mapping[str, Any] | None = None) -> None: ...
+    async def heartbeat(self, progress: WorkerProgress | None = None) -> None: ...
     async def leave(self) -> None: ...
     async def claim(self) -> Claim | None: ...
     async def release(self, leases: Sequence[Lease]) -> None: ...
@@ -520,15 +522,15 @@ class Worker:
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
             summary = self.summary
-            progress = {
-                "embedded": summary.embedded,
-                "failed": summary.failed,
-                "rate_docs_per_s": round(self._rate, 1),
-                "leases": len(self._held),
-                "last_shard": self._last_shard,
-                "reused": summary.reused_in_run + summary.reused_from_cache,
-                "paused": self._paused_logged,  # waiting for `embedder resume`
-            }
+            progress = WorkerProgress(
+                embedded=summary.embedded,
+                failed=summary.failed,
+                rate_docs_per_s=round(self._rate, 1),
+                leases=len(self._held),
+                last_shard=self._last_shard,
+                reused=summary.reused_in_run + summary.reused_from_cache,
+                paused=self._paused_logged,  # waiting for `embedder resume`
+            )
             try:
                 await self._queue.heartbeat(progress)
             except Exception as exc:  # a missed beat is retried; the lease TTL has headroom
@@ -590,7 +592,7 @@ def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group.exceptions[0]
 
 
-def _checked(raw: Mapping[str, Any], text_field: str, limits: Limits) -> Doc | Rejected:
+def _checked(raw: Mapping[str, Any], text_field: str, limits: BatchLimits) -> Doc | Rejected:
     item = to_doc(raw, text_field)
     if isinstance(item, Doc):
         return oversized(item, limits) or item

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prometheus_client import start_http_server
 
 from embedder import __version__
@@ -26,6 +25,7 @@ from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec
 from embedder.queue.work_queue import MongoWorkQueue
 from embedder.storage import filesystems as storage
+from embedder.storage.schema import ShardMetadata, read_footer
 from embedder.storage.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.change_watch import ChangeWatcher, ChangeWatchSettings
@@ -199,33 +199,31 @@ def _check_shards_are_ours(settings: ShardSettings, key: str, fleet: Fleet) -> N
     if not existing:
         return
     try:
-        with fs.open_input_file(existing[-1].path) as handle:
-            meta = pq.ParquetFile(handle).schema_arrow.metadata or {}
+        theirs = read_footer(fs, existing[-1].path).metadata
     except (OSError, pa.ArrowException):
         return  # a damaged shard is the consolidator's to report
-    theirs = meta.get(b"embedder.embed_key", b"").decode()
-    if theirs and theirs != key:
-        model = meta.get(b"embedder.model_id", b"?").decode()
+    if theirs.embed_key and theirs.embed_key != key:
+        model = theirs.model_id or "?"
         raise ConfigurationError(
             f"{settings.cold_uri} holds shards of another model or options ({model}, embed key "
-            f"{theirs}; this run is {fleet.info.model_id}, {key}): give this target field its "
+            f"{theirs.embed_key}; this run is {fleet.info.model_id}, {key}): give this target field its "
             "own --output-dir"
         )
 
 
-def _shard_metadata(job: EmbedJob, fleet: Fleet, key: str) -> dict[str, str]:
+def _shard_metadata(job: EmbedJob, fleet: Fleet, key: str) -> ShardMetadata:
     options = job.fleet.options
-    return {
-        "embed_key": key,
-        "model_id": fleet.info.model_id,
-        "model_sha": fleet.info.model_sha or "",
-        "dimension": str(fleet.dimension),
-        "normalize": str(options.normalize).lower(),
-        "truncate": "server" if options.truncate is None else str(options.truncate).lower(),
-        "queue": job.queue.key,
-        "target_field": job.queue.target_field,
-        "embedder_version": __version__,
-    }
+    return ShardMetadata(
+        embed_key=key,
+        model_id=fleet.info.model_id,
+        model_sha=fleet.info.model_sha or "",
+        dimension=fleet.dimension,
+        normalize=options.normalize,
+        truncate="server" if options.truncate is None else str(options.truncate).lower(),
+        queue=job.queue.key,
+        target_field=job.queue.target_field,
+        embedder_version=__version__,
+    )
 
 
 class _stop_on_signals:

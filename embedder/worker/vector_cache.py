@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from embedder.errors import ConfigurationError, StorageError
 from embedder.identity import same_vector
 from embedder.storage import filesystems as storage
+from embedder.storage.schema import ShardMetadata
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,7 @@ class VectorCache:
             try:
                 with fs.open_input_file(info.path) as handle:
                     parquet = pq.ParquetFile(handle)
-                    meta = parquet.schema_arrow.metadata or {}
-                    if meta.get(b"embedder.embed_key", b"").decode() != self.embed_key:
+                    if ShardMetadata.from_schema(parquet.schema_arrow).embed_key != self.embed_key:
                         continue
                     table = parquet.read(columns=["text_hash", "embedding"])
             except (OSError, pa.ArrowException, KeyError) as exc:

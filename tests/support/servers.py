@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +13,9 @@ from typing import Any
 
 import httpx
 
+from embedder.devtools.processes import start_server
+
 ROOT = Path(__file__).resolve().parents[2]
-_ADDRESS = re.compile(r"listening on (\S+)")
 
 
 @dataclass
@@ -38,26 +37,9 @@ class Process:
 
 def start(args: Sequence[str], log: Path, *, ready_timeout: float = 60) -> Process:
     """Start ``python <args>`` and wait for its 'listening on ADDRESS' line."""
-    handle = log.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=handle,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = _ADDRESS.search(line)
-        if match:
-            return Process(proc, match.group(1), log)
-    proc.kill()
-    raise RuntimeError(f"{args} did not start: {log.read_text()[-2000:]}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc, address = start_server(args, log, cwd=ROOT, env=env, ready_timeout=ready_timeout)
+    return Process(proc, address, log)
 
 
 @dataclass
