@@ -8,13 +8,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from embedder.fleet.routing import Fleet
-from embedder.queue.leases import Lease
-from embedder.queue.work_queue import Claim, DoneMark
-from embedder.storage.shards import ShardSettings, ShardWriter
-from embedder.telemetry import Summary, Telemetry
-from embedder.worker.pipeline import LeaseTracker, Worker, WorkerSettings
-from embedder.worker.reuse import TextReuse
+from embedder import (
+    Claim,
+    DoneMark,
+    Fleet,
+    Lease,
+    LeaseTracker,
+    ShardSettings,
+    ShardWriter,
+    Summary,
+    Telemetry,
+    TextReuse,
+    Worker,
+    WorkerSettings,
+)
 
 
 class MemoryWorkQueue:

@@ -29,6 +29,7 @@ _OWNERS: dict[str, str] = {
     "EmbedJob": "embedder.worker.runner",
     "run_embed": "embedder.worker.runner",
     "QueueSpec": "embedder.queue.spec",
+    "ensure_indexes": "embedder.queue.connection",
     "FleetSettings": "embedder.fleet.routing",
     "RetryPolicy": "embedder.fleet.routing",
     "AdaptiveSettings": "embedder.fleet.limits",
@@ -101,6 +102,7 @@ __all__ = [
     "WorkerSettings",
     "__version__",
     "embed_key",
+    "ensure_indexes",
     "run_embed",
     "verify",
 ]
@@ -120,6 +122,7 @@ if TYPE_CHECKING:
     from embedder.fleet.routing import Fleet, FleetSettings, RetryPolicy
     from embedder.identity import embed_key
     from embedder.ops.verify import CannotVerifyError, Verdict, VerifyReport, verify
+    from embedder.queue.connection import ensure_indexes
     from embedder.queue.leases import Lease
     from embedder.queue.spec import QueueSpec
     from embedder.queue.work_queue import Claim, DoneMark
