@@ -3,7 +3,8 @@
 The public API, in four groups:
 
 - run a job: ``run_embed(EmbedJob(...))`` with the stages' settings (``QueueSpec``,
-  ``FleetSettings``, ``ShardSettings``, ``WorkerSettings``); it returns a ``Summary``;
+  ``FleetSettings``, ``ShardSettings``, ``WorkerSettings``) on a queue whose indexes
+  ``ensure_indexes`` made; it returns a ``Summary``;
 - after a run: ``Consolidator(ConsolidateSettings(...))`` and ``verify(...)``;
 - build a worker of your own (a queue other than MongoDB, as the benchmarks do): ``Worker`` over
   any ``WorkQueue`` (whose claims are ``Claim``/``Lease``/``DoneMark``), a ``Fleet``, a
@@ -12,7 +13,10 @@ The public API, in four groups:
 - one error tree rooted at ``EmbedderError``.
 
 Names are imported on first use (PEP 562), so ``import embedder.serve`` or a CLI command does not
-load pyarrow, DuckDB or pymongo unless it uses them. Everything else is internal and may move.
+load pyarrow, DuckDB or pymongo unless it uses them. Besides these names, three programs are
+public: the CLI (``python -m embedder``), the TEI-compatible server ``embedder.serve`` with its
+backends, and ``embedder.devtools`` (demo, embedded MongoDB, sample corpus). Everything else is
+internal and may move.
 """
 
 from __future__ import annotations
