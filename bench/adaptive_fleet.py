@@ -18,10 +18,10 @@ tokens), one of them half as fast. In one run:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import json
 import math
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -79,24 +79,28 @@ class Sweep:
         ]
 
 
-def autotune(
+async def autotune(
     urls: list[str], sample: Path, report: Path, sweep: Sweep
 ) -> tuple[dict[str, Any], str]:
     """``embedder autotune`` over ``urls`` with texts from ``sample``: its JSON and Markdown
     reports. Exit status 1 (no setting met the SLO) is a finding, not a failure."""
-    command = [sys.executable, "-m", "embedder", "autotune", "--tei-urls", ",".join(urls)]
-    command += ["--file", str(sample), "--sample", "4000", "--report", str(report)]
-    done = subprocess.run([*command, *sweep.arguments()], check=False, capture_output=True)
-    if done.returncode not in (0, 1):
-        raise SystemExit(f"embedder autotune failed: {done.stderr[-2000:].decode()}")
-    return json.loads(report.with_suffix(".json").read_text()), report.with_suffix(
-        ".md"
-    ).read_text()
+    command = ["-m", "embedder", "autotune", "--tei-urls", ",".join(urls), "--file", str(sample)]
+    command += ["--sample", "4000", "--report", str(report), *sweep.arguments()]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await process.communicate()
+    if process.returncode not in (0, 1):
+        raise SystemExit(f"embedder autotune failed: {stderr[-2000:].decode()}")
+    markdown = report.with_suffix(".md").read_text()
+    return json.loads(report.with_suffix(".json").read_text()), markdown
 
 
-def unloaded_latency(url: str, sample: Path, report: Path, duration_s: float) -> tuple[str, float]:
+async def unloaded_latency(
+    url: str, sample: Path, report: Path, duration_s: float
+) -> tuple[str, float]:
     """The endpoint's name as the fleet reports it and its p50 at one 32-doc request at a time."""
-    result, _ = autotune([url], sample, report, Sweep("32", "1", 0.2, duration_s))
+    result, _ = await autotune([url], sample, report, Sweep("32", "1", 0.2, duration_s))
     return result["endpoints"][0], result["cells"][0]["p50_s"]
 
 
@@ -154,13 +158,15 @@ async def main() -> None:
         sample.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts[:4000]))
         with running_fleet(SPEEDS, tmp) as urls:
             unloaded = dict(
-                unloaded_latency(u, sample, tmp / f"unloaded-{i}", args.duration / 2)
-                for i, u in enumerate(urls)
+                [
+                    await unloaded_latency(u, sample, tmp / f"unloaded-{i}", args.duration / 2)
+                    for i, u in enumerate(urls)
+                ]
             )
             grid = Sweep("16,32", "1,2,4,8,16,32,64,128", args.warmup, args.duration, args.p95_slo)
-            sweep, sweep_markdown = autotune(urls, sample, tmp / "sweep", grid)
+            sweep, sweep_markdown = await autotune(urls, sample, tmp / "sweep", grid)
             seeds = Sweep("32", "256", 2 * args.warmup, args.seed_duration)
-            seed, _ = autotune(urls, sample, tmp / "seed", seeds)
+            seed, _ = await autotune(urls, sample, tmp / "seed", seeds)
             best = sweep["best"]
             assert best is not None, sweep["advice"]
             per_endpoint = max(1, math.ceil(best["concurrency"] / len(urls)))
