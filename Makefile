@@ -57,6 +57,8 @@ typecheck: install
 demo: install
 	$(BIN)/python -m embedder.devtools.demo
 
+# Full-size benchmarks (long; figures in bench/RESULTS.md). `make test` runs each at a tiny
+# size (tests/test_benchmarks.py) to show it still runs.
 bench: install
 	$(BIN)/python -m bench.pipeline_ceiling
 	$(BIN)/python -m bench.mongo_round_trips
@@ -65,6 +67,8 @@ bench: install
 	$(BIN)/python -m bench.adaptive_fleet
 	$(BIN)/python -m bench.adaptive_merging
 	$(BIN)/python -m bench.text_reuse
+	$(BIN)/python -m bench.dedup_memory
+	$(BIN)/python -m bench.worker_memory
 
 clean:
 	rm -rf $(VENV) embeddings demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -18,10 +18,8 @@ from pathlib import Path
 
 from bench.memory_queue import run_worker
 from bench.sim_fleet import machine, running_fleet
+from embedder import Fleet, FleetSettings, Telemetry
 from embedder.devtools.samples import generate
-from embedder.fleet.limits import AdaptiveInflightLimit
-from embedder.fleet.routing import Fleet, FleetSettings
-from embedder.telemetry import Telemetry
 
 
 async def main() -> None:
@@ -38,8 +36,9 @@ async def main() -> None:
         tmp = Path(tmp_name)
         with running_fleet((1.0, 1.0), tmp, batch_seconds=0.04, token_seconds=0.00002) as urls:
             for name, concurrency in (("adaptive", None), ("fixed 8", 8), ("fixed 1", 1)):
+                telemetry = Telemetry()
                 fleet = await Fleet.connect(
-                    FleetSettings(urls=tuple(urls), concurrency=concurrency), Telemetry()
+                    FleetSettings(urls=tuple(urls), concurrency=concurrency), telemetry
                 )
                 try:
                     if concurrency is None:
@@ -47,16 +46,16 @@ async def main() -> None:
                         rows.append(("adaptive, warm-up", len(warmup) / seconds, ""))
                     _, seconds = await run_worker(fleet, Telemetry(), measured, tmp / name)
                     shares = [
-                        f"{e.limit.settled_queue_share:g}"
-                        for e in fleet.endpoints
-                        if isinstance(e.limit, AdaptiveInflightLimit)
+                        f"{sample.value:g}"
+                        for metric in telemetry.queue_share.collect()
+                        for sample in metric.samples
                     ]
                     rows.append((name, len(measured) / seconds, ", ".join(shares)))
                 finally:
                     await fleet.close()
     print(machine())
     print("two simulated GPUs, 40 ms + 20 us per token per batch; batch 32 tweet-like texts")
-    print("| run | docs/s | vs fixed 8 | queue share settled |")
+    print("| run | docs/s | vs fixed 8 | queue share at the end |")
     print("|---|---:|---:|---|")
     reference = next(r for n, r, _ in rows if n == "fixed 8")
     for name, rate, settled in rows:

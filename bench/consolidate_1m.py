@@ -10,38 +10,27 @@ a process of its own. Targets: within 1.5x of the plain copy's time, peak memory
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedder.storage.schema import ShardMetadata, shard_schema
-from embedder.storage.shards import PARQUET_OPTIONS
-
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+from bench.shard_corpus import measure, write_shards
 
 
-def make_shards(
-    directory: Path, rows: int, shards: int, dimension: int, duplicate_rate: float
-) -> int:
-    """Shards of unit vectors; ``duplicate_rate`` of all rows repeat an id of an earlier shard."""
-    directory.mkdir(parents=True)
+def shard_ids(rows: int, shards: int, duplicate_rate: float) -> tuple[list[list[int]], int]:
+    """Ids per shard and how many are distinct: ``duplicate_rate`` of all rows repeat an id of
+    an earlier shard."""
     rng = np.random.default_rng(0)
-    schema = shard_schema(
-        dimension, ShardMetadata(model_id="bench/model", dimension=dimension, normalize=True)
-    )
     per_shard = rows // shards
     unique = int(rows * (1 - duplicate_rate))
     next_id = 0
+    id_lists = []
     for index in range(shards):
         fresh = min(per_shard, max(0, unique - next_id))
         if index == shards - 1:
@@ -53,37 +42,8 @@ def make_shards(
         )
         if repeats > 0:
             ids += rng.integers(0, max(1, next_id), repeats).tolist()
-        vectors = rng.standard_normal((len(ids), dimension), dtype=np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        stamp = int((T0 + dt.timedelta(seconds=index)).timestamp() * 1000)
-        table = pa.table(
-            [
-                pa.array([str(i) for i in ids]),
-                pa.array(["int"] * len(ids))
-                .dictionary_encode()
-                .cast(schema.field("_id_kind").type),
-                pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dimension),
-                pa.DictionaryArray.from_arrays(
-                    pa.array(np.zeros(len(ids), np.int8)), pa.array(["bench/model"])
-                ),
-                pa.array(np.full(len(ids), stamp, np.int64), pa.timestamp("ms", tz="UTC")),
-            ],
-            schema=schema,
-        )
-        pq.write_table(table, directory / f"shard-{index:05d}.parquet", **PARQUET_OPTIONS)
-    return unique
-
-
-def measure(args: list[str]) -> tuple[float, int, str]:
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.peak_rss", *args], check=False, capture_output=True, text=True
-    )
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{args[0]} failed: {done.stderr[-2000:]}")
-    peak = int(done.stdout.strip().splitlines()[-1].split()[-1])
-    return elapsed, peak, done.stderr
+        id_lists.append(ids)
+    return id_lists, unique
 
 
 def main() -> None:
@@ -98,7 +58,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(dir=args.dir, prefix="consolidate-bench-"))
     try:
         started = time.perf_counter()
-        unique = make_shards(root / "shards", args.rows, args.shards, args.dimension, 0.02)
+        id_lists, unique = shard_ids(args.rows, args.shards, 0.02)
+        write_shards(root / "shards", id_lists, args.dimension)
         input_bytes = sum(p.stat().st_size for p in (root / "shards").glob("*.parquet"))
         print(
             f"made {args.shards} shards, {args.rows} rows ({unique} distinct ids), "

@@ -12,78 +12,25 @@ merge (the fixed overhead: interpreter, pyarrow, DuckDB), each in a process of i
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedder.storage.schema import ShardMetadata, shard_schema
-from embedder.storage.shards import PARQUET_OPTIONS
-
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+from bench.shard_corpus import measure, write_shards
 
 
-def make_shards(directory: Path, rows: int, shards: int, dimension: int) -> int:
-    """``shards`` files of ``rows / shards`` rows; the second half repeats the first's ids."""
-    directory.mkdir(parents=True)
-    schema = shard_schema(
-        dimension, ShardMetadata(model_id="bench/model", dimension=dimension, normalize=True)
-    )
-    rng = np.random.default_rng(0)
-    unique = rows // 2
+def shard_ids(rows: int, shards: int) -> Iterator[list[int]]:
+    """Ids of ``shards`` files of ``rows / shards`` rows; the second half repeats the first's."""
     per_shard = rows // shards
     for index in range(shards):
-        first = (index * per_shard) % unique
-        ids = np.arange(first, first + per_shard) % unique
-        vectors = rng.standard_normal((per_shard, dimension), dtype=np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        columns = {
-            "_id": pa.array(ids.astype(str)),
-            "_id_kind": pa.array(["int"] * per_shard)
-            .dictionary_encode()
-            .cast(schema.field("_id_kind").type),
-            "embedding": pa.FixedSizeListArray.from_arrays(
-                pa.array(vectors.reshape(-1)), dimension
-            ),
-            "model": pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(per_shard, np.int8)), pa.array(["bench/model"])
-            ),
-            "model_sha": pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(per_shard, np.int8)), pa.array([""])
-            ),
-            "text_hash": pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(16), per_shard, [None, pa.py_buffer(rng.bytes(16 * per_shard))]
-            ),
-            "embedded_at": pa.array(
-                np.full(per_shard, int(T0.timestamp() * 1000) + index, np.int64),
-                pa.timestamp("ms", tz="UTC"),
-            ),
-            "claim_seq": pa.array(np.full(per_shard, index + 1, np.int64)),
-        }
-        table = pa.table([columns[name] for name in schema.names], schema=schema)
-        pq.write_table(table, directory / f"shard-{index:05d}.parquet", **PARQUET_OPTIONS)
-    return unique
-
-
-def measure(args: list[str]) -> tuple[float, int, str]:
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.peak_rss", *args], check=False, capture_output=True, text=True
-    )
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{args} failed: {done.stderr[-2000:]}")
-    peak = int(done.stdout.strip().splitlines()[-1].split()[-1])
-    return elapsed, peak, done.stderr
+        yield (np.arange(index * per_shard, (index + 1) * per_shard) % (rows // 2)).tolist()
 
 
 def main() -> None:
@@ -99,7 +46,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(dir=args.dir, prefix="dedup-bench-"))
     try:
         started = time.perf_counter()
-        unique = make_shards(root / "shards", args.rows, args.shards, args.dimension)
+        unique = args.rows // 2
+        write_shards(root / "shards", shard_ids(args.rows, args.shards), args.dimension)
         input_bytes = sum(p.stat().st_size for p in (root / "shards").glob("*.parquet"))
         print(
             f"made {args.shards} shards, {args.rows:,} rows ({unique:,} distinct ids), "

@@ -8,16 +8,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from embedder.fleet.routing import Fleet
-from embedder.queue.heartbeat import WorkerProgress
-from embedder.queue.leases import Lease
-from embedder.queue.marks import DoneMark
-from embedder.queue.work_queue import Claim
-from embedder.storage.schema import ShardMetadata
-from embedder.storage.shards import ShardSettings, ShardWriter
-from embedder.telemetry import Summary, Telemetry
-from embedder.worker.pipeline import LeaseTracker, Worker, WorkerSettings
-from embedder.worker.reuse import TextReuse
+from embedder import (
+    Claim,
+    DoneMark,
+    Fleet,
+    Lease,
+    LeaseTracker,
+    ShardMetadata,
+    ShardSettings,
+    ShardWriter,
+    Summary,
+    Telemetry,
+    TextReuse,
+    Worker,
+    WorkerProgress,
+    WorkerSettings,
+)
 
 
 class MemoryWorkQueue:

@@ -22,14 +22,17 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, monitoring
 
+from embedder import (
+    EmbedJob,
+    FleetSettings,
+    QueueSpec,
+    ShardSettings,
+    WorkerSettings,
+    WorkQueueSettings,
+    ensure_indexes,
+    run_embed,
+)
 from embedder.devtools.samples import generate
-from embedder.fleet.routing import FleetSettings
-from embedder.queue import connection as mongo
-from embedder.queue.settings import WorkQueueSettings
-from embedder.queue.spec import QueueSpec
-from embedder.storage.shards import ShardSettings
-from embedder.worker.pipeline import WorkerSettings
-from embedder.worker.runner import EmbedJob, run_embed
 from tests.support.servers import start
 
 
@@ -55,7 +58,7 @@ async def seed(uri: str, spec: QueueSpec, count: int) -> None:
     ]
     for first in range(0, len(docs), 500):  # mongoeco slows with large single inserts
         await client[spec.database][spec.collection].insert_many(docs[first : first + 500])
-    await mongo.ensure_indexes(client, spec)
+    await ensure_indexes(client, spec)
     await client.close()
 
 
@@ -94,7 +97,8 @@ async def main() -> None:
         root = Path(tmp)
         db = start(["-m", "embedder.cli", "dev-mongo", "--port", "0"], root / "mongo.log")
         tei = start(
-            ["-m", "bench.instant_tei", "--port", "0", "--dimension", "768"], root / "tei.log"
+            ["-m", "tests.support.instant_tei", "--port", "0", "--dimension", "768"],
+            root / "tei.log",
         )
         try:
             started = time.perf_counter()

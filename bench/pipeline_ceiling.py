@@ -20,13 +20,16 @@ import time
 from pathlib import Path
 
 from bench.memory_queue import run_worker
+from embedder import (
+    Fleet,
+    FleetSettings,
+    LeaseTracker,
+    Telemetry,
+    TextReuse,
+    VectorCache,
+    embed_key,
+)
 from embedder.devtools.samples import generate
-from embedder.fleet.routing import Fleet, FleetSettings
-from embedder.identity import embed_key
-from embedder.telemetry import Telemetry
-from embedder.worker.pipeline import LeaseTracker
-from embedder.worker.reuse import TextReuse
-from embedder.worker.vector_cache import VectorCache
 from tests.support.servers import start
 
 
@@ -86,7 +89,7 @@ async def main() -> None:
         texts = [f"{text} #{number}" for number, text in enumerate(texts)]
     with tempfile.TemporaryDirectory() as tmp:
         server = start(
-            ["-m", "bench.instant_tei", "--port", "0", "--dimension", "768"],
+            ["-m", "tests.support.instant_tei", "--port", "0", "--dimension", "768"],
             Path(tmp) / "server.log",
         )
         try:

@@ -1,7 +1,8 @@
 """The baseline for the consolidation benchmark: a plain pyarrow read-and-write.
 
 Streams every shard of a directory into output files of about the same target size, with
-the same Parquet options as the consolidator, and nothing else: no de-duplication, no
+the Parquet options the shards were written with (read off the first shard: the worker and
+the consolidator share them), and nothing else: no de-duplication, no
 checks, no manifest. ``python -m bench.plain_copy SHARDS OUT [--target-file-size BYTES]``
 """
 
@@ -9,18 +10,35 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedder.storage.shards import PARQUET_OPTIONS
+
+def write_options(path: Path) -> dict[str, Any]:
+    """The compression and the dictionary and byte-stream-split columns of a Parquet file."""
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    columns = [group.column(i) for i in range(group.num_columns)]
+    return {
+        "compression": columns[0].compression.lower(),
+        "use_dictionary": [c.path_in_schema for c in columns if "RLE_DICTIONARY" in c.encodings],
+        "use_byte_stream_split": [
+            c.path_in_schema for c in columns if "BYTE_STREAM_SPLIT" in c.encodings
+        ],
+    }
 
 
 class Output:
     def __init__(
-        self, out: Path, schema: pa.Schema, rows_per_file: int, rows_per_group: int
+        self,
+        out: Path,
+        schema: pa.Schema,
+        options: dict[str, Any],
+        rows_per_file: int,
+        rows_per_group: int,
     ) -> None:
-        self._out, self._schema = out, schema
+        self._out, self._schema, self._options = out, schema, options
         self._rows_per_file, self._rows_per_group = rows_per_file, rows_per_group
         self._writer: pq.ParquetWriter | None = None
         self._pending: list[pa.RecordBatch] = []
@@ -29,7 +47,7 @@ class Output:
     def write(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
             self._writer = pq.ParquetWriter(
-                self._out / f"part-{self._files:05d}.parquet", self._schema, **PARQUET_OPTIONS
+                self._out / f"part-{self._files:05d}.parquet", self._schema, **self._options
             )
             self._files += 1
         self._pending.append(batch)
@@ -65,6 +83,7 @@ def main() -> None:
     output = Output(
         args.out,
         pq.read_schema(files[0]),
+        write_options(files[0]),
         int(args.target_file_size / row_bytes),
         int((128 << 20) / row_bytes),
     )

@@ -16,13 +16,17 @@ from pathlib import Path
 
 from bench.memory_queue import run_worker
 from bench.sim_fleet import machine, running_fleet
+from embedder import (
+    Fleet,
+    FleetSettings,
+    LeaseTracker,
+    Summary,
+    Telemetry,
+    TextReuse,
+    VectorCache,
+    embed_key,
+)
 from embedder.devtools.samples import generate
-from embedder.fleet.routing import Fleet, FleetSettings
-from embedder.identity import embed_key
-from embedder.telemetry import Summary, Telemetry
-from embedder.worker.pipeline import LeaseTracker
-from embedder.worker.reuse import TextReuse
-from embedder.worker.vector_cache import VectorCache
 
 
 async def one_run(

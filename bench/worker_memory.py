@@ -26,13 +26,18 @@ import uuid
 from pathlib import Path
 
 from bench.memory_queue import MemoryWorkQueue
-from embedder.fleet.routing import Fleet, FleetSettings
-from embedder.queue.leases import Lease
-from embedder.queue.work_queue import Claim
-from embedder.storage.schema import ShardMetadata
-from embedder.storage.shards import ShardSettings, ShardWriter
-from embedder.telemetry import Telemetry
-from embedder.worker.pipeline import Worker, WorkerSettings
+from embedder import (
+    Claim,
+    Fleet,
+    FleetSettings,
+    Lease,
+    ShardMetadata,
+    ShardSettings,
+    ShardWriter,
+    Telemetry,
+    Worker,
+    WorkerSettings,
+)
 from tests.support.servers import start
 
 _FILLER = "lorem ipsum dolor sit amet, consectetur adipiscing elit. "
@@ -102,7 +107,7 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = start(
-            ["-m", "bench.instant_tei", "--port", "0", "--dimension", "768"],
+            ["-m", "tests.support.instant_tei", "--port", "0", "--dimension", "768"],
             Path(tmp) / "server.log",
         )
         try:

@@ -1,6 +1,6 @@
 """An instant TEI-compatible server: precomputed vectors in TEI's JSON, no model at all.
 
-``python -m bench.instant_tei --port 0 --dimension 768`` prints its address. It answers
+``python -m tests.support.instant_tei --port 0 --dimension 768`` prints its address. It answers
 ``/info``, ``/health`` and ``/embed`` (with ``x-compute-tokens``), so the client side of the
 pipeline is the only thing measured. A bare ASGI app under uvicorn keeps its own cost low.
 """
