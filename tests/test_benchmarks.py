@@ -45,6 +45,18 @@ SMOKES = (
         ),
     ),
     Smoke(
+        "queue_scale",
+        (
+            *("--docs", "200", "--claim-size", "50", "--workers", "1,2"),
+            *("--servers", "1", "--docs-per-server", "300"),
+        ),
+        (
+            r"^\| 1 \| [\d.]+ \|",
+            r"^\| 2 \| [\d.]+ \|",
+            r"^\| 1 \| 300 \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d.]+ \|$",
+        ),
+    ),
+    Smoke(
         "mongo_round_trips",
         ("--docs", "300", "--claim-size", "100"),
         (
@@ -114,7 +126,7 @@ SMOKES = (
     ),
 )
 # Modules of bench/ that are pieces of the benchmarks above, not benchmarks of their own.
-PIECES = {"memory_queue", "peak_rss", "plain_copy", "shard_corpus", "sim_fleet"}
+PIECES = {"counted_worker", "memory_queue", "peak_rss", "plain_copy", "shard_corpus", "sim_fleet"}
 
 
 def test_every_benchmark_has_a_smoke_run() -> None:
