@@ -7,19 +7,22 @@ to MongoDB's type bracketing of range predicates (``tests.support.strict_mongo``
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from pymongo import AsyncMongoClient
 
+from tests.support.mongo import REAL_MONGO, RestartableMongo
 from tests.support.servers import FaultTei, Process, start
 from tests.support.worker import Workspace
 
-REAL_MONGO = os.environ.get("EMBEDDER_TEST_MONGODB_URI")
+# No deadline per example: on a loaded machine a slow example is not a wrong one.
+settings.register_profile("embedder", deadline=None)
+settings.load_profile("embedder")
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +33,15 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("mongo") / "dev-mongo.log"
     server = start(["-m", "tests.support.strict_mongo", "--port", "0"], log)
     yield server.address
+    server.stop()
+
+
+@pytest.fixture
+def own_mongo(tmp_path: Path) -> Iterator[RestartableMongo]:
+    """An embedded MongoDB of the test's own, which it may stop and restart."""
+    server = RestartableMongo(tmp_path)
+    server.start()
+    yield server
     server.stop()
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ from embedder.queue import connection as mongo_setup
 from embedder.queue.spec import QueueSpec
 from embedder.queue.work_queue import DoneMark, MongoWorkQueue
 from tests.support import corpus as corpora
-from tests.support.servers import ROOT, FaultTei, run_python
-from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
+from tests.support.servers import ROOT, run_python
+from tests.support.worker import seed
 
 Client = AsyncMongoClient[dict[str, Any]]
 
@@ -206,21 +205,6 @@ async def test_a_target_field_holding_foreign_values_is_refused(
         await mongo_setup.check_target_field(mongo, spec)
 
 
-async def test_an_unwritable_output_dir_fails_before_any_claim(
-    ws: Any, mongo: Client, tei: Any
-) -> None:
-    queue = await seed(mongo, ws.database, corpora.tweets(20))
-    blocker = ws.root / "not-a-dir"
-    blocker.write_text("a file where the output dir should be")
-    args = ws.args([tei.url], "--once")
-    args[args.index("--output-dir") + 1] = str(blocker / "shards")
-    done = await asyncio.to_thread(run_python, args)
-    assert done.returncode != 0
-    assert str(blocker) in done.stderr
-    control = await mongo[ws.database]["embedder_control"].find_one({"_id": queue.key})
-    assert control is None, "nothing should have been claimed"
-
-
 class _SkewedClock:
     def __init__(self, base: _Clock, skew_s: float) -> None:
         self._base, self._skew = base, dt.timedelta(seconds=skew_s)
@@ -263,16 +247,6 @@ async def test_a_filter_the_index_cannot_serve_is_refused(mongo: Client, db_name
         await mongo_setup.check_indexes(mongo, spec)
 
 
-async def test_endpoints_serving_different_models_are_refused(
-    ws: Any, mongo: Client, tei_factory: Any
-) -> None:
-    await seed(mongo, ws.database, corpora.tweets(10))
-    one = tei_factory("--dimension", "64")
-    other = tei_factory("--dimension", "64", "--model-seed", "1")  # same name, other weights
-    done = await asyncio.to_thread(run_python, ws.args([one.url, other.url], "--once"))
-    assert done.returncode != 0 and "endpoints serve different models" in done.stderr
-
-
 async def test_range_predicates_on_the_test_server_match_their_own_type_only(
     mongo: Client, db_name: str
 ) -> None:
@@ -291,16 +265,6 @@ async def test_range_predicates_on_the_test_server_match_their_own_type_only(
     assert await ids({"$gte": 0, "$lte": "zzz"}) == []  # no value is both a number and a string
     # Sorting still orders every type: numbers, then strings, then ObjectIds.
     assert [d["_id"] async for d in docs.find().sort("_id", 1)] == [5, 7.5, "abc", oid]
-
-
-async def test_once_embeds_docs_of_every_id_type(
-    ws: Workspace, mongo: Client, tei: FaultTei
-) -> None:
-    corpus = corpora.mixed_ids(300)
-    queue = await seed(mongo, ws.database, corpus)
-    code = await asyncio.to_thread(ws.run, [tei.url], "--once", "--claim-size", "100")
-    assert code == 0, ws.log()
-    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
 
 
 async def test_a_lease_spanning_two_id_types_is_taken_over_a_page_at_a_time(
@@ -337,36 +301,6 @@ async def test_a_lease_spanning_two_id_types_is_taken_over_a_page_at_a_time(
     assert sorted(redone + rest, key=sort_key) == sorted(pending, key=sort_key)
 
 
-async def test_a_killed_workers_lease_spanning_two_id_types_is_redone(
-    ws: Workspace, mongo: Client, tei: FaultTei
-) -> None:
-    corpus = corpora.mixed_ids(30)  # 35 pending docs of each type
-    queue = await seed(mongo, ws.database, corpus)
-    tei.set_faults(delay_s=2)  # slow: the first worker is killed holding its first lease
-    control = mongo[ws.database]["embedder_control"]
-
-    async def spanning_lease() -> bool:
-        doc = await control.find_one({"_id": queue.key})
-        leases = (doc or {}).get("leases") or []
-        return any(isinstance(x["lo"], int) and isinstance(x["hi"], str) for x in leases)
-
-    extra = ("--claim-size", "50", "--lease-ttl", "2")
-    doomed = ws.popen([tei.url], "--once", *extra, "--concurrency", "1", log="doomed.log")
-    try:
-        await wait_until(spanning_lease, what="a lease over ints and strings")
-    finally:
-        doomed.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(doomed.wait, 10)
-
-    tei.set_faults()
-    code = await asyncio.to_thread(
-        ws.run, [tei.url], "--once", "--claim-size", "20", "--lease-ttl", "2", log="taker.log"
-    )
-    assert code == 0, ws.log("taker.log")
-    assert ws.summary()["leases_taken_over"] >= 1
-    assert_complete(ws.rows_allowing_repeats(), await marks(mongo, queue), corpus)
-
-
 async def test_a_pending_doc_whose_id_type_no_range_reaches_is_named(
     mongo: Client, db_name: str
 ) -> None:
@@ -380,19 +314,6 @@ async def test_a_pending_doc_whose_id_type_no_range_reaches_is_named(
     assert claim is not None and len(claim.documents) == 10  # 5 eligible, 5 bad texts
     with pytest.raises(ConfigurationError, match=r"doc \{'tenant': 7\}: _id of type dict"):
         await queue.claim()
-
-
-def test_an_id_range_becomes_one_clause_per_type_in_mongodb_order() -> None:
-    oid = ObjectId()
-    assert range_clauses(Bound(5, inclusive=False), Bound(oid, inclusive=True)) == [
-        {"$type": "number", "$gt": 5},
-        {"$type": "string"},
-        {"$type": "objectId", "$lte": oid},
-    ]
-    assert range_clauses(Bound("a", inclusive=True), Bound("b", inclusive=False)) == [
-        {"$type": "string", "$gte": "a", "$lt": "b"}
-    ]
-    assert [c["$type"] for c in range_clauses()] == ["number", "string", "objectId", "bool", "date"]
 
 
 async def test_every_claim_takeover_and_adoption_gets_a_higher_sequence_number(

@@ -13,10 +13,8 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
-from embedder.fleet.endpoint import address
-from embedder.logs import redact
-from tests.conftest import REAL_MONGO
 from tests.support import corpus as corpora
+from tests.support.mongo import REAL_MONGO
 from tests.support.servers import ROOT, FaultTei, free_port, start
 from tests.support.worker import Workspace, seed
 
@@ -173,28 +171,3 @@ async def test_credentials_in_a_tei_url_appear_nowhere(
     assert f"127.0.0.1:{closed}" in output  # the refusing endpoint is named in the log
     everything = "\n".join([output, metrics, ws.summary_text()])
     assert URL_SECRET not in everything
-
-
-@pytest.mark.parametrize(
-    ("text", "shown"),
-    [
-        (
-            "GET http://user:s3cret@gpu1:18080/embed failed",
-            "GET http://user:***@gpu1:18080/embed failed",
-        ),
-        ("https://tok3n@gpu2/embed", "https://***@gpu2/embed"),
-        ("mongodb://app:pw@db1,db2/?replicaSet=rs0", "mongodb://app:***@db1,db2/?replicaSet=rs0"),
-        ("no url here: a@b", "no url here: a@b"),
-    ],
-)
-def test_redact_hides_the_credentials_of_every_url(text: str, shown: str) -> None:
-    assert redact(text) == shown
-
-
-def test_an_endpoint_is_named_without_its_credentials_and_sends_them_as_basic_auth() -> None:
-    where = address("http://embedder:p%40ss@gpu1:18080/embed")
-    assert where.url == "http://gpu1:18080"
-    assert where.auth is not None
-    request = httpx.Request("GET", where.url)
-    assert next(where.auth.auth_flow(request)).headers["authorization"].startswith("Basic ")
-    assert address("http://gpu1:18080").auth is None
