@@ -8,7 +8,7 @@ to MongoDB's type bracketing of range predicates (``tests.support.strict_mongo``
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 from hypothesis import settings
 from pymongo import AsyncMongoClient
 
+from embedder.telemetry import Summary
 from tests.support.mongo import REAL_MONGO, RestartableMongo
 from tests.support.servers import FaultTei, Process, start
 from tests.support.worker import Workspace
@@ -74,12 +75,30 @@ def tei_factory(tmp_path: Path) -> Iterator[Callable[..., FaultTei]]:
         process.stop()
 
 
+@pytest.fixture(scope="module")
+def module_tei(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultTei]:
+    """One fault-injecting TEI server for all the tests of a module (see ``tei``)."""
+    log = tmp_path_factory.mktemp("tei") / "tei.log"
+    process = start(["-m", "tests.support.fault_tei", "--port", "0"], log)
+    yield FaultTei(process)
+    process.stop()
+
+
 @pytest.fixture
-def tei(tei_factory: Callable[..., FaultTei]) -> FaultTei:
-    return tei_factory()
+def tei(module_tei: FaultTei) -> FaultTei:
+    """A fault-injecting TEI server with no faults and no counts: the module's, reset."""
+    module_tei.reset()
+    return module_tei
 
 
 @pytest.fixture
 def ws(mongo_uri: str, db_name: str, tmp_path: Path) -> Workspace:
     """Where a test's worker runs: its database, and shard directories under tmp_path."""
     return Workspace(mongo_uri, db_name, tmp_path)
+
+
+@pytest.fixture
+def worker(ws: Workspace) -> Callable[..., Awaitable[Summary]]:
+    """Run the worker once, in the test's event loop, on ``ws``: ``await worker(urls,
+    claim_size=100)`` returns the run's summary (``Workspace.burst``)."""
+    return ws.burst

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from embedder.telemetry import Summary
 from tests.support import corpus as corpora
 from tests.support.servers import FaultTei, run_python
 from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
@@ -41,12 +43,12 @@ async def test_endpoints_serving_different_models_are_refused(
 
 
 async def test_once_embeds_docs_of_every_id_type(
-    ws: Workspace, mongo: Client, tei: FaultTei
+    ws: Workspace, mongo: Client, tei: FaultTei, worker: Callable[..., Awaitable[Summary]]
 ) -> None:
     corpus = corpora.mixed_ids(300)
     queue = await seed(mongo, ws.database, corpus)
-    code = await asyncio.to_thread(ws.run, [tei.url], "--once", "--claim-size", "100")
-    assert code == 0, ws.log()
+    summary = await worker([tei.url], claim_size=100)
+    assert summary.embedded == len(corpus.eligible), summary
     assert_complete(ws.rows(), await marks(mongo, queue), corpus)
 
 
