@@ -25,6 +25,16 @@ from tests.support.worker import Workspace
 settings.register_profile("embedder", deadline=None)
 settings.load_profile("embedder")
 
+# Run under pytest-xdist with --dist loadgroup: each cluster (a one-node SLURM, a Ray head)
+# is started by one worker at a time, never twice at once on one machine.
+ONE_CLUSTER_AT_A_TIME = ("test_slurm.py", "test_ray.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in ONE_CLUSTER_AT_A_TIME:
+            item.add_marker(pytest.mark.xdist_group("clusters"))
+
 
 @pytest.fixture(scope="session")
 def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
