@@ -45,7 +45,7 @@ system-deps:
 test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check .

@@ -258,7 +258,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         if not args.skip_queue:
             tei_server = start(
-                ["-m", "tests.support.instant_tei", "--port", "0", "--dimension", "768"], tmp / "tei.log"
+                ["-m", "tests.support.instant_tei", "--port", "0", "--dimension", "768"],
+                tmp / "tei.log",
             )
             try:
                 runs = [

@@ -7,9 +7,8 @@ to MongoDB's type bracketing of range predicates (``tests.support.strict_mongo``
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,24 @@ import pytest
 from hypothesis import settings
 from pymongo import AsyncMongoClient
 
+from embedder.telemetry import Summary
+from tests.support.mongo import REAL_MONGO, RestartableMongo
 from tests.support.servers import FaultTei, Process, start
 from tests.support.worker import Workspace
 
-# Properties are checked on their outcome, never on time: a loaded machine must not fail them.
+# No deadline per example: on a loaded machine a slow example is not a wrong one.
 settings.register_profile("embedder", deadline=None)
 settings.load_profile("embedder")
 
-REAL_MONGO = os.environ.get("EMBEDDER_TEST_MONGODB_URI")
+# Run under pytest-xdist with --dist loadgroup: each cluster (a one-node SLURM, a Ray head)
+# is started by one worker at a time, never twice at once on one machine.
+ONE_CLUSTER_AT_A_TIME = ("test_slurm.py", "test_ray.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in ONE_CLUSTER_AT_A_TIME:
+            item.add_marker(pytest.mark.xdist_group("clusters"))
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +44,15 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("mongo") / "dev-mongo.log"
     server = start(["-m", "tests.support.strict_mongo", "--port", "0"], log)
     yield server.address
+    server.stop()
+
+
+@pytest.fixture
+def own_mongo(tmp_path: Path) -> Iterator[RestartableMongo]:
+    """An embedded MongoDB of the test's own, which it may stop and restart."""
+    server = RestartableMongo(tmp_path)
+    server.start()
+    yield server
     server.stop()
 
 
@@ -67,12 +85,30 @@ def tei_factory(tmp_path: Path) -> Iterator[Callable[..., FaultTei]]:
         process.stop()
 
 
+@pytest.fixture(scope="module")
+def module_tei(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultTei]:
+    """One fault-injecting TEI server for all the tests of a module (see ``tei``)."""
+    log = tmp_path_factory.mktemp("tei") / "tei.log"
+    process = start(["-m", "tests.support.fault_tei", "--port", "0"], log)
+    yield FaultTei(process)
+    process.stop()
+
+
 @pytest.fixture
-def tei(tei_factory: Callable[..., FaultTei]) -> FaultTei:
-    return tei_factory()
+def tei(module_tei: FaultTei) -> FaultTei:
+    """A fault-injecting TEI server with no faults and no counts: the module's, reset."""
+    module_tei.reset()
+    return module_tei
 
 
 @pytest.fixture
 def ws(mongo_uri: str, db_name: str, tmp_path: Path) -> Workspace:
     """Where a test's worker runs: its database, and shard directories under tmp_path."""
     return Workspace(mongo_uri, db_name, tmp_path)
+
+
+@pytest.fixture
+def worker(ws: Workspace) -> Callable[..., Awaitable[Summary]]:
+    """Run the worker once, in the test's event loop, on ``ws``: ``await worker(urls,
+    claim_size=100)`` returns the run's summary (``Workspace.burst``)."""
+    return ws.burst

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from bson import ObjectId
+from bson.raw_bson import RawBSONDocument
 
 from embedder.serve.backends import HashBackend, normalized
 
@@ -113,3 +115,23 @@ def expected_vectors(texts: list[str], dimension: int, max_input_length: int = 5
     backend = HashBackend(dimension, max_input_length)
     ids = [t.truncated(max_input_length, "Right").ids for t in backend.tokenize(texts)]
     return normalized(backend.embed(ids))
+
+
+# A cut-off two-byte sequence, and a byte UTF-8 never uses.
+INVALID_UTF8 = b"caf\xc3 au lait \xff"
+
+
+def raw_doc(doc_id: int, text: bytes) -> RawBSONDocument:
+    """A document whose text is the given bytes as stored, valid UTF-8 or not."""
+
+    def string(name: bytes, value: bytes) -> bytes:
+        return b"\x02" + name + b"\x00" + struct.pack("<i", len(value) + 1) + value + b"\x00"
+
+    body = (
+        b"\x12_id\x00"
+        + struct.pack("<q", doc_id)
+        + string(b"text", text)
+        + string(b"lang", b"en")
+        + b"\x08classified\x00\x01"
+    )
+    return RawBSONDocument(struct.pack("<i", len(body) + 5) + body + b"\x00")

@@ -3,7 +3,8 @@
 It is ``embedder serve``'s app with the hash backend, behind an ASGI layer that misbehaves
 on demand. Tests steer it over HTTP: ``POST /_faults`` sets the faults (JSON below),
 ``GET /_stats`` counts what reached it (and the most inputs it held at once;
-``?texts=1`` adds every distinct text). Faults apply to ``/embed`` only.
+``?texts=1`` adds every distinct text), ``POST /_reset`` clears both (a server shared by the
+tests of a module starts each test as new). Faults apply to ``/embed`` only.
 
     {"fail_every": 2, "fail_status": 429}   every 2nd request answered with that TEI error
     {"hang": true}                          accept and never answer
@@ -102,6 +103,7 @@ class FaultInjector:
         if scope["type"] != "http" or path not in (
             "/embed",
             "/_faults",
+            "/_reset",
             "/_stats",
             "/health",
             "/info",
@@ -121,6 +123,11 @@ class FaultInjector:
             await _answer(send, 200, orjson.dumps(answer))
             return
         body = await _read(receive)
+        if path == "/_reset":
+            self.faults, self.stats = Faults(), Stats()
+            self._released.set()
+            await _answer(send, 200, b"{}")
+            return
         if path == "/_faults":
             self.faults = Faults(**orjson.loads(body or b"{}"))
             if self.faults.hold:

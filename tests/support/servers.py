@@ -55,6 +55,10 @@ class FaultTei:
     def set_faults(self, **faults: Any) -> None:
         httpx.post(self.url + "/_faults", json=faults, timeout=5).raise_for_status()
 
+    def reset(self) -> None:
+        """No faults and no counts, as if just started."""
+        httpx.post(self.url + "/_reset", timeout=5).raise_for_status()
+
     def stats(self) -> dict[str, Any]:
         answer: dict[str, Any] = httpx.get(self.url + "/_stats", timeout=5).json()
         return answer

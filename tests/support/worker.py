@@ -19,9 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pymongo import AsyncMongoClient
 
+from embedder.fleet.routing import FleetSettings
 from embedder.ids import decode_id
 from embedder.queue import connection as mongo
+from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec
+from embedder.storage.shards import ShardSettings
+from embedder.telemetry import Summary
+from embedder.worker.pipeline import WorkerSettings
+from embedder.worker.runner import EmbedJob, run_embed
 from tests.support import corpus as corpora
 from tests.support.corpus import Corpus
 from tests.support.servers import ROOT, run_python
@@ -113,6 +119,27 @@ class Workspace:
                 "--consolidated-dir",
                 str(out),
             ]
+        )
+
+    async def burst(
+        self, urls: Sequence[str], *, queue: QueueSpec | None = None, claim_size: int = 1000
+    ) -> Summary:
+        """One ``--once`` run of the worker in this process and event loop (arq's burst
+        worker): for tests about what a run does, not about the process around it (signals,
+        exit codes, the CLI's output keep to ``popen``)."""
+        spec = queue or QueueSpec(collection=self.collection, database=self.database)
+        return await run_embed(
+            EmbedJob(
+                mongo_uri=self.mongo_uri,
+                queue=spec,
+                fleet=FleetSettings(urls=tuple(u + "/embed" for u in urls), batch_size=32),
+                shards=ShardSettings(
+                    cold_uri=str(self.shards), hot_dir=self.root / "hot", prefix=spec.target_field
+                ),
+                worker=WorkerSettings(once=True, poll_interval_s=0.5),
+                work_queue=WorkQueueSettings(claim_size=claim_size),
+                progress_bar=False,
+            )
         )
 
     def has_shard(self) -> bool:

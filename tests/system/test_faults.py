@@ -10,71 +10,22 @@ import asyncio
 import random
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from pymongo import AsyncMongoClient
 
-from embedder.errors import FaultKind
-from embedder.fleet import tei_protocol as tei
-from embedder.fleet.endpoint import EndpointClient
-from embedder.identity import same_vector
-from tests.conftest import REAL_MONGO
 from tests.support import corpus as corpora
-from tests.support.servers import ROOT, FaultTei, Process, free_port, start
+from tests.support.mongo import RestartableMongo, needs_own_mongo
+from tests.support.servers import ROOT, FaultTei, free_port, start
 from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
 
 DIM = 64
-needs_own_mongo = pytest.mark.skipif(
-    bool(REAL_MONGO),
-    reason="stops and restarts its own MongoDB (mongoeco); a shared server cannot be",
-)
-
-
-class RestartableMongo:
-    """An embedded MongoDB on a fixed port, with data on disk so it survives a restart."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = free_port()
-        self._root = root
-        self.process: Process | None = None
-
-    @property
-    def uri(self) -> str:
-        # A short server-selection timeout: the worker notices an outage within a second.
-        return f"mongodb://127.0.0.1:{self.port}/?serverSelectionTimeoutMS=1000"
-
-    def start(self) -> None:
-        args = [
-            "-m",
-            "embedder.cli",
-            "dev-mongo",
-            "--port",
-            str(self.port),
-            "--sqlite",
-            str(self._root / "db.sqlite"),
-        ]
-        self.process = start(args, self._root / f"mongo-{time.monotonic_ns()}.log")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
-
-
-@pytest.fixture
-async def own_mongo(tmp_path: Path) -> AsyncIterator[RestartableMongo]:
-    server = RestartableMongo(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def _client_marks(uri: str, queue: Any) -> dict[Any, Any]:
@@ -459,75 +410,6 @@ async def test_an_endpoint_back_with_another_model_stays_out(
 
 
 # --- the fault table's consequences, without servers ----------------------------------------
-
-
-def test_no_fault_of_a_server_ever_fails_a_doc_and_every_one_is_retried_elsewhere() -> None:
-    for kind in FaultKind:
-        means = kind.means
-        assert means.endpoint_fault != means.fails_doc, kind  # one owner per kind
-        if means.endpoint_fault:
-            assert means.retried and not means.splits, kind
-        else:
-            assert not means.retried and means.splits, kind
-        assert not (means.ejects_at_once and not means.counts_against_endpoint), kind
-    assert {k for k in FaultKind if k.means.fails_doc} == {FaultKind.REJECTED, FaultKind.TOO_LARGE}
-
-
-def test_what_each_server_fault_does_to_its_endpoint() -> None:
-    against = {k for k in FaultKind if k.means.counts_against_endpoint}
-    assert FaultKind.BACKEND in against and FaultKind.GARBAGE in against  # issue 12, case 2
-    assert FaultKind.OVERLOADED not in against  # busy is not sick: it only shrinks the limit
-    assert {k for k in FaultKind if k.means.shrinks_limit} == {
-        FaultKind.OVERLOADED,
-        FaultKind.TIMEOUT,
-    }
-    assert {k for k in FaultKind if k.means.ejects_at_once} == {
-        FaultKind.WRONG_DIMENSION,
-        FaultKind.WRONG_MODEL,
-    }
-
-
-def test_faults_one_input_can_cause_are_narrowed_before_they_count_against_the_endpoint() -> None:
-    narrowing = {k for k in FaultKind if k.means.narrows_first}
-    assert narrowing == {FaultKind.BACKEND, FaultKind.GARBAGE}  # review finding 13
-    for kind in narrowing:
-        # When the probe text fails too, they are the endpoint's fault as any other.
-        means = kind.means
-        assert means.endpoint_fault and means.retried and means.counts_against_endpoint, kind
-        assert not means.ejects_at_once and not means.splits, kind
-
-
-@pytest.mark.parametrize(
-    ("status", "body", "kind"),
-    [
-        (424, tei.encode_error(tei.ErrorType.BACKEND, "Backend error: out of memory"), "backend"),
-        (429, tei.encode_error(tei.ErrorType.OVERLOADED, "Model is overloaded"), "overloaded"),
-        (503, tei.encode_error(tei.ErrorType.UNHEALTHY, "unhealthy"), "unhealthy"),
-        (500, b"Internal Server Error", "server_error"),
-        (422, tei.encode_error(tei.ErrorType.VALIDATION, "Input validation error"), "rejected"),
-        (422, tei.encode_error(tei.ErrorType.TOKENIZER, "tokenizer error"), "rejected"),
-        (400, tei.encode_error(tei.ErrorType.EMPTY, "`inputs` cannot be empty"), "rejected"),
-        (413, b"Failed to buffer the request body: length limit exceeded", "too_large"),
-        (
-            422,
-            tei.encode_error(tei.ErrorType.VALIDATION, tei.batch_size_message(64, 32)),
-            "too_large",
-        ),
-    ],
-)
-def test_tei_answers_map_to_their_fault_kind(status: int, body: bytes, kind: str) -> None:
-    client = EndpointClient("http://127.0.0.1:1", httpx.AsyncClient())
-    error = client._error(httpx.Response(status, content=body))
-    assert error.kind == FaultKind(kind)
-    assert error.means.endpoint_fault == (kind not in ("rejected", "too_large"))
-
-
-def test_the_probe_vector_tells_another_model_from_rounding() -> None:
-    rng = np.random.default_rng(0)
-    vector = rng.standard_normal(64).astype(np.float32)
-    assert same_vector(vector, vector.astype(np.float16).astype(np.float32))
-    assert not same_vector(vector, rng.standard_normal(64).astype(np.float32))
-    assert not same_vector(vector, vector[:32])
 
 
 @pytest.mark.parametrize("refusing", [1, 2])

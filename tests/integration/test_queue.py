@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
-import re
-import signal
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 from bson import ObjectId
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 from embedder.errors import ConfigurationError
-from embedder.identity import text_hash
 from embedder.ids import Bound, range_clauses, sort_key
 from embedder.queue import connection as mongo_setup
 from embedder.queue.marks import DoneMark
 from embedder.queue.spec import QueueSpec
 from embedder.queue.work_queue import MongoWorkQueue
 from tests.support import corpus as corpora
-from tests.support.servers import ROOT, FaultTei, run_python
-from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
+from tests.support.mongosh import indexes_js_creates
+from tests.support.servers import run_python
+from tests.support.worker import seed
 
 Client = AsyncMongoClient[dict[str, Any]]
 
@@ -90,13 +86,50 @@ async def test_indexes_are_created_idempotently_from_the_cli(
     assert info["embedding_done"]["sparse"] is True
 
 
-def test_indexes_js_defines_the_same_indexes_as_python() -> None:
-    script = (ROOT / "mongo" / "indexes.js").read_text()
-    spec = QueueSpec(collection="tweets")
-    assert f'"{spec.index_name}"' in script and f'"{spec.done_index_name}"' in script
-    assert "{ lang: 1, classified: 1 }" in script and "_id: 1" in script
-    assert "{ retweeted: null }" in script and "partialFilterExpression" in script
-    assert re.search(r'targetField \+ "\.status"', script)
+@pytest.mark.parametrize(
+    ("variables", "spec"),
+    [
+        ({}, {}),
+        ({"target": "vec_384"}, {"target_field": "vec_384"}),
+        (
+            {"target": "v", "filter": {"lang": 1}, "exclude": {"deleted": None}},
+            {"target_field": "v", "filter": {"lang": "en"}, "exclude": {"deleted": None}},
+        ),
+    ],
+)
+async def test_indexes_js_creates_the_indexes_embedder_indexes_creates(
+    mongo: Client, db_name: str, variables: dict[str, Any], spec: dict[str, Any]
+) -> None:
+    """mongo/indexes.js, run with a recording ``db``, against what ``ensure_indexes`` (the code
+    behind ``embedder indexes``) leaves on the server: same names, keys in the same order,
+    same partial filter, same sparseness."""
+    queue = QueueSpec(collection="tweets", database=db_name, **spec)
+    await mongo_setup.ensure_indexes(mongo, queue)
+    info = await mongo[db_name]["tweets"].index_information()
+    by_python = {
+        name: ([tuple(k) for k in index["key"]], _index_options(index))
+        for name, index in info.items()
+        if name != "_id_"
+    }
+
+    by_script = {
+        created.options["name"]: (created.keys, _index_options(created.options))
+        for created in indexes_js_creates(collection="tweets", **variables)
+        if created.collection == "tweets"
+    }
+
+    assert by_script == by_python
+    assert set(by_script) == {queue.index_name, queue.done_index_name}
+
+
+def _index_options(index: dict[str, Any]) -> dict[str, Any]:
+    """The options that make two indexes of one name the same index."""
+    options: dict[str, Any] = {
+        k: index[k] for k in ("partialFilterExpression", "sparse") if k in index
+    }
+    if "partialFilterExpression" in options:
+        options["partialFilterExpression"] = dict(options["partialFilterExpression"])
+    return options
 
 
 async def test_missing_index_is_a_clear_configuration_error(mongo: Client, db_name: str) -> None:
@@ -210,21 +243,6 @@ async def test_a_target_field_holding_foreign_values_is_refused(
         await mongo_setup.check_target_field(mongo, spec)
 
 
-async def test_an_unwritable_output_dir_fails_before_any_claim(
-    ws: Any, mongo: Client, tei: Any
-) -> None:
-    queue = await seed(mongo, ws.database, corpora.tweets(20))
-    blocker = ws.root / "not-a-dir"
-    blocker.write_text("a file where the output dir should be")
-    args = ws.args([tei.url], "--once")
-    args[args.index("--output-dir") + 1] = str(blocker / "shards")
-    done = await asyncio.to_thread(run_python, args)
-    assert done.returncode != 0
-    assert str(blocker) in done.stderr
-    control = await mongo[ws.database]["embedder_control"].find_one({"_id": queue.key})
-    assert control is None, "nothing should have been claimed"
-
-
 class _SkewedClock:
     def __init__(self, base: _Clock, skew_s: float) -> None:
         self._base, self._skew = base, dt.timedelta(seconds=skew_s)
@@ -267,16 +285,6 @@ async def test_a_filter_the_index_cannot_serve_is_refused(mongo: Client, db_name
         await mongo_setup.check_indexes(mongo, spec)
 
 
-async def test_endpoints_serving_different_models_are_refused(
-    ws: Any, mongo: Client, tei_factory: Any
-) -> None:
-    await seed(mongo, ws.database, corpora.tweets(10))
-    one = tei_factory("--dimension", "64")
-    other = tei_factory("--dimension", "64", "--model-seed", "1")  # same name, other weights
-    done = await asyncio.to_thread(run_python, ws.args([one.url, other.url], "--once"))
-    assert done.returncode != 0 and "endpoints serve different models" in done.stderr
-
-
 async def test_range_predicates_on_the_test_server_match_their_own_type_only(
     mongo: Client, db_name: str
 ) -> None:
@@ -295,16 +303,6 @@ async def test_range_predicates_on_the_test_server_match_their_own_type_only(
     assert await ids({"$gte": 0, "$lte": "zzz"}) == []  # no value is both a number and a string
     # Sorting still orders every type: numbers, then strings, then ObjectIds.
     assert [d["_id"] async for d in docs.find().sort("_id", 1)] == [5, 7.5, "abc", oid]
-
-
-async def test_once_embeds_docs_of_every_id_type(
-    ws: Workspace, mongo: Client, tei: FaultTei
-) -> None:
-    corpus = corpora.mixed_ids(300)
-    queue = await seed(mongo, ws.database, corpus)
-    code = await asyncio.to_thread(ws.run, [tei.url], "--once", "--claim-size", "100")
-    assert code == 0, ws.log()
-    assert_complete(ws.rows(), await marks(mongo, queue), corpus)
 
 
 async def test_a_lease_spanning_two_id_types_is_taken_over_a_page_at_a_time(
@@ -341,36 +339,6 @@ async def test_a_lease_spanning_two_id_types_is_taken_over_a_page_at_a_time(
     assert sorted(redone + rest, key=sort_key) == sorted(pending, key=sort_key)
 
 
-async def test_a_killed_workers_lease_spanning_two_id_types_is_redone(
-    ws: Workspace, mongo: Client, tei: FaultTei
-) -> None:
-    corpus = corpora.mixed_ids(30)  # 35 pending docs of each type
-    queue = await seed(mongo, ws.database, corpus)
-    tei.set_faults(delay_s=2)  # slow: the first worker is killed holding its first lease
-    control = mongo[ws.database]["embedder_control"]
-
-    async def spanning_lease() -> bool:
-        doc = await control.find_one({"_id": queue.key})
-        leases = (doc or {}).get("leases") or []
-        return any(isinstance(x["lo"], int) and isinstance(x["hi"], str) for x in leases)
-
-    extra = ("--claim-size", "50", "--lease-ttl", "2")
-    doomed = ws.popen([tei.url], "--once", *extra, "--concurrency", "1", log="doomed.log")
-    try:
-        await wait_until(spanning_lease, what="a lease over ints and strings")
-    finally:
-        doomed.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(doomed.wait, 10)
-
-    tei.set_faults()
-    code = await asyncio.to_thread(
-        ws.run, [tei.url], "--once", "--claim-size", "20", "--lease-ttl", "2", log="taker.log"
-    )
-    assert code == 0, ws.log("taker.log")
-    assert ws.summary()["leases_taken_over"] >= 1
-    assert_complete(ws.rows_allowing_repeats(), await marks(mongo, queue), corpus)
-
-
 async def test_a_pending_doc_whose_id_type_no_range_reaches_is_named(
     mongo: Client, db_name: str
 ) -> None:
@@ -384,19 +352,6 @@ async def test_a_pending_doc_whose_id_type_no_range_reaches_is_named(
     assert claim is not None and len(claim.documents) == 10  # 5 eligible, 5 bad texts
     with pytest.raises(ConfigurationError, match=r"doc \{'tenant': 7\}: _id of type dict"):
         await queue.claim()
-
-
-def test_an_id_range_becomes_one_clause_per_type_in_mongodb_order() -> None:
-    oid = ObjectId()
-    assert range_clauses(Bound(5, inclusive=False), Bound(oid, inclusive=True)) == [
-        {"$type": "number", "$gt": 5},
-        {"$type": "string"},
-        {"$type": "objectId", "$lte": oid},
-    ]
-    assert range_clauses(Bound("a", inclusive=True), Bound("b", inclusive=False)) == [
-        {"$type": "string", "$gte": "a", "$lt": "b"}
-    ]
-    assert [c["$type"] for c in range_clauses()] == ["number", "string", "objectId", "bool", "date"]
 
 
 async def test_every_claim_takeover_and_adoption_gets_a_higher_sequence_number(
@@ -424,30 +379,3 @@ async def test_every_claim_takeover_and_adoption_gets_a_higher_sequence_number(
     taken = await again.claim()
     assert taken is not None and taken.taken_over and taken.lease.id == b.lease.id
     assert taken.seq > adopted.seq
-
-
-async def test_a_recreated_control_document_does_not_let_a_stale_row_win(
-    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei: FaultTei
-) -> None:
-    """claim_seq is the control document's version. Recreate the control document (an
-    operator clearing a stuck queue, a restore) and the versions start again at 0: a doc
-    re-embedded for its edited text gets a lower claim_seq than its old row, and the
-    consolidator keeps the old text's vector although the doc's mark names the new one."""
-    corpus = corpora.tweets(40)
-    queue = await seed(mongo, ws.database, corpus)
-    assert await asyncio.to_thread(ws.run, [tei.url], "--once", "--claim-size", "4") == 0
-    out = ws.root / "consolidated"
-    assert (await asyncio.to_thread(ws.consolidate, out)).returncode == 0
-    docs = mongo[ws.database][queue.collection]
-    edited = list(corpus.eligible)[-1]
-    await docs.update_one({"_id": edited}, {"$set": {"text": "an edited text"}})
-    requeued = run_python(ws.queue_command("requeue", "--changed-text", "--json"))
-    assert json.loads(requeued.stdout)["requeued"] == 1, requeued.stdout + requeued.stderr
-    await mongo[ws.database][queue.control_collection].delete_one({"_id": queue.key})
-    assert await asyncio.to_thread(ws.run, [tei.url], "--once", log="second.log") == 0
-    assert (await asyncio.to_thread(ws.consolidate, out)).returncode == 0
-
-    table = pq.read_table(out)
-    row = [r for r in table.to_pylist() if r["_id"] == str(edited)]
-    assert len(row) == 1
-    assert row[0]["text_hash"] == text_hash("an edited text"), "the old text's row was kept"

@@ -142,9 +142,9 @@ async def test_prometheus_scrapes_a_live_run_and_the_dashboard_matches_it(
     )
     api = f"http://127.0.0.1:{prometheus_port}/api/v1"
     try:
-        first = await _value_when(api, "embedder_docs_embedded_total", lambda v: v > 0)
-        later = await _value_when(api, "embedder_docs_embedded_total", lambda v: v > first)
-        assert later > first  # the series moves
+        seen = await _values_seen(api, "embedder_docs_embedded_total", wanted=3)
+        assert len(seen) >= 2 and seen[-1] > seen[0], f"the series never moved: {seen}"
+        assert seen == sorted(seen), f"a counter went down: {seen}"
         names = await _series_names(api)
         async with httpx.AsyncClient() as http:
             exposition = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
@@ -170,19 +170,22 @@ def _dashboard_queries() -> str:
     return "\n".join(t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", []))
 
 
-async def _value_when(api: str, query: str, accept: Callable[[float], bool]) -> float:
+async def _values_seen(api: str, query: str, *, wanted: int) -> list[float]:
+    """The distinct values Prometheus answers for ``query``, in the order they came, until
+    ``wanted`` of them were seen or 90 s passed: the caller judges them."""
+    seen: list[float] = []
     async with httpx.AsyncClient() as http:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        while len(seen) < wanted and time.monotonic() < deadline:
             try:
                 answer = (await http.get(f"{api}/query", params={"query": query})).json()
             except httpx.HTTPError:
                 answer = {}
             results = answer.get("data", {}).get("result", [])
-            if results and accept(value := float(results[0]["value"][1])):
-                return value
+            if results and (value := float(results[0]["value"][1])) not in seen[-1:]:
+                seen.append(value)
             await asyncio.sleep(0.5)
-    raise AssertionError(f"{query} never reached the expected value in Prometheus")
+    return seen
 
 
 async def _series_names(api: str) -> set[str]:

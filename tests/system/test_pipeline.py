@@ -6,12 +6,13 @@ import asyncio
 import collections
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
 
+from embedder.telemetry import Summary
 from tests.support import corpus as corpora
 from tests.support.servers import FaultTei, free_port
 from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
@@ -45,17 +46,17 @@ async def test_once_run_embeds_every_eligible_doc(
 
 
 async def test_dotted_text_field(
-    ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei_factory: Callable[..., FaultTei]
+    ws: Workspace,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    tei: FaultTei,
+    worker: Callable[..., Awaitable[Summary]],
 ) -> None:
-    tei = tei_factory("--dimension", str(DIM))
     corpus = corpora.tweets(60, text_field="extended_tweet.full_text")
     queue = await seed(mongo, ws.database, corpus, text_field="extended_tweet.full_text")
 
-    code = await asyncio.to_thread(
-        ws.run, [tei.url], "--once", "--text-field", "extended_tweet.full_text"
-    )
+    summary = await worker([tei.url], queue=queue)
 
-    assert code == 0, ws.log()
+    assert summary.embedded == len(corpus.eligible), summary
     assert_complete(ws.rows(), await marks(mongo, queue), corpus)
 
 

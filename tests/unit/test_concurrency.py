@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from embedder.errors import ConfigurationError
 from embedder.fleet.endpoint import EndpointClient
 from embedder.fleet.limits import AdaptiveInflightLimit, AdaptiveSettings, FixedInflightLimit
 from embedder.fleet.routing import Endpoint
@@ -101,7 +102,7 @@ def test_small_requests_do_not_move_the_unloaded_level() -> None:
 
 
 def test_settings_refuse_a_band_that_cannot_settle() -> None:
-    with pytest.raises(Exception, match="adaptive concurrency"):
+    with pytest.raises(ConfigurationError, match="adaptive concurrency"):
         AdaptiveSettings(grow_below=2.0, shrink_above=1.5)
 
 

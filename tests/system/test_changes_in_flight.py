@@ -18,9 +18,9 @@ from embedder.identity import text_hash
 from embedder.queue.spec import QueueSpec
 from embedder.worker.change_watch import ChangeWatcher
 from tests.support import corpus as corpora
+from tests.support.mongo import RestartableMongo, needs_own_mongo
 from tests.support.servers import FaultTei
 from tests.support.worker import Workspace, assert_complete, marks, seed, wait_until
-from tests.test_faults import RestartableMongo, needs_own_mongo, own_mongo  # noqa: F401
 
 TARGET = "gemma_embedded_768"
 HELD_S = 3.0  # how long the endpoint holds each request: the window to edit a text in
@@ -130,7 +130,7 @@ async def test_an_edit_made_in_flight_is_requeued_by_polling(
 
 @needs_own_mongo
 async def test_a_watcher_that_loses_mongodb_for_good_fails_the_worker(
-    own_mongo: RestartableMongo,  # noqa: F811
+    own_mongo: RestartableMongo,
     tmp_path: Path,
     tei_factory: Callable[..., FaultTei],
 ) -> None:
