@@ -45,6 +45,8 @@ def indexes_js_creates(**variables: Any) -> list[CreatedIndex]:
     preamble = "".join(f"var {name} = {json.dumps(value)};\n" for name, value in variables.items())
     with MiniRacer() as js:
         js.eval(_SHELL + preamble + SCRIPT.read_text())
-        calls = json.loads(js.eval("JSON.stringify(created)"))
+        recorded = js.eval("JSON.stringify(created)")
+    assert isinstance(recorded, str), recorded
+    calls = json.loads(recorded)
     # JSON keeps an object's key order, so the index's key order survives the trip.
     return [CreatedIndex(c["collection"], list(c["keys"].items()), c["options"]) for c in calls]

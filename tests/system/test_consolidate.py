@@ -788,7 +788,7 @@ def point(name):
     if name == os.environ["PAUSE_AT"]:
         os.kill(os.getpid(), signal.SIGSTOP)
 c.failpoint = point
-from embedder.cli.commands import main
+from embedder.cli import main
 main(["consolidate", *sys.argv[1:]])
 """
 

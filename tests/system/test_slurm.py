@@ -96,8 +96,9 @@ def submit(ws: Workspace, cluster: slurm_cluster.SlurmCluster, *, array: bool = 
 
 
 def task_logs(ws: Workspace, job_id: str) -> str:
+    """Every log of the job, whole: the lines asserted on come first, before the worker's."""
     return "\n".join(
-        f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+        f"--- {p.name}\n{p.read_text(errors='replace')}"
         for p in sorted((ws.root / "logs").glob(f"*{job_id}_*"))
     )
 
