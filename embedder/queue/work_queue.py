@@ -342,8 +342,7 @@ class MongoWorkQueue:
         if done_ids and text_hashes is not None:
             assert mark is not None
             for doc_id, digest in zip(done_ids, text_hashes, strict=True):
-                hashed = mark.hashing(digest).to_bson(now)
-                ops.append(UpdateOne({"_id": doc_id, target: None}, {"$set": {target: hashed}}))
+                ops.append(_mark_if_unmarked(doc_id, target, mark.hashing(digest).to_bson(now)))
         elif done_ids:
             assert mark is not None
             value = mark.to_bson(now)
@@ -353,8 +352,7 @@ class MongoWorkQueue:
                     UpdateMany({"_id": {"$in": chunk}, target: None}, {"$set": {target: value}})
                 )
         for doc_id, reason in failed:
-            failure = FailedMark(reason).to_bson(now)
-            ops.append(UpdateOne({"_id": doc_id, target: None}, {"$set": {target: failure}}))
+            ops.append(_mark_if_unmarked(doc_id, target, FailedMark(reason).to_bson(now)))
         if not ops:
             return 0
         what = f"marking {len(done_ids)} done and {len(failed)} failed docs"
@@ -447,3 +445,13 @@ async def set_paused(
         if before is not None:
             return bool(before.get("paused", False)) != paused
     raise QueueError(f"control document {spec.key!r} keeps disappearing; is a reset running?")
+
+
+def _mark_if_unmarked(doc_id: Any, target: str, value: Mapping[str, Any]) -> UpdateOne:
+    """Set ``target`` to ``value`` unless the doc already has a mark: the same outcome as the
+    filter ``{_id, target: null}``, and no write (nothing modified) for a doc marked before.
+
+    The condition sits in an update pipeline on an ``_id``-only filter: a point lookup on every
+    server (mongoeco scans its collection for ``{_id, target: null}``, 50 ms a doc at 3,000)."""
+    keep_or_set = {"$ifNull": [f"${target}", {"$literal": dict(value)}]}
+    return UpdateOne({"_id": doc_id}, [{"$set": {target: keep_or_set}}])
