@@ -65,6 +65,11 @@ trap stop_servers EXIT
 
 start_server() { # index gpu port
   local i=$1 gpu=$2 port=$3 log="$log_dir/server-${task}-$1.log"
+  # Another process on the port would answer the health check in our server's place.
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    say "port $port is already in use on this node: set EMBEDDER_SLURM_BASE_PORT"
+    exit 3
+  fi
   case $backend in
   tei)
     # TEI's image (a .sif built with `apptainer build tei.sif docker://ghcr.io/...`, or the

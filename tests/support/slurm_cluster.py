@@ -117,7 +117,16 @@ class SlurmCluster:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        # slurmd first (it would re-register), then the controller, then munge.
+        # Jobs first: their steps (servers, workers) outlive slurmd otherwise, and a server left
+        # on its port would answer the next cluster's job in its place.
+        try:
+            self.run("scancel", "--full", "--quiet", f"--user={os.getuid()}")
+            deadline = time.monotonic() + 60
+            while self.run("squeue", "-h", "-o", "%i").strip() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except RuntimeError:
+            pass  # the controller is gone already: nothing left to cancel through it
+        # slurmd next (it would re-register), then the controller, then munge.
         for proc in reversed(self.processes):
             if proc.poll() is None:
                 proc.terminate()
