@@ -64,12 +64,16 @@ stop_servers() {
 trap stop_servers EXIT
 
 start_server() { # index gpu port
-  local i=$1 gpu=$2 port=$3 log="$log_dir/server-${task}-$1.log"
-  # Another process on the port would answer the health check in our server's place.
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    say "port $port is already in use on this node: set EMBEDDER_SLURM_BASE_PORT"
-    exit 3
-  fi
+  local i=$1 gpu=$2 port=$3 log="$log_dir/server-${task}-$1.log" tries=0
+  # Another process on the port would answer the health check in our server's place: take
+  # the next free one.
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    port=$((port + 1000))
+    if ((++tries > 20)); then
+      say "no free port from $3 on (in steps of 1000): set EMBEDDER_SLURM_BASE_PORT"
+      exit 3
+    fi
+  done
   case $backend in
   tei)
     # TEI's image (a .sif built with `apptainer build tei.sif docker://ghcr.io/...`, or the
