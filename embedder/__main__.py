@@ -2,4 +2,6 @@
 
 from embedder.cli import main
 
-main()
+# Guarded: worker processes (embed --processes) import the main module again.
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,12 @@
 """Prometheus series and the run summary, updated together through one object.
 
 Each worker owns a :class:`Telemetry` with its own registry (no global state), exposed on
-``--metrics-port``. Names follow Prometheus conventions: ``embedder_`` prefix, ``_total``
-for counters, ``_seconds`` and ``_bytes`` units.
+``--metrics-port``. Under ``embed --processes N`` the workers' metrics go to files that the
+supervisor serves as one (prometheus_client's multiprocess mode): counters and histograms add
+up, and each gauge says how its processes' values combine (``multiprocess_mode``, ignored by
+a worker on its own). Info and Enum metrics do not work in that mode: none is used. Names
+follow Prometheus conventions: ``embedder_`` prefix, ``_total`` for counters, ``_seconds`` and
+``_bytes`` units.
 """
 
 from __future__ import annotations
@@ -130,24 +134,35 @@ class Telemetry:
             "Requests in flight per endpoint.",
             ["endpoint"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.inflight_inputs = Gauge(
-            "embedder_inflight_inputs", "Inputs in flight per endpoint.", ["endpoint"], registry=r
+            "embedder_inflight_inputs",
+            "Inputs in flight per endpoint.",
+            ["endpoint"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.concurrency_limit = Gauge(
             "embedder_concurrency_limit",
             "Current limit on inputs in flight per endpoint.",
             ["endpoint"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_share = Gauge(
             "embedder_queue_share",
             "Adaptive pacing: how much of one request's unloaded time a new one may wait.",
             ["endpoint"],
             registry=r,
+            multiprocess_mode="liveall",  # each process's own controller: one series per pid
         )
         self.endpoint_up = Gauge(
-            "embedder_endpoint_up", "1 when the endpoint is in rotation.", ["endpoint"], registry=r
+            "embedder_endpoint_up",
+            "1 when the endpoint is in rotation.",
+            ["endpoint"],
+            registry=r,
+            multiprocess_mode="livemin",  # up only where every process has it in rotation
         )
         self.batch_size = Histogram(
             "embedder_batch_size",
@@ -176,12 +191,21 @@ class Telemetry:
             ["source"],
             registry=r,
         )
-        self.leases = Gauge("embedder_leases", "Leases this worker holds.", registry=r)
+        self.leases = Gauge(
+            "embedder_leases", "Leases this worker holds.", registry=r, multiprocess_mode="livesum"
+        )
+        # Every process of a host counts the same queue: the latest count is the one to show.
         self.queue_pending = Gauge(
-            "embedder_queue_pending", "Docs waiting in the work queue.", registry=r
+            "embedder_queue_pending",
+            "Docs waiting in the work queue.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.queue_done = Gauge(
-            "embedder_queue_done", "Docs marked done in the target field.", registry=r
+            "embedder_queue_done",
+            "Docs marked done in the target field.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
 
     def prepare(self, endpoints: list[str]) -> None:

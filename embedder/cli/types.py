@@ -113,3 +113,27 @@ CONCURRENCY = Concurrency()
 POSITIVE_INT_LIST = PositiveIntList()
 JSON_OBJECT = JsonObject()
 DOC_ID = DocId()
+
+
+class ProcessCount(click.ParamType[int]):
+    """'auto' (the cores this process may use) or a positive number of processes."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            from embedder.worker.processes import usable_cores
+
+            return usable_cores()
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+        if number < 1:
+            self.fail("must be at least 1", param, ctx)
+        return number
+
+
+PROCESS_COUNT = ProcessCount()

@@ -26,7 +26,7 @@ from embedder.cli.options import (
     secret,
 )
 from embedder.cli.running import run, with_mongo, write_json
-from embedder.cli.types import BYTE_SIZE, CONCURRENCY, size_text
+from embedder.cli.types import BYTE_SIZE, CONCURRENCY, PROCESS_COUNT, size_text
 from embedder.errors import EmbedderError
 from embedder.fleet.routing import FleetSettings, RetryPolicy
 from embedder.fleet.tei_protocol import EmbedOptions
@@ -340,7 +340,19 @@ metrics_options = options_group(
     envvar="EMBEDDER_SUMMARY_JSON",
     help="Write the run summary as JSON here.",
 )
+@click.option(
+    "--processes",
+    default="1",
+    show_default=True,
+    type=PROCESS_COUNT,
+    envvar="EMBEDDER_PROCESSES",
+    help="Worker processes on this queue, each bound by one core: for a host whose servers "
+    "(several fast GPUs) outrun one worker. 'auto': one per usable core. One metrics "
+    "endpoint, progress display and summary for all.",
+)
+@click.pass_context
 def embed(
+    ctx: click.Context,
     *,
     spec: QueueSpec,
     mongo_uri: str,
@@ -352,6 +364,7 @@ def embed(
     changes: ChangeWatchSettings | None,
     metrics: MetricsSettings | None,
     summary_json: Path | None,
+    processes: int,
 ) -> None:
     """Embed pending docs of a collection into Parquet shards and mark them done."""
     try:
@@ -368,6 +381,13 @@ def embed(
         )
     except EmbedderError as exc:  # what no one stage can check alone
         raise click.UsageError(str(exc)) from None
+    if processes > 1:
+        from embedder.cli.processes import embed_in_processes
+
+        result = embed_in_processes(job, processes)
+        write_json(summary_json, result.summary)
+        click.echo("\n".join(result.summary.lines()), err=True)
+        ctx.exit(result.exit_code)
     summary = run(run_embed(job), mongo_uri, job.fleet.api_key)
     write_json(summary_json, summary)
     click.echo("\n".join(summary.lines()), err=True)

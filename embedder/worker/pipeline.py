@@ -21,7 +21,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -139,8 +139,12 @@ class Worker:
         progress: Progress | None = None,
         reuse: TextReuse[LeaseTracker] | None = None,
         embed_key: str = "",
+        reporter: Callable[[WorkerProgress], None] | None = None,
     ) -> None:
         self._queue = queue
+        # Under a supervisor (embed --processes) the progress record goes there every log
+        # interval, and the supervisor logs one line for all its workers instead of each.
+        self._reporter = reporter
         self._reuse = reuse
         self._progress: Progress = progress or Silent()
         self._fleet = fleet
@@ -521,20 +525,22 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
-            summary = self.summary
-            progress = WorkerProgress(
-                embedded=summary.embedded,
-                failed=summary.failed,
-                rate_docs_per_s=round(self._rate, 1),
-                leases=len(self._held),
-                last_shard=self._last_shard,
-                reused=summary.reused_in_run + summary.reused_from_cache,
-                paused=self._paused_logged,  # waiting for `embedder resume`
-            )
             try:
-                await self._queue.heartbeat(progress)
+                await self._queue.heartbeat(self._progress_record())
             except Exception as exc:  # a missed beat is retried; the lease TTL has headroom
                 log.warning("heartbeat failed: %s", exc)
+
+    def _progress_record(self) -> WorkerProgress:
+        summary = self.summary
+        return WorkerProgress(
+            embedded=summary.embedded,
+            failed=summary.failed,
+            rate_docs_per_s=round(self._rate, 1),
+            leases=len(self._held),
+            last_shard=self._last_shard,
+            reused=summary.reused_in_run + summary.reused_from_cache,
+            paused=self._paused_logged,  # waiting for `embedder resume`
+        )
 
     async def _queue_gauges_loop(self) -> None:
         """Pending and done counts for /metrics, from the two indexes, once a minute."""
@@ -551,16 +557,19 @@ class Worker:
         while True:
             await asyncio.sleep(self._settings.log_interval_s)
             now, done = time.monotonic(), self.summary.embedded
+            self._rate = (done - last) / (now - last_at)
+            last, last_at = done, now
+            if self._reporter is not None:
+                self._reporter(self._progress_record())
+                continue
             log.info(
                 "embedded %d docs (%.0f docs/s), failed %d, retries %d, shards %d",
                 done,
-                (done - last) / (now - last_at),
+                self._rate,
                 self.summary.failed,
                 self.summary.retries,
                 self.summary.shards,
             )
-            self._rate = (done - last) / (now - last_at)
-            last, last_at = done, now
 
 
 async def _shielded[T](work: Coroutine[Any, Any, T]) -> T:

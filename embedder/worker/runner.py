@@ -7,9 +7,9 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,7 @@ from embedder.errors import ConfigurationError, EmbedderError, QueueError
 from embedder.fleet.routing import Fleet, FleetSettings
 from embedder.identity import embed_key
 from embedder.queue import connection as mongo
+from embedder.queue.heartbeat import WorkerProgress
 from embedder.queue.retry import MongoRetry
 from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec
@@ -30,7 +31,7 @@ from embedder.storage.shards import ShardSettings, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.change_watch import ChangeWatcher, ChangeWatchSettings
 from embedder.worker.pipeline import LeaseTracker, Worker, WorkerSettings
-from embedder.worker.progress import for_stream
+from embedder.worker.progress import Progress, for_stream
 from embedder.worker.reuse import ReuseSettings, TextReuse
 from embedder.worker.vector_cache import VectorCache
 
@@ -71,7 +72,16 @@ class EmbedJob:
             )
 
 
-async def run_embed(job: EmbedJob) -> Summary:
+class Supervised(Protocol):
+    """A worker process of ``embed --processes`` (``embedder.worker.process_link``): its
+    display, its progress record and its stop requests go through its supervisor."""
+
+    def display(self, pending: int) -> Progress: ...
+    def report(self, progress: WorkerProgress) -> None: ...
+    def attach(self, stop: Callable[[], None]) -> None: ...
+
+
+async def run_embed(job: EmbedJob, supervisor: Supervised | None = None) -> Summary:
     telemetry = Telemetry()
     if job.metrics is not None:
         start_http_server(job.metrics.port, addr=job.metrics.host, registry=telemetry.registry)
@@ -107,7 +117,12 @@ async def run_embed(job: EmbedJob) -> Summary:
             if job.reuse.enabled:
                 cache = await _open_cache(job, key, fleet.dimension, fleet.probe_vector)
                 reuse = TextReuse(cache, job.reuse.memory_bytes, fleet.dimension)
-            progress = for_stream(await queue.pending_count(), enabled=job.progress_bar)
+            pending = await queue.pending_count()
+            progress = (
+                supervisor.display(pending)
+                if supervisor is not None
+                else for_stream(pending, enabled=job.progress_bar)
+            )
             worker = Worker(
                 queue,
                 fleet,
@@ -117,6 +132,7 @@ async def run_embed(job: EmbedJob) -> Summary:
                 progress=progress,
                 reuse=reuse,
                 embed_key=key,
+                reporter=supervisor.report if supervisor is not None else None,
             )
             log.info(
                 "embedding %s.%s into %r with %s (dim %d) on %d endpoint(s); shards to %s",
@@ -129,6 +145,8 @@ async def run_embed(job: EmbedJob) -> Summary:
                 job.shards.cold_uri,
             )
             with _stop_on_signals(worker):
+                if supervisor is not None:
+                    supervisor.attach(worker.request_stop)
                 if job.changes is not None:
                     watcher = ChangeWatcher(
                         client,
