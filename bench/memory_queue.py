@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from embedder import (
     WorkerProgress,
     WorkerSettings,
 )
+from embedder.worker.progress import Progress
 
 
 class MemoryWorkQueue:
@@ -88,6 +89,8 @@ async def run_worker(
     *,
     max_rows: int = 50_000,
     reuse: TextReuse[LeaseTracker] | None = None,
+    progress: Progress | None = None,
+    reporter: Callable[[WorkerProgress], None] | None = None,
 ) -> tuple[Summary, float]:
     """One --once worker over ``texts`` from memory into real shards under ``out``: its
     summary and how long it took."""
@@ -105,6 +108,8 @@ async def run_worker(
         telemetry,
         WorkerSettings(once=True, poll_interval_s=0.2),
         reuse=reuse,
+        progress=progress,
+        reporter=reporter,
     )
     started = time.perf_counter()
     summary = await worker.run()

@@ -26,18 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.memory_queue import MemoryWorkQueue
-from embedder import (
-    Fleet,
-    FleetSettings,
-    ShardMetadata,
-    ShardSettings,
-    ShardWriter,
-    Summary,
-    Telemetry,
-    Worker,
-    WorkerSettings,
-)
+from bench.memory_queue import run_worker
+from embedder import Fleet, FleetSettings, Summary, Telemetry
 from embedder.devtools.samples import generate
 from embedder.worker.process_link import WorkerLink
 from embedder.worker.processes import ProcessesSettings, run_processes
@@ -66,26 +56,11 @@ class MemoryQueueTask:
         )
         fleet = await Fleet.connect(settings, telemetry)
         try:
-            queue = MemoryWorkQueue(self.texts)
-            shards = ShardWriter(
-                ShardSettings(cold_uri=str(self.out / "shards"), hot_dir=self.out / "hot"),
-                owner=queue.owner,
-                dimension=fleet.dimension,
-                metadata=ShardMetadata(model_id=fleet.info.model_id),
+            display = link.display(len(self.texts))
+            started, cpu = time.monotonic(), time.process_time()
+            summary, _ = await run_worker(
+                fleet, telemetry, self.texts, self.out, progress=display, reporter=link.report
             )
-            worker = Worker(
-                queue,
-                fleet,
-                shards,
-                telemetry,
-                WorkerSettings(once=True, poll_interval_s=0.2),
-                progress=link.display(len(self.texts)),
-                reporter=link.report,
-            )
-            link.attach(worker.request_stop)
-            telemetry.summary.started = started = time.monotonic()
-            cpu = time.process_time()
-            summary = await worker.run()
             figures = {
                 "docs": summary.embedded,
                 "cpu_s": time.process_time() - cpu,
@@ -94,7 +69,6 @@ class MemoryQueueTask:
             }
         finally:
             await fleet.close()
-        assert summary.embedded == len(self.texts) == queue.marked, summary
         (self.out / "figures.json").write_text(json.dumps(figures))
         return summary
 

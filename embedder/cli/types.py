@@ -121,18 +121,11 @@ class ProcessCount(click.ParamType[int]):
     name = "auto|N"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        if str(value).strip().lower() == "auto":
+        number = CONCURRENCY.convert(value, param, ctx)  # the same 'auto' or a number
+        if number is None:
             from embedder.worker.processes import usable_cores
 
             return usable_cores()
-        try:
-            number = int(value)
-        except ValueError:
-            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
-        if number < 1:
-            self.fail("must be at least 1", param, ctx)
         return number
 
 
