@@ -256,7 +256,7 @@ class _Supervisor:
     # --- ends ---------------------------------------------------------------------------------
 
     def _reap(self, worker: _Worker) -> None:
-        while worker.up_open:  # what it sent before exiting
+        while worker.up_open and worker.up.poll():  # what it sent before exiting
             self._receive(worker)
         worker.process.join()
         code = worker.process.exitcode or 0
