@@ -1,17 +1,24 @@
 """The supervisor of ``embed --processes`` with real worker processes that run small tasks:
-one progress bar for all, one summary, the workers' log lines, a failure reported by name."""
+one progress bar for all, one summary, the workers' log lines, a failure reported by name; and
+every metric of the workers served as one (prometheus_client's multiprocess mode)."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
-from embedder.telemetry import Summary
+from embedder.telemetry import Summary, Telemetry
 from embedder.worker.process_link import WorkerExit, WorkerLink
-from embedder.worker.processes import ProcessesSettings, run_processes
+from embedder.worker.processes import MULTIPROC_DIR, ProcessesSettings, run_processes
 
 
 @dataclass(frozen=True)
@@ -61,3 +68,50 @@ def test_a_failing_worker_is_named_and_sets_the_exit_code(
     pid = result.workers[1].pid
     assert f"worker 2 (pid {pid}) failed (exit code 3): the task broke" in caplog.text
     assert re.search(r"worker 1 \(pid \d+\) finished", caplog.text), caplog.text
+
+
+# One worker process's metrics: every Telemetry series touched, with values scaled by argv[1].
+_RECORD_METRICS = """
+import sys
+from embedder.errors import FaultKind
+from embedder.telemetry import Telemetry
+from embedder.worker.documents import FailureCause
+
+n = int(sys.argv[1])
+t = Telemetry()
+t.prepare(["http://e1"])
+t.sent(n); t.reused(n, n); t.claimed(n); t.embedded(10 * n)
+t.failed("empty", next(iter(FailureCause)))
+t.request_ok("http://e1", 32, 0.01, 100); t.request_failed("http://e1", FaultKind.OVERLOADED)
+t.retried(FaultKind.OVERLOADED); t.ejected("http://e1", FaultKind.OVERLOADED)
+t.refused("http://e1", FaultKind.OVERLOADED); t.shard_written(1000); t.mark_seconds.observe(0.2)
+t.leases.set(n); t.queue_pending.set(100 - n); t.queue_done.set(n)
+for gauge in (t.inflight_requests, t.inflight_inputs, t.concurrency_limit, t.queue_share):
+    gauge.labels("http://e1").set(n)
+t.endpoint_up.labels("http://e1").set(n - 1)
+"""
+
+
+def test_every_metric_works_in_multiprocess_mode(tmp_path: Path) -> None:
+    """Two processes record every series; the supervisor's collector serves them as one."""
+    env = {**os.environ, MULTIPROC_DIR: str(tmp_path)}
+    for n in (1, 2):
+        subprocess.run([sys.executable, "-c", _RECORD_METRICS, str(n)], env=env, check=True)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    merged = {family.name: family for family in registry.collect()}
+
+    assert {family.name for family in Telemetry().registry.collect()} <= set(merged)
+
+    def value(name: str, **labels: str) -> float:
+        [sample] = [s for s in merged[name].samples if labels.items() <= s.labels.items()]
+        return sample.value
+
+    assert value("embedder_docs_embedded") == 30  # counters add up
+    assert merged["embedder_request_duration_seconds"].samples  # histograms too
+    assert value("embedder_leases") == 3  # livesum
+    assert value("embedder_inflight_requests", endpoint="http://e1") == 3
+    assert value("embedder_endpoint_up", endpoint="http://e1") == 0  # livemin
+    assert value("embedder_queue_pending") == 98  # the latest count (livemostrecent)
+    shares = merged["embedder_queue_share"].samples
+    assert sorted(s.value for s in shares) == [1, 2] and all("pid" in s.labels for s in shares)
