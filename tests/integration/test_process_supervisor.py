@@ -4,11 +4,15 @@ every metric of the workers served as one (prometheus_client's multiprocess mode
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from embedder.queue.heartbeat import WorkerProgress
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.process_link import WorkerExit, WorkerLink
 from embedder.worker.processes import MULTIPROC_DIR, ProcessesSettings, run_processes
@@ -68,6 +73,47 @@ def test_a_failing_worker_is_named_and_sets_the_exit_code(
     pid = result.workers[1].pid
     assert f"worker 2 (pid {pid}) failed (exit code 3): the task broke" in caplog.text
     assert re.search(r"worker 1 \(pid \d+\) finished", caplog.text), caplog.text
+
+
+@dataclass(frozen=True)
+class ReportingUntilStopped:
+    """Reports its progress, then waits for the supervisor to pass on a stop."""
+
+    embedded: int
+
+    def __call__(self, link: WorkerLink) -> Summary:
+        async def run() -> None:
+            stopped = asyncio.Event()
+            link.attach(stopped.set)
+            link.report(WorkerProgress(embedded=self.embedded, leases=1, last_shard="s"))
+            await stopped.wait()
+
+        asyncio.run(run())
+        return Summary(embedded=self.embedded)
+
+
+def test_one_progress_line_for_all_and_a_signal_stops_every_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    line = "2 of 2 workers running: embedded 30, failed 0, rate docs per s 0.0, leases 2"
+
+    def signal_once_both_are_counted() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(line in m for m in caplog.messages):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's to pass on, even after a miss
+
+    watcher = threading.Thread(target=signal_once_both_are_counted)
+    watcher.start()
+    tasks = [ReportingUntilStopped(10), ReportingUntilStopped(20)]
+    result = run_processes(tasks, ProcessesSettings(log_interval_s=0.1))
+    watcher.join()
+
+    assert any(line in message for message in caplog.messages), caplog.text
+    assert result.exit_code == 0 and result.summary.embedded == 30
+    assert caplog.text.count("SIGTERM received: the 2 workers finish their in-flight work") == 1
+    assert caplog.text.count("the supervisor got SIGTERM: finishing in-flight work") == 2
 
 
 # One worker process's metrics: every Telemetry series touched, with values scaled by argv[1].
