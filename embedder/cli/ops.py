@@ -6,9 +6,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+from pymongo import AsyncMongoClient
 
+from embedder.cli.locating import given_dirs, output_dirs
 from embedder.cli.options import (
     DATABASE,
     DEFAULT_MONGO_URI,
@@ -44,16 +47,16 @@ def status(
     """Pending, done and failed docs, rate and ETA, workers and leases, consolidation."""
     from embedder.ops import status as queue_status
 
-    def read() -> queue_status.QueueStatus:
-        return run(
-            with_mongo(
-                mongo_uri,
-                lambda client: queue_status.collect(
-                    client, spec, consolidated_uri=dirs[1], shards_uri=dirs[0]
-                ),
-            ),
-            mongo_uri,
+    given = given_dirs(dirs)
+
+    async def collect(client: AsyncMongoClient[dict[str, Any]]) -> queue_status.QueueStatus:
+        shards_dir, consolidated_dir = await output_dirs(client, spec, given)
+        return await queue_status.collect(
+            client, spec, consolidated_uri=consolidated_dir, shards_uri=shards_dir
         )
+
+    def read() -> queue_status.QueueStatus:
+        return run(with_mongo(mongo_uri, collect), mongo_uri)
 
     def show(current: queue_status.QueueStatus) -> None:
         if watch_s and not as_json:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from embedder import logs
 from embedder.cli.options import (
     AT_LEAST_ONE,
     DIRS_HELP,
@@ -54,6 +55,7 @@ def _fleet(
     request_timeout: float,
     outage_timeout: float,
     model_revision: str | None,
+    wait_for_servers: float,
 ) -> FleetSettings:
     return FleetSettings(
         urls=endpoint_urls(tei_urls),
@@ -64,6 +66,7 @@ def _fleet(
         request_timeout_s=request_timeout,
         retry=RetryPolicy(outage_timeout_s=outage_timeout),
         model_revision=model_revision,
+        wait_for_servers_s=wait_for_servers,
     )
 
 
@@ -122,6 +125,15 @@ fleet_options = options_group(
         help="Name of the model files' revision where TEI reports none (a local model "
         "directory): recorded in the embed key, marks and shards. Change it whenever the "
         "files change.",
+    ),
+    click.option(
+        "--wait-for-servers",
+        default=default(FleetSettings, "wait_for_servers_s"),
+        show_default=True,
+        type=SECONDS_OR_ZERO,
+        envvar="EMBEDDER_WAIT_FOR_SERVERS",
+        help="Seconds to wait at start for a server to answer /health (TEI downloading its "
+        "model), logging the wait; 0: start at once, and exit when none answers.",
     ),
 )
 
@@ -370,7 +382,8 @@ def embed(
         raise click.UsageError(str(exc)) from None
     summary = run(run_embed(job), mongo_uri, job.fleet.api_key)
     write_json(summary_json, summary)
-    click.echo("\n".join(summary.lines()), err=True)
+    if not logs.json_lines_on():  # JSON lines carry the summary already: stderr stays JSON
+        click.echo("\n".join(summary.lines()), err=True)
 
 
 @click.command()
