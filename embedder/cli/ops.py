@@ -24,7 +24,7 @@ from embedder.cli.running import run, stop_flag, with_mongo
 from embedder.cli.types import POSITIVE_INT_LIST
 from embedder.errors import ConfigurationError
 from embedder.ops.autotune import SweepSettings
-from embedder.queue.spec import DEFAULT_TEXT_FIELD, QueueSpec
+from embedder.queue.spec import DEFAULT_DATABASE, DEFAULT_TEXT_FIELD, QueueSpec
 
 log = logging.getLogger("embedder")
 
@@ -155,7 +155,7 @@ def _numbers_text(numbers: tuple[int, ...]) -> str:
     default=_numbers_text(default(SweepSettings, "concurrencies")),
     show_default=True,
     type=POSITIVE_INT_LIST,
-    help="Requests in flight across the whole fleet.",
+    help="Requests in flight per endpoint, as embed --concurrency means it.",
 )
 @click.option(
     "--warmup",
@@ -256,11 +256,21 @@ def autotune(
                 )
 
         result = run(tuning.sweep(urls, texts, settings, api_key=api_key, on_cell=shown), api_key)
+    queue_args = ["--collection", collection] if collection else []
+    if collection and database != DEFAULT_DATABASE:
+        queue_args += ["--database", database]
+    if collection and text_field != DEFAULT_TEXT_FIELD:
+        queue_args += ["--text-field", text_field]
+    result.embed_command = tuning.embed_command(result, queue_args)
     markdown = tuning.report_markdown(result)
     report.with_suffix(".json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     report.with_suffix(".md").write_text(markdown)
     click.echo(markdown)
-    click.echo(f"wrote {report.with_suffix('.json')} and {report.with_suffix('.md')}")
+    click.echo(
+        f"wrote {report.with_suffix('.json').resolve()} and {report.with_suffix('.md').resolve()}"
+    )
+    if result.embed_command:
+        click.echo(f"run it: {result.embed_command}")
     if result.best is None:
         sys.exit(1)
 
