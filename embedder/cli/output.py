@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import click
 from pymongo import AsyncMongoClient
 
+from embedder import logs
 from embedder.cli.locating import given_dirs, output_dirs, record_consolidation
 from embedder.cli.options import (
     Decorator,
@@ -30,6 +32,8 @@ from embedder.storage.consolidate import (
     consolidate_every,
 )
 from embedder.storage.output_lease import LeaseHeld
+
+log = logging.getLogger("embedder")
 
 LEASE_HELD_EXIT = 4  # another consolidator holds the output
 BAD_SHARDS_EXIT = 3  # shards were left in place
@@ -68,7 +72,7 @@ def _size_option(name: str, field: str, envvar: str, help: str | None = None) ->
 )
 @click.option(
     "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path, resolve_path=True),
     envvar="EMBEDDER_WORK_DIR",
     help="Local scratch space for spill files. [default: the system temp dir]",
 )
@@ -147,7 +151,14 @@ def consolidate(
 
     def show(report: ConsolidationReport) -> None:
         write_json(report_json, report)
-        click.echo("\n".join(report.lines()), err=True)
+        if logs.json_lines_on():  # stderr stays JSON lines: the report as fields of one
+            log.info(
+                "consolidated: %s",
+                "; ".join(report.lines()),
+                extra=logs.fields(report=report.as_dict()),
+            )
+        else:
+            click.echo("\n".join(report.lines()), err=True)
 
     try:
         if watch:

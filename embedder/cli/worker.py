@@ -32,6 +32,7 @@ from embedder.errors import EmbedderError
 from embedder.fleet.routing import FleetSettings, RetryPolicy
 from embedder.fleet.tei_protocol import EmbedOptions
 from embedder.queue import connection as mongo
+from embedder.queue.output_location import absolute
 from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec
 from embedder.storage.shards import ShardSettings
@@ -142,7 +143,7 @@ def _shards(
     *, output_dir: str | None, hot_dir: Path, shard_rows: int, shard_age: float, spec: QueueSpec
 ) -> ShardSettings:
     return ShardSettings(
-        cold_uri=output_dir or default_dirs(spec)[0],
+        cold_uri=absolute(output_dir or default_dirs(spec)[0]),
         hot_dir=hot_dir,
         max_rows=shard_rows,
         max_age_s=shard_age,
@@ -165,7 +166,7 @@ shard_options = options_group(
         default=DEFAULT_HOT_DIR,
         show_default=True,
         envvar="EMBEDDER_HOT_DIR",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False, path_type=Path, resolve_path=True),
         help="Local directory where shards grow.",
     ),
     click.option(

@@ -44,10 +44,16 @@ class OutputLocation:
         )
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute, so every message names it whatever the current directory;
+    a URI as it is."""
+    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
+
+
 def location(uri: str) -> str:
     """``uri`` as recorded and shown: a local path made absolute; a URI without credentials."""
     if "://" not in uri:
-        return str(Path(uri).expanduser().resolve())
+        return absolute(uri)
     parts = urlsplit(uri)
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))

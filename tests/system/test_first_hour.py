@@ -111,6 +111,21 @@ async def test_json_logs_from_the_seed_entry_point_carry_the_summary_as_fields(
     assert finished["summary"]["failed"] == 5 and isinstance(
         finished["summary"]["elapsed_s"], float
     )
+    # The seed's consolidation script too: its report as JSON fields, nothing else on stderr.
+    dirs = ("--shards-dir", str(ws.shards), "--consolidated-dir", str(ws.root / "consolidated"))
+    merged = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "consolidate_embeddings.py", "--log-json", *dirs],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert merged.returncode == 0, merged.stderr
+    entries = [json.loads(line) for line in merged.stderr.splitlines() if line.strip()]
+    (report,) = [e["report"] for e in entries if "report" in e]
+    assert report["rows_out"] == 20
 
 
 async def test_the_worker_waits_for_a_server_that_starts_late(
