@@ -32,6 +32,16 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Comp
     )
 
 
+async def json_lines(command: list[str]) -> list[dict[str, Any]]:
+    """Run ``command`` from the repository root to success; every line of its stderr, parsed:
+    a line that is not JSON fails the test."""
+    done = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+
+
 async def test_status_and_verify_find_the_output_from_the_queue_not_the_current_directory(
     ws: Workspace, mongo: AsyncMongoClient[dict[str, Any]], tei: FaultTei, tmp_path: Path
 ) -> None:
@@ -94,17 +104,7 @@ async def test_json_logs_from_the_seed_entry_point_carry_the_summary_as_fields(
 ) -> None:
     await seed(mongo, ws.database, corpora.tweets(20))
     args = ws.args([tei.url], "--once", "--log-json", "--log-level", "DEBUG")
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    entries = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]
+    entries = await json_lines([sys.executable, *args])
     assert any(e["level"] == "debug" for e in entries)  # --log-level after the command
     (finished,) = [e for e in entries if e["message"].startswith("run finished")]
     assert finished["summary"]["embedded"] == 20
@@ -113,17 +113,7 @@ async def test_json_logs_from_the_seed_entry_point_carry_the_summary_as_fields(
     )
     # The seed's consolidation script too: its report as JSON fields, nothing else on stderr.
     dirs = ("--shards-dir", str(ws.shards), "--consolidated-dir", str(ws.root / "consolidated"))
-    merged = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "consolidate_embeddings.py", "--log-json", *dirs],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert merged.returncode == 0, merged.stderr
-    entries = [json.loads(line) for line in merged.stderr.splitlines() if line.strip()]
+    entries = await json_lines([sys.executable, "consolidate_embeddings.py", "--log-json", *dirs])
     (report,) = [e["report"] for e in entries if "report" in e]
     assert report["rows_out"] == 20
 
