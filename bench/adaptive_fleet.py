@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import functools
 import json
-import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -163,13 +162,14 @@ async def main() -> None:
                     for i, u in enumerate(urls)
                 ]
             )
-            grid = Sweep("16,32", "1,2,4,8,16,32,64,128", args.warmup, args.duration, args.p95_slo)
+            # Concurrency per endpoint, as `embed --concurrency`: 4 servers, 4 to 128 in flight.
+            grid = Sweep("16,32", "1,2,4,8,16,32", args.warmup, args.duration, args.p95_slo)
             sweep, sweep_markdown = await autotune(urls, sample, tmp / "sweep", grid)
-            seeds = Sweep("32", "256", 2 * args.warmup, args.seed_duration)
+            seeds = Sweep("32", str(256 // len(urls)), 2 * args.warmup, args.seed_duration)
             seed, _ = await autotune(urls, sample, tmp / "seed", seeds)
             best = sweep["best"]
             assert best is not None, sweep["advice"]
-            per_endpoint = max(1, math.ceil(best["concurrency"] / len(urls)))
+            per_endpoint = best["concurrency"]
             run = functools.partial(pipeline, urls=urls, texts=texts, unloaded=unloaded, out=tmp)
             runs = [
                 await run("adaptive", batch=32, concurrency=None),
@@ -181,11 +181,11 @@ async def main() -> None:
         f"fleet: 4 simulated servers, speeds {SPEEDS}; unloaded latency of a 32-doc request: "
         + ", ".join(f"{v * 1000:.0f} ms" for v in unloaded.values())
     )
-    print("\nautotune sweep (fleet-wide concurrency):")
+    print("\nautotune sweep (concurrency per endpoint):")
     print(sweep_markdown)
     print(
-        f"best fixed: batch {best['batch_size']}, concurrency {best['concurrency']} "
-        f"({per_endpoint} per endpoint in the pipeline)"
+        f"best fixed: batch {best['batch_size']}, concurrency {per_endpoint} per endpoint: "
+        f"{sweep['embed_command']}"
     )
     cell = seed["cells"][0]
     print(

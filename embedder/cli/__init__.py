@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import click
 
-from embedder import __version__, logs
+from embedder import __version__
 from embedder.cli import dev, ops, output, worker
+from embedder.cli.conventions import LOG_LEVELS, configure_logging, with_conventions
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -21,16 +22,17 @@ from embedder.cli import dev, ops, output, worker
     default="INFO",
     show_default=True,
     envvar="EMBEDDER_LOG_LEVEL",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    type=LOG_LEVELS,
 )
 @click.option("--log-json", is_flag=True, envvar="EMBEDDER_LOG_JSON", help="Log JSON lines.")
 def cli(log_level: str, log_json: bool) -> None:
     """Embed MongoDB text collections on a TEI fleet into Parquet, crash-safely."""
-    logs.configure(log_level, json_lines=log_json)
+    configure_logging(log_level, log_json)
 
 
 for command in (*worker.COMMANDS, *output.COMMANDS, *ops.COMMANDS, *dev.COMMANDS):
     cli.add_command(command)
+with_conventions(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

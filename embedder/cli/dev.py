@@ -1,5 +1,5 @@
-"""Commands for development and tests: ``serve`` (a TEI-compatible server on this machine) and
-``dev-mongo`` (an embedded MongoDB-compatible server)."""
+"""Commands for development and tests: ``serve`` (a TEI-compatible server on this machine),
+``dev-mongo`` (an embedded MongoDB-compatible server) and ``dev-samples`` (a sample corpus)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from embedder.cli.options import default
+from embedder.cli.options import DATABASE, DEFAULT_MONGO_URI, SEED_COLLECTION, default
+from embedder.cli.running import run, with_mongo
 from embedder.serve.app import ServerSettings
 
 
@@ -173,4 +174,29 @@ def dev_mongo(*, host: str, port: int, sqlite: Path | None, user: str | None) ->
     asyncio.run(devmongo.run(host, port, sqlite, user, password))
 
 
-COMMANDS = (serve, dev_mongo)
+@click.command("dev-samples")
+@click.option(
+    "--mongo-uri", default=DEFAULT_MONGO_URI, show_default=True, envvar="EMBEDDER_MONGO_URI"
+)
+@DATABASE
+@click.option("--collection", default=SEED_COLLECTION, show_default=True)
+@click.option("--count", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--first-id", default=1, show_default=True, help="Ids count up from here (to add more)."
+)
+@click.option("--seed", default=7, show_default=True, help="Another seed, other texts.")
+def dev_samples(
+    *, mongo_uri: str, database: str, collection: str, count: int, first_id: int, seed: int
+) -> None:
+    """Load generated tweet-like docs (lang "en", classified), ready for the default queue."""
+    from embedder.devtools.sample_docs import load_samples, sample_docs
+
+    docs = sample_docs(count, seed=seed, first_id=first_id)
+    run(
+        with_mongo(mongo_uri, lambda client: load_samples(client, database, collection, docs)),
+        mongo_uri,
+    )
+    click.echo(f"loaded {count} sample docs into {database}.{collection}")
+
+
+COMMANDS = (serve, dev_mongo, dev_samples)

@@ -6,9 +6,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+from pymongo import AsyncMongoClient
 
+from embedder.cli.locating import given_dirs, output_dirs
 from embedder.cli.options import (
     DATABASE,
     DEFAULT_MONGO_URI,
@@ -21,7 +24,7 @@ from embedder.cli.running import run, stop_flag, with_mongo
 from embedder.cli.types import POSITIVE_INT_LIST
 from embedder.errors import ConfigurationError
 from embedder.ops.autotune import SweepSettings
-from embedder.queue.spec import DEFAULT_TEXT_FIELD, QueueSpec
+from embedder.queue.spec import DEFAULT_DATABASE, DEFAULT_TEXT_FIELD, QueueSpec
 
 log = logging.getLogger("embedder")
 
@@ -44,16 +47,16 @@ def status(
     """Pending, done and failed docs, rate and ETA, workers and leases, consolidation."""
     from embedder.ops import status as queue_status
 
-    def read() -> queue_status.QueueStatus:
-        return run(
-            with_mongo(
-                mongo_uri,
-                lambda client: queue_status.collect(
-                    client, spec, consolidated_uri=dirs[1], shards_uri=dirs[0]
-                ),
-            ),
-            mongo_uri,
+    given = given_dirs(dirs)
+
+    async def collect(client: AsyncMongoClient[dict[str, Any]]) -> queue_status.QueueStatus:
+        shards_dir, consolidated_dir = await output_dirs(client, spec, given)
+        return await queue_status.collect(
+            client, spec, consolidated_uri=consolidated_dir, shards_uri=shards_dir
         )
+
+    def read() -> queue_status.QueueStatus:
+        return run(with_mongo(mongo_uri, collect), mongo_uri)
 
     def show(current: queue_status.QueueStatus) -> None:
         if watch_s and not as_json:
@@ -152,7 +155,7 @@ def _numbers_text(numbers: tuple[int, ...]) -> str:
     default=_numbers_text(default(SweepSettings, "concurrencies")),
     show_default=True,
     type=POSITIVE_INT_LIST,
-    help="Requests in flight across the whole fleet.",
+    help="Requests in flight per endpoint, as embed --concurrency means it.",
 )
 @click.option(
     "--warmup",
@@ -253,11 +256,21 @@ def autotune(
                 )
 
         result = run(tuning.sweep(urls, texts, settings, api_key=api_key, on_cell=shown), api_key)
+    queue_args = ["--collection", collection] if collection else []
+    if collection and database != DEFAULT_DATABASE:
+        queue_args += ["--database", database]
+    if collection and text_field != DEFAULT_TEXT_FIELD:
+        queue_args += ["--text-field", text_field]
+    result.embed_command = tuning.embed_command(result, queue_args)
     markdown = tuning.report_markdown(result)
     report.with_suffix(".json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
     report.with_suffix(".md").write_text(markdown)
     click.echo(markdown)
-    click.echo(f"wrote {report.with_suffix('.json')} and {report.with_suffix('.md')}")
+    click.echo(
+        f"wrote {report.with_suffix('.json').resolve()} and {report.with_suffix('.md').resolve()}"
+    )
+    if result.embed_command:
+        click.echo(f"run it: {result.embed_command}")
     if result.best is None:
         sys.exit(1)
 

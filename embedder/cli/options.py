@@ -14,6 +14,7 @@ import click
 
 from embedder.cli.types import JSON_OBJECT
 from embedder.errors import EmbedderError
+from embedder.queue.output_location import absolute
 from embedder.queue.spec import (
     DEFAULT_DATABASE,
     DEFAULT_EXCLUDE,
@@ -224,7 +225,9 @@ def _dirs(
     *, spec: QueueSpec | None, shards_dir: str | None, consolidated_dir: str | None
 ) -> tuple[str, str]:
     default_shards, default_consolidated = default_dirs(spec)
-    return shards_dir or default_shards, consolidated_dir or default_consolidated
+    return absolute(shards_dir or default_shards), absolute(
+        consolidated_dir or default_consolidated
+    )
 
 
 # The shards and consolidated directories; the command receives ``dirs: (shards, consolidated)``

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import click
 from pymongo import AsyncMongoClient
 
+from embedder import logs
+from embedder.cli.locating import given_dirs, output_dirs, record_consolidation
 from embedder.cli.options import (
     Decorator,
     consolidation_dirs,
@@ -29,6 +32,8 @@ from embedder.storage.consolidate import (
     consolidate_every,
 )
 from embedder.storage.output_lease import LeaseHeld
+
+log = logging.getLogger("embedder")
 
 LEASE_HELD_EXIT = 4  # another consolidator holds the output
 BAD_SHARDS_EXIT = 3  # shards were left in place
@@ -67,7 +72,7 @@ def _size_option(name: str, field: str, envvar: str, help: str | None = None) ->
 )
 @click.option(
     "--work-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path, resolve_path=True),
     envvar="EMBEDDER_WORK_DIR",
     help="Local scratch space for spill files. [default: the system temp dir]",
 )
@@ -94,6 +99,12 @@ def _size_option(name: str, field: str, envvar: str, help: str | None = None) ->
     help="Seconds the output's lease outlives a silent holder (it renews every third).",
 )
 @click.option(
+    "--mongo-uri",
+    envvar="EMBEDDER_MONGO_URI",
+    help="With --collection: record where this queue's output lives in its control document, "
+    "so status and verify find it from anywhere. [default: not recorded]",
+)
+@click.option(
     "--sole-consolidator",
     is_flag=True,
     envvar="EMBEDDER_SOLE_CONSOLIDATOR",
@@ -112,6 +123,7 @@ def consolidate(
     interval: float,
     report_json: Path | None,
     lease_ttl: float,
+    mongo_uri: str | None,
     sole_consolidator: bool,
 ) -> None:
     """Merge shards into large, de-duplicated, verified Parquet files with a manifest.
@@ -134,9 +146,19 @@ def consolidate(
     except ConfigurationError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
 
+    if spec is not None and mongo_uri:
+        record_consolidation(mongo_uri, spec, dirs)
+
     def show(report: ConsolidationReport) -> None:
         write_json(report_json, report)
-        click.echo("\n".join(report.lines()), err=True)
+        if logs.json_lines_on():  # stderr stays JSON lines: the report as fields of one
+            log.info(
+                "consolidated: %s",
+                "; ".join(report.lines()),
+                extra=logs.fields(report=report.as_dict()),
+            )
+        else:
+            click.echo("\n".join(report.lines()), err=True)
 
     try:
         if watch:
@@ -195,23 +217,19 @@ def verify(
     from embedder.ops.verify import VerifyReport
     from embedder.ops.verify import verify as run_verify
 
-    shards_dir, consolidated_dir = dirs
+    given = given_dirs(dirs)
     if doc_ids:
-        _show_lineage(spec, mongo_uri, dirs, doc_ids, as_json=as_json)
+        _show_lineage(spec, mongo_uri, given, doc_ids, as_json=as_json)
         return
-    try:
-        report = event_loop_runner()(
-            with_mongo(
-                mongo_uri,
-                lambda client: run_verify(
-                    client,
-                    spec,
-                    consolidated_dir,
-                    shards_uri=shards_dir,
-                    memory_limit=memory_limit,
-                ),
-            )
+
+    async def check(client: AsyncMongoClient[dict[str, Any]]) -> VerifyReport:
+        shards_dir, consolidated_dir = await output_dirs(client, spec, given)
+        return await run_verify(
+            client, spec, consolidated_dir, shards_uri=shards_dir, memory_limit=memory_limit
         )
+
+    try:
+        report = event_loop_runner()(with_mongo(mongo_uri, check))
     except EmbedderError as exc:
         # Whatever stopped the check is not a verdict on the data: its own exit code.
         report = VerifyReport.cannot(mongo.scrub(str(exc), mongo_uri))
@@ -222,7 +240,7 @@ def verify(
 def _show_lineage(
     spec: QueueSpec,
     mongo_uri: str,
-    dirs: tuple[str, str],
+    given: tuple[str | None, str | None],
     doc_ids: tuple[list[Any], ...],
     *,
     as_json: bool,
@@ -231,8 +249,11 @@ def _show_lineage(
     from embedder.ops.verify import VerifyReport
 
     async def collect(client: AsyncMongoClient[dict[str, Any]]) -> list[Any]:
+        shards_dir, consolidated_dir = await output_dirs(client, spec, given)
         return [
-            await lineage(client, spec, ids, consolidated_uri=dirs[1], shards_uri=dirs[0])
+            await lineage(
+                client, spec, ids, consolidated_uri=consolidated_dir, shards_uri=shards_dir
+            )
             for ids in doc_ids
         ]
 

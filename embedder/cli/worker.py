@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from embedder import logs
 from embedder.cli.options import (
     AT_LEAST_ONE,
     DIRS_HELP,
@@ -31,6 +32,7 @@ from embedder.errors import EmbedderError
 from embedder.fleet.routing import FleetSettings, RetryPolicy
 from embedder.fleet.tei_protocol import EmbedOptions
 from embedder.queue import connection as mongo
+from embedder.queue.output_location import absolute
 from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec
 from embedder.storage.shards import ShardSettings
@@ -54,6 +56,7 @@ def _fleet(
     request_timeout: float,
     outage_timeout: float,
     model_revision: str | None,
+    wait_for_servers: float,
 ) -> FleetSettings:
     return FleetSettings(
         urls=endpoint_urls(tei_urls),
@@ -64,6 +67,7 @@ def _fleet(
         request_timeout_s=request_timeout,
         retry=RetryPolicy(outage_timeout_s=outage_timeout),
         model_revision=model_revision,
+        wait_for_servers_s=wait_for_servers,
     )
 
 
@@ -123,6 +127,15 @@ fleet_options = options_group(
         "directory): recorded in the embed key, marks and shards. Change it whenever the "
         "files change.",
     ),
+    click.option(
+        "--wait-for-servers",
+        default=default(FleetSettings, "wait_for_servers_s"),
+        show_default=True,
+        type=SECONDS_OR_ZERO,
+        envvar="EMBEDDER_WAIT_FOR_SERVERS",
+        help="Seconds to wait at start for a server to answer /health (TEI downloading its "
+        "model), logging the wait; 0: start at once, and exit when none answers.",
+    ),
 )
 
 
@@ -130,7 +143,7 @@ def _shards(
     *, output_dir: str | None, hot_dir: Path, shard_rows: int, shard_age: float, spec: QueueSpec
 ) -> ShardSettings:
     return ShardSettings(
-        cold_uri=output_dir or default_dirs(spec)[0],
+        cold_uri=absolute(output_dir or default_dirs(spec)[0]),
         hot_dir=hot_dir,
         max_rows=shard_rows,
         max_age_s=shard_age,
@@ -153,7 +166,7 @@ shard_options = options_group(
         default=DEFAULT_HOT_DIR,
         show_default=True,
         envvar="EMBEDDER_HOT_DIR",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=click.Path(file_okay=False, path_type=Path, resolve_path=True),
         help="Local directory where shards grow.",
     ),
     click.option(
@@ -390,7 +403,8 @@ def embed(
         ctx.exit(result.exit_code)
     summary = run(run_embed(job), mongo_uri, job.fleet.api_key)
     write_json(summary_json, summary)
-    click.echo("\n".join(summary.lines()), err=True)
+    if not logs.json_lines_on():  # JSON lines carry the summary already: stderr stays JSON
+        click.echo("\n".join(summary.lines()), err=True)
 
 
 @click.command()

@@ -27,11 +27,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from embedder.devtools.processes import start_server
-from embedder.devtools.samples import generate
+from embedder.devtools.sample_docs import load_samples, sample_docs
 from embedder.fleet.routing import FleetSettings
 from embedder.ids import decode_id
 from embedder.ops.verify import verify
 from embedder.queue import connection as mongo
+from embedder.queue.output_location import record_output
 from embedder.queue.spec import QueueSpec
 from embedder.storage.consolidate import ConsolidateSettings, Consolidator
 from embedder.storage.shards import ShardSettings
@@ -82,21 +83,7 @@ async def _demo(root: Path, mongo_uri: str, tei_url: str, started: float) -> Non
     client = mongo.connect(mongo_uri)
     try:
         _step(f"loading {DEMO_DOCS} generated tweets into MongoDB")
-        samples = generate(DEMO_DOCS, seed=7, duplicate_rate=0.05)
-        # Small integer ids: mongoeco's SQLite engine handles ids beyond 2**53 (real tweet ids)
-        # two orders of magnitude slower in updates; MongoDB itself does not care.
-        docs = [
-            {
-                "_id": i + 1,
-                "lang": "en",
-                "classified": True,
-                "text": s.text,
-                "topic": s.topic,
-            }
-            for i, s in enumerate(samples)
-        ]
-        for first in range(0, len(docs), 250):
-            await client.demo.tweets.insert_many(docs[first : first + 250])
+        await load_samples(client, spec.database, spec.collection, sample_docs(DEMO_DOCS))
         await mongo.ensure_indexes(client, spec)
 
         _step("embedding (python embed_tweets.py --collection tweets --once ...)")
@@ -117,9 +104,13 @@ async def _demo(root: Path, mongo_uri: str, tei_url: str, started: float) -> Non
         _step("consolidating (python consolidate_embeddings.py)")
         report = Consolidator(
             ConsolidateSettings(
-                shards_uri=str(root / "shards"), output_uri=str(root / "consolidated")
+                shards_uri=str(root / "shards"),
+                output_uri=str(root / "consolidated"),
+                queue=spec.key,
             )
         ).run()
+        # So that `embedder status` and `verify` find the output later (README: after the demo).
+        await record_output(client, spec, consolidated=str(root / "consolidated"))
         _step("verifying against MongoDB (embedder verify)")
         checked = await verify(
             client, spec, str(root / "consolidated"), shards_uri=str(root / "shards")

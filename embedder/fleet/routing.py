@@ -50,6 +50,7 @@ from embedder.fleet.limits import (
     FixedInflightLimit,
     InflightLimit,
 )
+from embedder.fleet.readiness import wait_for_health
 from embedder.identity import same_vector
 from embedder.telemetry import Telemetry
 from embedder.worker.batching import BatchLimits, halves
@@ -90,6 +91,8 @@ class FleetSettings:
     # The model's revision where TEI reports none (a local model directory): in the embed key,
     # the marks and the shards, so replaced model files never share a key with the old ones.
     model_revision: str | None = None
+    # How long to wait at start for a server to answer /health (TEI loading its model).
+    wait_for_servers_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -191,6 +194,7 @@ class Fleet:
         http = httpx.AsyncClient(timeout=timeout, limits=limits)
         fleet = cls(settings, telemetry, http)
         try:
+            await wait_for_health([e.client for e in fleet._endpoints], settings.wait_for_servers_s)
             await fleet._start()
         except BaseException:
             await http.aclose()

@@ -1,12 +1,13 @@
 """``embedder autotune``: sweep client batch size x concurrency against a TEI fleet.
 
-Each cell keeps ``concurrency`` requests of ``batch_size`` real texts in flight across the
-fleet (each to the endpoint with the fewest in flight, as a load balancer would), first for a
-warm-up, then for a measured window. Requests are not retried: an error is counted, as the
-seed's own benchmark counted them, and its slot pauses briefly before the next request.
-Requests still in flight when the window closes are cancelled, and their latency so far enters
-the percentiles as a lower bound, so a queue longer than the window still shows in p95
-instead of vanishing from it.
+Concurrency is per endpoint, as ``embed --concurrency`` means it: each cell keeps
+``concurrency`` x endpoints requests of ``batch_size`` real texts in flight across the fleet
+(each to the endpoint with the fewest in flight, as the worker does), first for a warm-up,
+then for a measured window. The report ends with the ``embed`` command line of the best cell.
+Requests are not retried: an error is counted, as the seed's own benchmark counted them, and
+its slot pauses briefly before the next request. Requests still in flight when the window
+closes are cancelled, and their latency so far enters the percentiles as a lower bound, so a
+queue longer than the window still shows in p95 instead of vanishing from it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -79,6 +81,8 @@ class AutotuneReport:
     skipped: list[str]
     best: Cell | None
     advice: list[str]
+    # The `embed` command line that runs the best setting; set by whoever knows the queue.
+    embed_command: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +98,7 @@ class AutotuneReport:
             "skipped": self.skipped,
             "best": _finite(asdict(self.best)) if self.best else None,
             "advice": self.advice,
+            "embed_command": self.embed_command,
         }
 
 
@@ -150,7 +155,8 @@ async def measure_cell(
     started = time.perf_counter()
     tally = _Tally(started + warmup_s, started + warmup_s + duration_s)
     balancer = _Balancer(clients)
-    in_flight_since: list[float | None] = [None] * concurrency
+    slots = concurrency * len(clients)  # ``concurrency`` per endpoint
+    in_flight_since: list[float | None] = [None] * slots
 
     async def one_client(slot: int) -> None:
         while time.perf_counter() < tally.closes_at:
@@ -178,7 +184,7 @@ async def measure_cell(
                 tally.tokens += tokens_of(texts, embedded.tokens)
                 tally.latencies.append(done - began)
 
-    tasks = [asyncio.create_task(one_client(slot)) for slot in range(concurrency)]
+    tasks = [asyncio.create_task(one_client(slot)) for slot in range(slots)]
     await asyncio.sleep(max(0.0, tally.closes_at - time.perf_counter()))
     # What is still in flight has waited at least this long: a lower bound that keeps a queue
     # longer than the window in the percentiles.
@@ -230,9 +236,7 @@ def choose_best(cells: Sequence[Cell], slo_s: float) -> Cell | None:
     return min((c for c in meeting if c.docs_per_s >= top * 0.97), key=lambda c: c.p95_s)
 
 
-def advise(
-    cells: Sequence[Cell], slo_s: float, *, max_concurrent_requests: int, endpoints: int
-) -> list[str]:
+def advise(cells: Sequence[Cell], slo_s: float, *, max_concurrent_requests: int) -> list[str]:
     """Why no setting meets the SLO, and what to change."""
     advice = [f"no setting meets p95 <= {slo_s:g} s with zero errors"]
     clean = [c for c in cells if c.errors == 0]
@@ -242,7 +246,7 @@ def advise(
         advice.append(
             f"errors from batch {first.batch_size} x concurrency {first.concurrency} up "
             f"({first.errors_by_status}): TEI refuses a request (429) when its inputs find no "
-            f"free permit; keep batch x concurrency under {endpoints} x "
+            f"free permit; keep batch x concurrency (per endpoint) under its "
             f"{max_concurrent_requests} permits, or raise the server's --max-concurrent-requests"
         )
     if clean:
@@ -289,7 +293,8 @@ def report_markdown(report: AutotuneReport) -> str:
         f"max_client_batch_size {report.max_client_batch_size}, max_concurrent_requests "
         f"{report.max_concurrent_requests}, max_batch_tokens {report.max_batch_tokens}.",
         f"Each cell: {s.warmup_s:g} s warm-up, {s.duration_s:g} s measured. "
-        f"SLO: p95 <= {s.p95_slo_s:g} s with zero errors.",
+        f"SLO: p95 <= {s.p95_slo_s:g} s with zero errors. Concurrency: requests in flight "
+        "per endpoint, as `embed --concurrency` means it.",
         "",
         markdown_table(report.cells),
         "",
@@ -301,8 +306,31 @@ def report_markdown(report: AutotuneReport) -> str:
             f"**Best: batch {b.batch_size}, concurrency {b.concurrency}**: "
             f"{b.docs_per_s:,.1f} docs/s, p95 {b.p95_s:.3f} s."
         )
+        cap = max(1, report.max_concurrent_requests // 2)
+        if b.batch_size * b.concurrency > cap:
+            parts.append(
+                f"- the worker keeps inputs in flight under half the server's permits ({cap}), "
+                f"so it runs this setting with {cap} inputs in flight per endpoint"
+            )
     parts += [f"- {line}" for line in report.advice]
+    if report.embed_command:
+        parts += ["", "Run it:", "", f"    {report.embed_command}"]
     return "\n".join(parts) + "\n"
+
+
+def embed_command(report: AutotuneReport, queue_args: Sequence[str] = ()) -> str | None:
+    """``embedder embed`` with the best cell's batch size and concurrency (no secrets: the
+    API key and the MongoDB URI come from the environment)."""
+    if report.best is None:
+        return None
+    return shlex.join(
+        [
+            *("embedder", "embed", *queue_args),
+            *("--tei-urls", ",".join(report.endpoints)),
+            *("--batch-size", str(report.best.batch_size)),
+            *("--concurrency", str(report.best.concurrency)),
+        ]
+    )
 
 
 async def sweep(
@@ -361,11 +389,7 @@ async def sweep(
             cells += row
     best = choose_best(cells, settings.p95_slo_s)
     permits = min(i.max_concurrent_requests for i in infos)
-    advice = (
-        []
-        if best
-        else advise(cells, settings.p95_slo_s, max_concurrent_requests=permits, endpoints=len(urls))
-    )
+    advice = [] if best else advise(cells, settings.p95_slo_s, max_concurrent_requests=permits)
     return AutotuneReport(
         settings=settings,
         endpoints=[c.url for c in clients],

@@ -57,6 +57,8 @@ class QueueStatus:
     consolidated_files: int | None = None
     last_consolidation: str | None = None
     shards_waiting: int | None = None
+    shards_dir: str | None = None  # where the output is read: the queue's recorded locations
+    consolidated_dir: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,6 +89,10 @@ class QueueStatus:
             lines.append(
                 f"  consolidated {self.consolidated_rows:,} rows in {self.consolidated_files} files "
                 f"(last run {self.last_consolidation or 'never'}); shards waiting {self.shards_waiting}"
+            )
+        if self.shards_dir or self.consolidated_dir:
+            lines.append(
+                f"  output: shards {self.shards_dir or '-'}; consolidated {self.consolidated_dir or '-'}"
             )
         return lines
 
@@ -133,6 +139,7 @@ async def collect(
         workers=workers,
         leases=len((control or {}).get("leases") or []),
     )
+    status.shards_dir, status.consolidated_dir = shards_uri, consolidated_uri
     if consolidated_uri:
         _consolidation(status, consolidated_uri, shards_uri)
     return status

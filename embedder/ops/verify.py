@@ -111,6 +111,7 @@ class VerifyReport:
     other_text: Finding = field(default_factory=Finding)
     shards_not_consolidated: int = 0
     could_not_check: str | None = None
+    output_uri: str | None = None  # the consolidated output checked
 
     @classmethod
     def cannot(cls, reason: str) -> VerifyReport:
@@ -167,7 +168,7 @@ class VerifyReport:
         lines = [
             f"verify: {verdict.label}",
             f"  output: {self.rows} rows in {self.files} files, model {self.model_id}, "
-            f"dimension {self.dimension}, queue {self.queue}",
+            f"dimension {self.dimension}, queue {self.queue}, at {self.output_uri}",
             mongo,
             f"  missing from the output: {self.missing.text()}",
             f"  duplicate rows: {self.duplicate_rows}; NaN/inf rows: {self.nonfinite_rows}; "
@@ -208,7 +209,7 @@ async def verify(
     norm_tolerance: float = 1e-3,
 ) -> VerifyReport:
     """Raises ``EmbedderError`` (``CannotVerifyError`` among them) when nothing could be checked."""
-    report = VerifyReport(queue=spec.key)
+    report = VerifyReport(queue=spec.key, output_uri=output_uri)
     # The cheap checks first: whose output this is, before a pass over every mark.
     if shards_uri:
         report.shards_not_consolidated = _check_shards(shards_uri, spec)

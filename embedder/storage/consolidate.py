@@ -182,12 +182,22 @@ class CommitRecord:
         return cls(**body)
 
 
+class NoShardsDirectory(StorageError):
+    """The shards directory does not exist: nothing was written there (yet)."""
+
+
 class Consolidator:
     def __init__(self, settings: ConsolidateSettings) -> None:
         self.settings = settings
         self.fs_in, self.root_in = storage.open_root(
-            settings.shards_uri, filesystem=settings.shards_filesystem
+            settings.shards_uri, create=False, filesystem=settings.shards_filesystem
         )
+        if storage.is_local(self.fs_in) and not Path(self.root_in).is_dir():
+            raise NoShardsDirectory(
+                f"no shards directory at {self.root_in}: nothing to consolidate. The embedder "
+                "creates it when it writes its first shard; name the directory it writes "
+                "(embed --output-dir) with --shards-dir, or its queue with --collection"
+            )
         self.fs_out, self.root_out = storage.open_root(
             settings.output_uri, filesystem=settings.output_filesystem
         )
@@ -636,8 +646,8 @@ def consolidate_every(
     while True:
         try:
             on_report(Consolidator(settings).run())
-        except LeaseHeld as held:
-            log.warning("%s; waiting", held)
+        except (LeaseHeld, NoShardsDirectory) as waiting:
+            log.warning("%s; waiting", waiting)
         if stop.wait(every_s):
             return
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from embedder import logs
 from embedder.errors import ConfigurationError
 from embedder.fleet.routing import Fleet
 from embedder.queue.heartbeat import WorkerProgress
@@ -215,7 +216,11 @@ class Worker:
         await _shielded(self._release_held())
         self._progress.close()
         await self._queue.leave()
-        log.info("run finished: %s", self.summary.as_dict())
+        log.info(
+            "run finished: %s",
+            "; ".join(self.summary.lines()),
+            extra=logs.fields(summary=self.summary.as_dict()),
+        )
         return self.summary
 
     # --- claim ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from embedder.fleet.routing import Fleet, FleetSettings
 from embedder.identity import embed_key
 from embedder.queue import connection as mongo
 from embedder.queue.heartbeat import WorkerProgress
+from embedder.queue.output_location import record_output
 from embedder.queue.retry import MongoRetry
 from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec
@@ -103,6 +104,8 @@ async def run_embed(job: EmbedJob, supervisor: Supervised | None = None) -> Summ
         try:
             key = embed_key(fleet.info, job.fleet.options, fleet.dimension)
             await asyncio.to_thread(_check_shards_are_ours, job.shards, key, fleet)
+            if job.shards.filesystem is None:  # else a path only this process can open
+                await record_output(client, job.queue, shards=job.shards.cold_uri)
             writer = ShardWriter(
                 job.shards,
                 owner=queue.owner,

@@ -37,7 +37,8 @@ SMOKES = (
         ),
         (
             r"^\| +16 \| +1 \| [\d,.]+ \|",
-            r"^best fixed: batch \d+, concurrency \d+ \(\d+ per endpoint in the pipeline\)$",
+            r"^best fixed: batch \d+, concurrency \d+ per endpoint: embedder embed --tei-urls \S+ "
+            r"--batch-size \d+ --concurrency \d+$",
             r"^the seed's setting through the same command .* docs/s, p50 [\d.]+ s",
             r"^\| adaptive +\| [\d,]+ \| [\d.]+ \|",
             r"^\| best-fixed +\| [\d,]+ \| 1\.00 \|",
