@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from embedder import __version__
-from embedder.cli import dev, ops, output, worker
+from embedder.cli import dev, files, ops, output, worker
 from embedder.cli.conventions import LOG_LEVELS, configure_logging, with_conventions
 
 
@@ -30,7 +30,13 @@ def cli(log_level: str, log_json: bool) -> None:
     configure_logging(log_level, log_json)
 
 
-for command in (*worker.COMMANDS, *output.COMMANDS, *ops.COMMANDS, *dev.COMMANDS):
+for command in (
+    *worker.COMMANDS,
+    *files.COMMANDS,
+    *output.COMMANDS,
+    *ops.COMMANDS,
+    *dev.COMMANDS,
+):
     cli.add_command(command)
 with_conventions(cli)
 
