@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from embedder import __version__, logs
-from embedder.cli import dev, ops, output, worker
+from embedder.cli import dev, ops, output, transfer, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,7 +29,13 @@ def cli(log_level: str, log_json: bool) -> None:
     logs.configure(log_level, json_lines=log_json)
 
 
-for command in (*worker.COMMANDS, *output.COMMANDS, *ops.COMMANDS, *dev.COMMANDS):
+for command in (
+    *worker.COMMANDS,
+    *output.COMMANDS,
+    *transfer.COMMANDS,
+    *ops.COMMANDS,
+    *dev.COMMANDS,
+):
     cli.add_command(command)
 
 

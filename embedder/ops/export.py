@@ -1,0 +1,406 @@
+"""``embedder export``: the consolidated output as one matrix in corpus order, checked.
+
+Writes a NumPy ``.npy`` (through a memory map) and/or a pickle of ``{"ids": [...],
+"embeddings": float32 matrix}`` (written from the ``.npy``), then checks what users of the
+seed's pickles check: every row present (naming the missing), the shape, every norm within a
+tolerance of 1.0 and the file's size (the ``.npy`` header plus rows x dimension x 4 bytes). A
+row the output lacks is NaN in the matrix and ``None`` in the ids, and fails the export.
+
+Memory stays bounded whatever the output's size: the output is streamed a record batch at a
+time, the order is worked out in an on-disk DuckDB database (``export_order``), and the
+matrix is written through a map that is dropped every few hundred megabytes. Only the
+pickle's ids list is held whole (a pickle is loaded whole anyway).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from embedder.errors import ConfigurationError, EmbedderError, StorageError
+from embedder.ops.export_order import POSITION, SAMPLE, CorpusOrder, OrderBy, Placement
+from embedder.ops.matrix_file import DTYPE, MatrixWriter, npy_data_offset, write_pickle
+from embedder.ops.verify import Finding, Verdict
+from embedder.storage import filesystems as storage
+from embedder.storage import manifest as mf
+from embedder.storage.workdb import open_work_db
+
+log = logging.getLogger(__name__)
+
+_READ_ROWS = 16_384
+
+
+class CannotExportError(EmbedderError):
+    """Nothing to export: no output, or one whose files cannot be read as one matrix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSettings:
+    consolidated_uri: str
+    npy: Path | None = None
+    pickle: Path | None = None
+    # None: by position where the output's rows carry one (a file corpus), else by _id.
+    order_by: OrderBy | None = None
+    ids_file: Path | None = None
+    expect_rows: int | None = None
+    norm_tolerance: float = 1e-3
+    memory_limit_bytes: int = 512 << 20
+    work_dir: Path | None = None
+    filesystem: pafs.FileSystem | None = None
+
+    def __post_init__(self) -> None:
+        if self.npy is None and self.pickle is None:
+            raise ConfigurationError("name an .npy file, a pickle file or both to write")
+        if self.ids_file is not None and self.order_by not in (None, OrderBy.IDS_FILE):
+            raise ConfigurationError(
+                f"an ids file gives the order: not also --order-by {self.order_by}"
+            )
+        if self.expect_rows is not None and self.expect_rows < 0:
+            raise ConfigurationError("the expected number of rows cannot be negative")
+        if self.norm_tolerance <= 0:
+            raise ConfigurationError("the norm tolerance must be positive")
+
+
+@dataclass
+class ExportReport:
+    source: str
+    order: str = ""
+    npy: str | None = None
+    pickle: str | None = None
+    model_id: str | None = None
+    output_rows: int = 0
+    shape: tuple[int, int] | None = None  # as the written file's header says
+    expected_shape: tuple[int, int] | None = None
+    placement: Placement = field(default_factory=Placement)
+    normalized: bool = True
+    nonfinite: Finding = field(default_factory=Finding)
+    off_norm: Finding = field(default_factory=Finding)
+    norm_tolerance: float = 1e-3
+    file_size: int | None = None
+    expected_file_size: int | None = None
+    elapsed_s: float = 0.0
+    could_not_check: str | None = None
+
+    @classmethod
+    def cannot(cls, source: str, reason: str) -> ExportReport:
+        return cls(source, could_not_check=reason)
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.could_not_check is not None:
+            return Verdict.COULD_NOT_CHECK
+        return Verdict.FAILED if self.failures() else Verdict.OK
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict is Verdict.OK
+
+    def failures(self) -> list[str]:
+        """One line per failed check."""
+        found = self.placement
+        failed: list[str] = []
+        if found.missing.count or found.missing_unnamed:
+            failed.append(self._missing_line())
+        if found.duplicate_ids.count:
+            failed.append(
+                f"ids held by more than one row: {found.duplicate_ids.count} extra rows "
+                f"(ids {', '.join(found.duplicate_ids.sample)})"
+            )
+        if found.shared_places.count:
+            where = "positions" if self.order == OrderBy.POSITION else "lines of the ids file"
+            failed.append(
+                f"{where} held by rows of different ids: {found.shared_places.count} "
+                f"({', '.join(found.shared_places.sample)})"
+            )
+        if found.ids_listed_twice.count:
+            failed.append(
+                f"ids listed twice in the ids file: {found.ids_listed_twice.count} "
+                f"({', '.join(found.ids_listed_twice.sample)})"
+            )
+        if found.unplaced.count:
+            failed.append(
+                f"rows with no place in the order ({self._beyond()}): {found.unplaced.count} "
+                f"(ids {', '.join(found.unplaced.sample)})"
+            )
+        if self.shape != self.expected_shape:
+            failed.append(f"shape {self.shape}, expected {self.expected_shape}")
+        if self.nonfinite.count:
+            failed.append(
+                f"rows holding NaN or infinity: {self.nonfinite.count} ({self.nonfinite.text()})"
+            )
+        if self.off_norm.count:
+            failed.append(
+                f"norms off 1.0 by more than {self.norm_tolerance:g}: {self.off_norm.count} rows "
+                f"({', '.join(self.off_norm.sample)})"
+            )
+        if self.file_size != self.expected_file_size:
+            failed.append(
+                f"file size {self.file_size} bytes, expected {self.expected_file_size} "
+                "(header + rows x dimension x 4)"
+            )
+        return failed
+
+    def _missing_line(self) -> str:
+        found = self.placement
+        expected = found.expected_rows if found.expected_rows is not None else found.rows
+        if found.missing_unnamed:
+            return (
+                f"missing rows: {found.missing_unnamed} of {expected} expected "
+                f"(the output holds {self.output_rows}; give --ids to name them)"
+            )
+        what = "positions" if self.order == OrderBy.POSITION else "ids"
+        return (
+            f"missing rows: {found.missing.count} of {expected} expected "
+            f"({what} {', '.join(found.missing.sample)}"
+            + (", ..." if found.missing.count > len(found.missing.sample) else "")
+            + ")"
+        )
+
+    def _beyond(self) -> str:
+        if self.order == OrderBy.POSITION:
+            return f"position past the {self.placement.rows} expected"
+        return "not in the ids file"
+
+    def lines(self) -> list[str]:
+        if self.could_not_check is not None:
+            return [f"export: {Verdict.COULD_NOT_CHECK.label}: {self.could_not_check}"]
+        written = ", ".join(p for p in (self.npy, self.pickle) if p)
+        failures = self.failures()
+        head = (
+            f"export: {'OK' if not failures else 'FAILED'}: {self.shape} float32 in "
+            f"{self.order} order from {self.output_rows} rows of {self.model_id} -> {written} "
+            f"({self.elapsed_s}s)"
+        )
+        notes = []
+        if self.placement.expected_rows is None and self.order != OrderBy.ID:
+            notes.append(
+                "  note: the number of rows is taken from the highest position; "
+                "give --expect-rows to check for rows missing at the end"
+            )
+        if not self.normalized:
+            notes.append("  note: the output's vectors are not normalized: norms not checked")
+        return [head, *(f"  {line}" for line in failures), *notes]
+
+    def as_dict(self) -> dict[str, Any]:
+        plain = dataclasses.asdict(self)
+        plain["failures"] = self.failures()
+        return {**plain, "ok": self.ok, "exit_code": self.verdict.value}
+
+
+def export(settings: ExportSettings) -> ExportReport:
+    """Raises ``EmbedderError`` when nothing could be exported (no output, unreadable files)."""
+    started = time.monotonic()
+    fs, root = storage.open_root(
+        settings.consolidated_uri, create=False, filesystem=settings.filesystem
+    )
+    manifest = _manifest(fs, root, settings.consolidated_uri)
+    paths = [f"{root}/{f.name}" for f in manifest.files]
+    dimension, has_position = _layout(fs, paths, manifest)
+    order_by = settings.order_by or (
+        OrderBy.IDS_FILE if settings.ids_file else OrderBy.POSITION if has_position else OrderBy.ID
+    )
+    if order_by is OrderBy.POSITION and not has_position:
+        raise ConfigurationError(
+            f"the output's rows carry no {POSITION!r} column (not a file corpus's): "
+            "order by id or give an ids file"
+        )
+    report = ExportReport(
+        settings.consolidated_uri,
+        order=order_by.value,
+        npy=str(settings.npy) if settings.npy else None,
+        pickle=str(settings.pickle) if settings.pickle else None,
+        model_id=manifest.model_id,
+        normalized=manifest.normalized is not False,
+        norm_tolerance=settings.norm_tolerance,
+    )
+    with tempfile.TemporaryDirectory(prefix="export-", dir=settings.work_dir) as tmp:
+        con = open_work_db(Path(tmp), settings.memory_limit_bytes)
+        try:
+            order = CorpusOrder(
+                con, order_by, expect_rows=settings.expect_rows, ids_file=settings.ids_file
+            )
+            report.output_rows = _read_keys(fs, paths, order)
+            report.placement = order.place()
+            npy = settings.npy or Path(tmp) / "matrix.npy"
+            _write_matrix(fs, paths, order, report, npy=npy, dimension=dimension)
+            _check_file(npy, report, dimension)
+            if settings.pickle is not None:
+                log.info("export: writing the pickle %s", settings.pickle)
+                write_pickle(npy, settings.pickle, order.ids(report.placement.rows))
+        except duckdb.Error as exc:
+            raise StorageError(f"the work database in {tmp} failed: {exc}") from exc
+        finally:
+            con.close()
+    report.elapsed_s = round(time.monotonic() - started, 2)
+    return report
+
+
+def _manifest(fs: pafs.FileSystem, root: str, uri: str) -> mf.Manifest:
+    if not storage.exists(fs, f"{root}/{mf.MANIFEST_NAME}"):
+        raise CannotExportError(
+            f"no output at {uri} (no {mf.MANIFEST_NAME}): run consolidate first"
+        )
+    try:
+        return mf.load(fs, root)
+    except (ValueError, TypeError) as exc:
+        raise StorageError(f"{root}/{mf.MANIFEST_NAME} is unreadable: {exc}") from exc
+
+
+def _layout(fs: pafs.FileSystem, paths: list[str], manifest: mf.Manifest) -> tuple[int, bool]:
+    """The output's dimension, and whether every file's rows carry their corpus position."""
+    dimensions: set[int] = set()
+    positions = bool(paths)
+    for path in paths:
+        schema = _open(fs, path).schema_arrow
+        kind = schema.field("embedding").type
+        if not pa.types.is_fixed_size_list(kind) or kind.value_type != pa.float32():
+            raise CannotExportError(f"{path}: embedding column is {kind}, not float32 vectors")
+        dimensions.add(kind.list_size)
+        positions = positions and POSITION in schema.names
+    if manifest.dimension is not None:
+        dimensions.add(manifest.dimension)
+    if len(dimensions) != 1:
+        raise CannotExportError(
+            "the output holds no vectors"
+            if not dimensions
+            else f"several dimensions: {sorted(dimensions)}"
+        )
+    return dimensions.pop(), positions
+
+
+def _open(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(fs.open_input_file(path))
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read output file {path}: {exc}") from exc
+
+
+def _batches(fs: pafs.FileSystem, path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    parquet = _open(fs, path)
+    try:
+        yield from parquet.iter_batches(batch_size=_READ_ROWS, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read output file {path}: {exc}") from exc
+    finally:
+        parquet.close()
+
+
+def _read_keys(fs: pafs.FileSystem, paths: list[str], order: CorpusOrder) -> int:
+    rows = 0
+    for file, path in enumerate(paths):
+        first = 0
+        for batch in _batches(fs, path, order.columns):
+            order.add_keys(file, first, batch)
+            first += batch.num_rows
+        rows += first
+    return rows
+
+
+def _write_matrix(
+    fs: pafs.FileSystem,
+    paths: list[str],
+    order: CorpusOrder,
+    report: ExportReport,
+    *,
+    npy: Path,
+    dimension: int,
+) -> None:
+    """Every row's vector to its place, checked on the way; unfilled rows are NaN."""
+    rows = report.placement.rows
+    log.info("export: writing %s rows x %s to %s", rows, dimension, npy)
+    writer = MatrixWriter(npy, rows, dimension)
+    try:
+        places = _Places(order)
+        for file, path in enumerate(paths):
+            for batch in _batches(fs, path, ["_id", "embedding"]):
+                targets = places.take(file, batch.num_rows)
+                vectors = np.asarray(batch.column("embedding").flatten()).reshape(-1, dimension)
+                _check_vectors(batch, vectors, targets, report)
+                placed = targets >= 0
+                writer.put(targets[placed], vectors[placed])
+        places.finish()
+        for unfilled in order.unfilled(rows):
+            writer.fill(unfilled, np.nan)
+        writer.finish()
+    except BaseException:
+        writer.abandon()
+        raise
+
+
+class _Places:
+    """The order's targets, taken a batch at a time in step with the output's batches."""
+
+    def __init__(self, order: CorpusOrder) -> None:
+        self._stream = order.targets()
+        self._file = -1
+        self._left = np.empty(0, np.int64)
+
+    def take(self, file: int, n: int) -> np.ndarray:
+        parts: list[np.ndarray] = []
+        while n:
+            if not len(self._left):
+                self._file, self._left = next(self._stream)
+            if self._file != file:
+                raise StorageError(f"output file {file} changed while it was exported")
+            part, self._left = self._left[:n], self._left[n:]
+            parts.append(part)
+            n -= len(part)
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def finish(self) -> None:
+        """Read the stream to its end (the work database serves one result at a time)."""
+        if len(self._left) or next(self._stream, None) is not None:
+            raise StorageError("the output holds more rows than when it was read")
+
+
+def _check_vectors(
+    batch: pa.RecordBatch, vectors: np.ndarray, targets: np.ndarray, report: ExportReport
+) -> None:
+    finite = np.isfinite(vectors).all(axis=1)
+    _note(report.nonfinite, batch, np.flatnonzero(~finite), targets, None)
+    if not report.normalized:
+        return
+    norms = np.linalg.norm(np.where(finite[:, None], vectors, 0), axis=1)
+    off = np.flatnonzero(finite & (np.abs(norms - 1.0) > report.norm_tolerance))
+    _note(report.off_norm, batch, off, targets, norms)
+
+
+def _note(
+    finding: Finding,
+    batch: pa.RecordBatch,
+    rows: np.ndarray,
+    targets: np.ndarray,
+    norms: np.ndarray | None,
+) -> None:
+    finding.count += len(rows)
+    ids = batch.column("_id")
+    for row in rows[: max(0, SAMPLE - len(finding.sample))].tolist():
+        text = f"id {ids[row].as_py()} at row {targets[row]}"
+        finding.sample.append(text + (f" (norm {norms[row]:.4f})" if norms is not None else ""))
+
+
+def _check_file(npy: Path, report: ExportReport, dimension: int) -> None:
+    """The shape and dtype the written file's header declares, and its size."""
+    expected_rows = report.placement.expected_rows
+    report.expected_shape = (
+        expected_rows if expected_rows is not None else report.placement.rows,
+        dimension,
+    )
+    offset, shape, dtype = npy_data_offset(npy)
+    if dtype != DTYPE or len(shape) != 2:
+        raise StorageError(f"{npy} holds {dtype} of shape {shape}, not a float32 matrix")
+    report.shape = (int(shape[0]), int(shape[1]))
+    report.file_size = npy.stat().st_size
+    report.expected_file_size = offset + report.shape[0] * report.shape[1] * DTYPE.itemsize
