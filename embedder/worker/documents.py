@@ -11,7 +11,7 @@ from bson.codec_options import CodecOptions
 
 from embedder.identity import hash_utf8
 
-_MISSING = object()
+MISSING = object()
 
 
 class FailureCause(enum.StrEnum):
@@ -74,11 +74,11 @@ def reading_options(base: CodecOptions[Any]) -> CodecOptions[Any]:
 
 
 def get_path(document: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path (``extended_tweet.full_text``), or ``_MISSING``."""
+    """The value at a dotted path (``extended_tweet.full_text``), or ``MISSING``."""
     value: Any = document
     for part in path.split("."):
         if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
+            return MISSING
         value = value[part]
     return value
 
@@ -86,7 +86,7 @@ def get_path(document: Mapping[str, Any], path: str) -> Any:
 def to_doc(document: Mapping[str, Any], text_field: str) -> Doc | Rejected:
     doc_id = document["_id"]
     value = get_path(document, text_field)
-    if value is _MISSING or value is None:
+    if value is MISSING or value is None:
         return Rejected(doc_id, f"missing text field {text_field!r}", FailureCause.MISSING_FIELD)
     if not isinstance(value, str):
         return Rejected(
