@@ -1,4 +1,5 @@
-"""Commands that move data in and out: ``export`` the output as one matrix in corpus order."""
+"""Commands that move data in and out: ``export`` the output as one matrix in corpus order,
+``load`` a file corpus into MongoDB."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from pathlib import Path
 
 import click
 
-from embedder.cli.options import default
-from embedder.cli.running import write_json
+from embedder.cli.options import DATABASE, MONGO_URI, TEXT_FIELD_HELP, default
+from embedder.cli.running import run, with_mongo, write_json
 from embedder.cli.types import BYTE_SIZE, size_text
 from embedder.errors import ConfigurationError, EmbedderError
+from embedder.files.readers import open_source
+from embedder.files.records import FORMATS
+from embedder.files.to_mongo import LoadSettings, load
 from embedder.ops.export import ExportReport, ExportSettings, export
 from embedder.ops.export_order import OrderBy
 
@@ -124,4 +128,73 @@ def export_command(
     sys.exit(report.verdict.value)
 
 
-COMMANDS = (export_command,)
+@click.command(name="load")
+@click.argument("corpus")
+@click.option("--collection", required=True, envvar="EMBEDDER_COLLECTION", help="Load into it.")
+@DATABASE
+@MONGO_URI
+@click.option(
+    "--format",
+    "corpus_format",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="The corpus's format; auto goes by its name (a directory is a Parquet dataset).",
+)
+@click.option("--text-field", default="text", show_default=True, help=TEXT_FIELD_HELP)
+@click.option(
+    "--id-field",
+    help="Field holding each record's id (a string or an integer), the doc's _id. "
+    "[default: the record's 0-based position in the file]",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=default(LoadSettings, "batch_size"),
+    show_default=True,
+    help="Documents per bulk insert.",
+)
+@click.option(
+    "--failures-file",
+    type=_FILE,
+    help="Write every bad record here, one JSON object a line (position, line_or_row, id, "
+    "reason, cause).",
+)
+@click.option("--report-json", type=_FILE, help="Write the summary here as JSON.")
+def load_command(
+    *,
+    corpus: str,
+    collection: str,
+    database: str,
+    mongo_uri: str,
+    corpus_format: str,
+    text_field: str,
+    id_field: str | None,
+    batch_size: int,
+    failures_file: Path | None,
+    report_json: Path | None,
+) -> None:
+    """Stream a file corpus (NDJSON, Parquet, CSV/TSV, pickle) into a MongoDB collection.
+
+    Each record becomes {_id, <text field>: text}. Resumable: a rerun skips the records
+    already there. Bad records are reported with their line or row and reason, and never
+    stop the load. Exit 1 when a write failed for another reason than the record being there.
+    """
+    try:
+        settings = LoadSettings(
+            source=open_source(corpus, corpus_format, text_field=text_field, id_field=id_field),
+            database=database,
+            collection=collection,
+            batch_size=batch_size,
+            failures_path=failures_file,
+        )
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = run(with_mongo(mongo_uri, lambda client: load(client, settings)), mongo_uri)
+    write_json(report_json, report)
+    click.echo("\n".join(report.lines()), err=True)
+    if not report.ok:
+        sys.exit(1)
+
+
+COMMANDS = (export_command, load_command)
