@@ -7,6 +7,7 @@ for counters, ``_seconds`` and ``_bytes`` units.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import Counter as TallyCounter
 from dataclasses import dataclass, field
@@ -220,7 +221,8 @@ class Telemetry:
         self.summary.embedded += count
         self.docs_embedded.inc(count)
 
-    def failed(self, reason: str, cause: FailureCause) -> None:
+    def failed(self, reason: str, cause: enum.StrEnum) -> None:
+        """A doc (``FailureCause``) or a file corpus's record (``BadCause``) failed for good."""
         self.summary.failed += 1
         self.summary.failure_reasons[reason] += 1
         self.docs_failed.labels(cause=cause.value).inc()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from embedder import __version__, logs
-from embedder.cli import dev, ops, output, transfer, worker
+from embedder.cli import dev, files, ops, output, transfer, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -31,6 +31,7 @@ def cli(log_level: str, log_json: bool) -> None:
 
 for command in (
     *worker.COMMANDS,
+    *files.COMMANDS,
     *output.COMMANDS,
     *transfer.COMMANDS,
     *ops.COMMANDS,

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,14 +20,65 @@ from embedder.cli.options import (
 )
 from embedder.cli.running import run, stop_flag, with_mongo
 from embedder.cli.types import POSITIVE_INT_LIST
-from embedder.errors import ConfigurationError
+from embedder.errors import ConfigurationError, EmbedderError
 from embedder.ops.autotune import SweepSettings
 from embedder.queue.spec import DEFAULT_TEXT_FIELD, QueueSpec
 
 log = logging.getLogger("embedder")
 
 
-@click.command()
+@click.command("status")
+@click.option(
+    "--output-dir",
+    required=True,
+    help="A file corpus's output (embed-files --output-dir).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option(
+    "--watch", "watch_s", type=float, default=None, help="Refresh every N seconds until Ctrl-C."
+)
+def files_status(*, output_dir: str, as_json: bool, watch_s: float | None) -> None:
+    """A file corpus's chunks done, leased (by whom, since when) and pending, rows, rate and
+    ETA, read from its output alone: no MongoDB."""
+    from embedder.files import status as corpus_status
+    from embedder.ops import status as queue_status
+
+    def read() -> corpus_status.FilesStatus:
+        try:
+            return corpus_status.collect(output_dir)
+        except EmbedderError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    def show(current: corpus_status.FilesStatus) -> None:
+        if watch_s and not as_json:
+            click.clear()
+        click.echo(
+            json.dumps(current.as_dict(), indent=2) if as_json else "\n".join(current.lines())
+        )
+
+    if watch_s:
+        queue_status.watch(read, show, every_s=watch_s, stop=stop_flag())
+    else:
+        show(read())
+
+
+class _QueueOrFilesStatus(click.Command):
+    """``status`` of a queue, or with ``--output-dir`` of a file corpus (which has no queue
+    options to require)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        if any(a == "--output-dir" or a.startswith("--output-dir=") for a in args):
+            return files_status.make_context(info_name, args, parent, **extra)
+        return super().make_context(info_name, args, parent, **extra)
+
+
+@click.command(cls=_QueueOrFilesStatus)
 @queue_options
 @consolidation_dirs
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
@@ -41,7 +93,11 @@ def status(
     as_json: bool,
     watch_s: float | None,
 ) -> None:
-    """Pending, done and failed docs, rate and ETA, workers and leases, consolidation."""
+    """Pending, done and failed docs, rate and ETA, workers and leases, consolidation.
+
+    For a file corpus: `embedder status --output-dir DIR [--json] [--watch N]` (chunks done,
+    leased and pending, rows, rate, ETA; no MongoDB).
+    """
     from embedder.ops import status as queue_status
 
     def read() -> queue_status.QueueStatus:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,12 +15,19 @@ from embedder.cli.options import (
     Decorator,
     consolidation_dirs,
     default,
+    default_dirs,
     queue_naming_options,
     queue_options,
 )
 from embedder.cli.running import event_loop_runner, stop_flag, with_mongo, write_json
 from embedder.cli.types import BYTE_SIZE, DOC_ID, size_text
 from embedder.errors import ConfigurationError, EmbedderError
+from embedder.files.consolidate_outputs import (
+    PartsReport,
+    consolidate_outputs,
+    default_consolidated,
+    find_outputs,
+)
 from embedder.queue import connection as mongo
 from embedder.queue.spec import QueueSpec
 from embedder.storage.consolidate import (
@@ -94,6 +102,14 @@ def _size_option(name: str, field: str, envvar: str, help: str | None = None) ->
     help="Seconds the output's lease outlives a silent holder (it renews every third).",
 )
 @click.option(
+    "--output-dir",
+    "files_outputs",
+    multiple=True,
+    help="Outputs of embed-files to merge instead of --shards-dir (repeatable): one run's, "
+    "each --part's, or a directory holding them. [--consolidated-dir default: "
+    "<output-dir>/consolidated for one]",
+)
+@click.option(
     "--sole-consolidator",
     is_flag=True,
     envvar="EMBEDDER_SOLE_CONSOLIDATOR",
@@ -112,6 +128,7 @@ def consolidate(
     interval: float,
     report_json: Path | None,
     lease_ttl: float,
+    files_outputs: tuple[str, ...],
     sole_consolidator: bool,
 ) -> None:
     """Merge shards into large, de-duplicated, verified Parquet files with a manifest.
@@ -119,6 +136,9 @@ def consolidate(
     One consolidator commits to an output at a time: another one holding it makes this one
     exit 4 naming the holder, or wait for it with --watch.
     """
+    if files_outputs:
+        given = dirs[1] != default_dirs(spec)[1]
+        dirs = (dirs[0], dirs[1] if given else "")
     try:
         settings = ConsolidateSettings(
             shards_uri=dirs[0],
@@ -134,11 +154,15 @@ def consolidate(
     except ConfigurationError as exc:
         raise click.ClickException(f"configuration: {exc}") from None
 
-    def show(report: ConsolidationReport) -> None:
+    def show(report: ConsolidationReport | PartsReport) -> None:
         write_json(report_json, report)
         click.echo("\n".join(report.lines()), err=True)
 
     try:
+        if files_outputs:
+            parts = _consolidate_files(files_outputs, settings)
+            show(parts)
+            sys.exit(BAD_SHARDS_EXIT if parts.bad_shards else 0)
         if watch:
             consolidate_every(settings, every_s=interval, stop=stop_flag(), on_report=show)
             return
@@ -151,6 +175,15 @@ def consolidate(
     show(report)
     if report.bad_shards:
         sys.exit(BAD_SHARDS_EXIT)
+
+
+def _consolidate_files(uris: tuple[str, ...], settings: ConsolidateSettings) -> PartsReport:
+    """File-corpus outputs (one run's, or the parts of one) into one consolidated output."""
+    outputs = find_outputs(uris)
+    target = settings.output_uri or default_consolidated(uris)
+    return consolidate_outputs(
+        outputs, dataclasses.replace(settings, shards_uri=outputs[0].shards_uri, output_uri=target)
+    )
 
 
 @click.command()

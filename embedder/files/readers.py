@@ -148,6 +148,11 @@ class CorpusReader:
         self._pickled: _Pickled | None = None
         self._stream: _LineStream | None = None  # a compressed NDJSON file, where it was left
 
+    @property
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """The corpus's filesystem and its path there."""
+        return self._fs, self._path
+
     def __enter__(self) -> Self:
         return self
 
@@ -164,6 +169,26 @@ class CorpusReader:
             self._stream.close()
             self._stream = None
         self._pickled = None
+
+    def count(self) -> int:
+        """Positions in the corpus: lines of an NDJSON file (blank ones included), rows of a
+        Parquet dataset or CSV, items of a pickle. A streaming pass where the format keeps no
+        count (NDJSON, CSV)."""
+        try:
+            if self.source.format == "parquet":
+                files = parquet_files(self._fs, self._path)
+                return sum(
+                    pq.ParquetFile(self._fs.open_input_file(f)).metadata.num_rows for f in files
+                )
+            if self.source.format == "pickle":
+                if self._pickled is None:
+                    self._pickled = self._load_pickle()
+                return self._pickled.size
+            if self.source.format == "jsonl":
+                return sum(1 for _ in self._sequential_lines(0).upto(_NO_END))
+            return sum(batch.num_rows for batch in self._csv_batches([]))
+        except (OSError, pa.ArrowIOError) as exc:
+            raise StorageError(f"cannot read {self.source.uri}: {exc}") from exc
 
     def records(self, rows: RowRange | None = None) -> Iterator[Record]:
         """The records at the positions of ``rows`` (all of them without), in order."""
@@ -184,7 +209,11 @@ class CorpusReader:
     # -- NDJSON -------------------------------------------------------------------------
 
     def _jsonl(self, rows: RowRange) -> Iterator[Record]:
-        if rows.offset is not None and rows.end_offset is not None and not _compressed(self._path):
+        if (
+            rows.offset is not None
+            and rows.end_offset is not None
+            and not is_compressed(self._path)
+        ):
             file = self._fs.open_input_file(self._path)
             file.seek(rows.offset)
             lines = _LineStream(_bounded(file, rows.end_offset - rows.offset), rows.start)
@@ -283,6 +312,23 @@ class CorpusReader:
 
     def _csv(self, rows: RowRange) -> Iterator[Record]:
         unparsed: list[str] = []
+        position = 0
+        for batch in self._csv_batches(unparsed):
+            for reason in unparsed:
+                if position in rows:
+                    yield BadRecord(position, position + 1, None, reason, BadCause.MALFORMED)
+            unparsed.clear()
+            if position >= rows.stop:
+                return
+            yield from self._table_rows([batch], position, rows)
+            position += batch.num_rows
+        for reason in unparsed:  # rows after the last good one
+            if position in rows:
+                yield BadRecord(position, position + 1, None, reason, BadCause.MALFORMED)
+
+    def _csv_batches(self, unparsed: list[str]) -> Iterator[pa.RecordBatch]:
+        """The CSV's batches; the rows that could not be parsed go to ``unparsed`` while the
+        batch that follows them is read."""
 
         def skip_invalid(row: pacsv.InvalidRow) -> str:
             unparsed.append(
@@ -293,39 +339,26 @@ class CorpusReader:
 
         fields = [f for f in (self.source.text_field, self.source.id_field) if f is not None]
         stream = self._fs.open_input_stream(self._path, compression="detect")
-        try:
-            reader = pacsv.open_csv(
-                stream,
-                # One thread: bad rows must be seen in the order of the batches they precede.
-                read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK, use_threads=False),
-                parse_options=pacsv.ParseOptions(
-                    delimiter="\t" if self.source.format == "tsv" else ",",
-                    newlines_in_values=True,
-                    invalid_row_handler=skip_invalid,
-                ),
-                convert_options=pacsv.ConvertOptions(
-                    include_columns=fields,
-                    column_types={self.source.text_field: pa.string()},
-                    strings_can_be_null=False,
-                ),
-            )
-        except pa.ArrowInvalid as exc:
-            stream.close()
-            raise ConfigurationError(f"cannot read {self.source.uri} as CSV: {exc}") from exc
-        position = 0
         with stream:
-            for batch in reader:
-                for reason in unparsed:
-                    if position in rows:
-                        yield BadRecord(position, position + 1, None, reason, BadCause.MALFORMED)
-                unparsed.clear()
-                if position >= rows.stop:
-                    return
-                yield from self._table_rows([batch], position, rows)
-                position += batch.num_rows
-            for reason in unparsed:  # rows after the last good one
-                if position in rows:
-                    yield BadRecord(position, position + 1, None, reason, BadCause.MALFORMED)
+            try:
+                reader = pacsv.open_csv(
+                    stream,
+                    # One thread: bad rows must be seen in the order of the batches they precede.
+                    read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK, use_threads=False),
+                    parse_options=pacsv.ParseOptions(
+                        delimiter="\t" if self.source.format == "tsv" else ",",
+                        newlines_in_values=True,
+                        invalid_row_handler=skip_invalid,
+                    ),
+                    convert_options=pacsv.ConvertOptions(
+                        include_columns=fields,
+                        column_types={self.source.text_field: pa.string()},
+                        strings_can_be_null=False,
+                    ),
+                )
+            except pa.ArrowInvalid as exc:
+                raise ConfigurationError(f"cannot read {self.source.uri} as CSV: {exc}") from exc
+            yield from reader
 
     # -- pickle -------------------------------------------------------------------------
 
@@ -427,7 +460,8 @@ def _file_info(fs: pafs.FileSystem, path: str, uri: str) -> pafs.FileInfo:
     return info
 
 
-def _compressed(path: str) -> bool:
+def is_compressed(path: str) -> bool:
+    """Whether the name says the file is compressed (it is then read as a stream)."""
     return path.lower().endswith(_COMPRESSED)
 
 

@@ -57,6 +57,17 @@ class BadCause(enum.StrEnum):
     BAD_ID = "bad_id"  # an id that is neither a string nor an integer
     DUPLICATE_ID = "duplicate_id"
 
+    @property
+    def summary(self) -> str:
+        """The cause in words, for the run summary (the failures file has each reason)."""
+        return {
+            BadCause.MALFORMED: "malformed record (not valid JSON, or a CSV row of the wrong width)",
+            BadCause.NOT_AN_OBJECT: "a JSON line that is not an object",
+            BadCause.MISSING_ID: "no id in the id field",
+            BadCause.BAD_ID: "an id that is neither a string nor an integer",
+            BadCause.DUPLICATE_ID: "an id that an earlier record has",
+        }[self]
+
 
 @dataclass(frozen=True, slots=True)
 class FileRecord:

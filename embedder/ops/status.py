@@ -138,9 +138,9 @@ async def collect(
     return status
 
 
-def watch(
-    read: Callable[[], QueueStatus],
-    show: Callable[[QueueStatus], None],
+def watch[S](
+    read: Callable[[], S],
+    show: Callable[[S], None],
     *,
     every_s: float,
     stop: threading.Event,

@@ -198,6 +198,10 @@ class OutputLease:
                 storage.write_bytes_atomically(self._fs, self._path(released), released.to_bytes())
             self.holder = None
 
+    def current(self) -> Holder | None:
+        """Who holds it now (a released or expired record included); None: never taken."""
+        return self._current()
+
     def _confirmed(self) -> Holder:
         mine = self.holder
         if mine is None:

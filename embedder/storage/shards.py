@@ -100,6 +100,24 @@ class ShardWriter:
         text_hashes: Sequence[bytes],
         claim_seqs: Sequence[int] | None = None,
     ) -> None:
+        batch = self._record_batch(ids, vectors, at, text_hashes, claim_seqs)
+        if self._writer is None:
+            self._open()
+        self._pending.append(batch)
+        self._pending_rows += len(ids)
+        self.rows += len(ids)
+        if self._pending_rows >= _ROW_GROUP_ROWS:
+            self._flush_pending()
+
+    def _record_batch(
+        self,
+        ids: list[Any],
+        vectors: np.ndarray,
+        at: dt.datetime,
+        text_hashes: Sequence[bytes],
+        claim_seqs: Sequence[int] | None,
+    ) -> pa.RecordBatch:
+        """The rows of ``ids`` in the shard schema."""
         if claim_seqs is not None and len(claim_seqs) != len(ids):
             raise StorageError(f"{len(claim_seqs)} claim sequence numbers for {len(ids)} ids")
         if vectors.shape != (len(ids), self._dimension) or len(text_hashes) != len(ids):
@@ -107,11 +125,9 @@ class ShardWriter:
                 f"vectors of shape {vectors.shape} and {len(text_hashes)} text hashes for "
                 f"{len(ids)} ids of dimension {self._dimension}"
             )
-        if self._writer is None:
-            self._open()
         encoded = [encode_id(i) for i in ids]
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
-        batch = pa.record_batch(
+        return pa.record_batch(
             [
                 pa.array([text for text, _ in encoded], pa.string()),
                 pa.array([kind for _, kind in encoded], pa.string())
@@ -135,11 +151,6 @@ class ShardWriter:
             ],
             schema=self._schema,
         )
-        self._pending.append(batch)
-        self._pending_rows += len(ids)
-        self.rows += len(ids)
-        if self._pending_rows >= _ROW_GROUP_ROWS:
-            self._flush_pending()
 
     @property
     def room(self) -> int:

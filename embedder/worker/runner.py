@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 from embedder import __version__
 from embedder.errors import ConfigurationError, EmbedderError, QueueError
 from embedder.fleet.routing import Fleet, FleetSettings
+from embedder.fleet.tei_protocol import EmbedOptions
 from embedder.identity import embed_key
 from embedder.queue import connection as mongo
 from embedder.queue.retry import MongoRetry
@@ -92,12 +93,18 @@ async def run_embed(job: EmbedJob) -> Summary:
         reuse: TextReuse[LeaseTracker] | None = None
         try:
             key = embed_key(fleet.info, job.fleet.options, fleet.dimension)
-            await asyncio.to_thread(_check_shards_are_ours, job.shards, key, fleet)
+            await asyncio.to_thread(check_shards_are_ours, job.shards, key, fleet)
             writer = ShardWriter(
                 job.shards,
                 owner=queue.owner,
                 dimension=fleet.dimension,
-                metadata=_shard_metadata(job, fleet, key),
+                metadata=shard_metadata(
+                    fleet,
+                    job.fleet.options,
+                    key,
+                    queue=job.queue.key,
+                    target_field=job.queue.target_field,
+                ),
             )
             settings = dataclasses.replace(
                 job.worker,
@@ -128,7 +135,7 @@ async def run_embed(job: EmbedJob) -> Summary:
                 len(job.fleet.urls),
                 job.shards.cold_uri,
             )
-            with _stop_on_signals(worker):
+            with stop_on_signals(worker):
                 if job.changes is not None:
                     watcher = ChangeWatcher(
                         client,
@@ -191,7 +198,7 @@ async def _open_cache(
     return cache
 
 
-def _check_shards_are_ours(settings: ShardSettings, key: str, fleet: Fleet) -> None:
+def check_shards_are_ours(settings: ShardSettings, key: str, fleet: Fleet) -> None:
     """Refuse a shard directory that holds another model's (or options') shards: each
     target field, and so each model, keeps its own, and the consolidator would refuse the mix."""
     fs, root = storage.open_root(settings.cold_uri, filesystem=settings.filesystem)
@@ -211,8 +218,10 @@ def _check_shards_are_ours(settings: ShardSettings, key: str, fleet: Fleet) -> N
         )
 
 
-def _shard_metadata(job: EmbedJob, fleet: Fleet, key: str) -> ShardMetadata:
-    options = job.fleet.options
+def shard_metadata(
+    fleet: Fleet, options: EmbedOptions, key: str, *, queue: str, target_field: str
+) -> ShardMetadata:
+    """What every shard of this run records: the model, its options, and whose rows."""
     return ShardMetadata(
         embed_key=key,
         model_id=fleet.info.model_id,
@@ -220,13 +229,13 @@ def _shard_metadata(job: EmbedJob, fleet: Fleet, key: str) -> ShardMetadata:
         dimension=fleet.dimension,
         normalize=options.normalize,
         truncate="server" if options.truncate is None else str(options.truncate).lower(),
-        queue=job.queue.key,
-        target_field=job.queue.target_field,
+        queue=queue,
+        target_field=target_field,
         embedder_version=__version__,
     )
 
 
-class _stop_on_signals:
+class stop_on_signals:
     """First SIGINT/SIGTERM: drain and exit 0. Second: exit at once; leases simply expire."""
 
     def __init__(self, worker: Worker) -> None:
