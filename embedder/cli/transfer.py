@@ -40,8 +40,16 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option(
     "--order-by",
     type=click.Choice([OrderBy.POSITION.value, OrderBy.ID.value]),
-    help="Corpus order: by the rows' position in a file corpus, or by _id as MongoDB sorts "
-    "it. [default: position when the rows carry one, else id]",
+    help="position: the _id is the record's position in a file corpus (embed-files without "
+    "--id-field); id: by _id as MongoDB sorts it. [default: a file corpus's order from its "
+    "plan (see --corpus), else id]",
+)
+@click.option(
+    "--corpus",
+    "corpus_uri",
+    help="The embed-files output (or the directory holding its parts) whose plan gives the "
+    "corpus order and rows, ids read from the corpus where an id field gave them. "
+    "[default: the consolidated directory's parent, when it is one]",
 )
 @click.option(
     "--ids",
@@ -85,6 +93,7 @@ def export_command(
     npy: Path | None,
     pickle_path: Path | None,
     order_by: str | None,
+    corpus_uri: str | None,
     ids_file: Path | None,
     expect_rows: int | None,
     norm_tolerance: float,
@@ -112,6 +121,7 @@ def export_command(
             npy=npy,
             pickle=pickle_path,
             order_by=OrderBy(order_by) if order_by else None,
+            corpus_uri=corpus_uri,
             ids_file=ids_file,
             expect_rows=expect_rows,
             norm_tolerance=norm_tolerance,

@@ -26,14 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
 from embedder.errors import ConfigurationError, QueueError
+from embedder.files.chunk_marks import Failure
 from embedder.files.readers import CorpusReader
-from embedder.files.records import BadCause, BadRecord, CorpusSource, FileRecord, RecordId
+from embedder.files.records import BadCause, BadRecord, CorpusSource, FileRecord
 from embedder.queue.retry import MongoRetry
 from embedder.worker.documents import Rejected, get_path, to_doc
 
@@ -60,20 +60,10 @@ class LoadSettings:
             raise ConfigurationError("name the database and the collection to load into")
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A record that was not loaded: a line of the failures file (the same keys as a file
-    corpus run's failures files)."""
-
-    position: int
-    line_or_row: int
-    id: RecordId | None
-    reason: str
-    cause: str
-
-    def text(self) -> str:
-        at = f"line/row {self.line_or_row}" + (f" (id {self.id})" if self.id is not None else "")
-        return f"{at}: {self.reason}"
+def where(failure: Failure) -> str:
+    """Where a bad record is, for people: its line or row, and its id when known."""
+    at = f"line/row {failure.line_or_row}"
+    return at + (f" (id {failure.id})" if failure.id is not None else "") + f": {failure.reason}"
 
 
 @dataclass
@@ -99,7 +89,7 @@ class LoadReport:
         self.bad += 1
         self.bad_by_cause[failure.cause] += 1
         if len(self.bad_sample) < SAMPLE:
-            self.bad_sample.append(failure.text())
+            self.bad_sample.append(where(failure))
 
     def lines(self) -> list[str]:
         rate = self.records / self.elapsed_s if self.elapsed_s else 0.0
@@ -261,9 +251,9 @@ class _Loader:
         failure = Failure(record.position, record.line_or_row, record.id, reason, cause)
         self.report.note_bad(failure)
         if self.report.bad <= SAMPLE:
-            log.warning("load: bad record at %s", failure.text())
+            log.warning("load: bad record at %s", where(failure))
         if self._failures is not None:
-            self._failures.write(orjson.dumps(asdict(failure)) + b"\n")
+            self._failures.write(failure.to_line())
 
 
 def _nested(path: str, value: object) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from embedder.errors import ConfigurationError, EmbedderError, StorageError
-from embedder.ops.export_order import POSITION, SAMPLE, CorpusOrder, OrderBy, Placement
+from embedder.files.chunk_marks import Failure
+from embedder.files.consolidate_outputs import FAILURES_FILE, find_outputs
+from embedder.files.plan import ChunkPlan
+from embedder.files.plan_store import load_plan
+from embedder.ops.export_order import (
+    SAMPLE,
+    CorpusOrder,
+    OrderBy,
+    Placement,
+    corpus_rows,
+    ids_file_rows,
+)
 from embedder.ops.matrix_file import DTYPE, MatrixWriter, npy_data_offset, write_pickle
 from embedder.ops.verify import Finding, Verdict
 from embedder.storage import filesystems as storage
@@ -51,9 +62,12 @@ class ExportSettings:
     consolidated_uri: str
     npy: Path | None = None
     pickle: Path | None = None
-    # None: by position where the output's rows carry one (a file corpus), else by _id.
+    # None: a file corpus's order (from its plan), else by _id.
     order_by: OrderBy | None = None
     ids_file: Path | None = None
+    # A file corpus's embed-files output (or the parent of its parts), whose plan gives the
+    # corpus order; None: the consolidated directory's parent, when it is one.
+    corpus_uri: str | None = None
     expect_rows: int | None = None
     norm_tolerance: float = 1e-3
     memory_limit_bytes: int = 512 << 20
@@ -63,10 +77,10 @@ class ExportSettings:
     def __post_init__(self) -> None:
         if self.npy is None and self.pickle is None:
             raise ConfigurationError("name an .npy file, a pickle file or both to write")
-        if self.ids_file is not None and self.order_by not in (None, OrderBy.IDS_FILE):
-            raise ConfigurationError(
-                f"an ids file gives the order: not also --order-by {self.order_by}"
-            )
+        if self.ids_file is not None and (self.order_by or self.corpus_uri):
+            raise ConfigurationError("an ids file gives the order: not also --order-by or --corpus")
+        if self.corpus_uri is not None and self.order_by is OrderBy.ID:
+            raise ConfigurationError("--corpus gives the corpus order: not also --order-by id")
         if self.expect_rows is not None and self.expect_rows < 0:
             raise ConfigurationError("the expected number of rows cannot be negative")
         if self.norm_tolerance <= 0:
@@ -119,7 +133,7 @@ class ExportReport:
                 f"(ids {', '.join(found.duplicate_ids.sample)})"
             )
         if found.shared_places.count:
-            where = "positions" if self.order == OrderBy.POSITION else "lines of the ids file"
+            where = "lines of the ids file" if self.order == _IDS_FILE else "positions"
             failed.append(
                 f"{where} held by rows of different ids: {found.shared_places.count} "
                 f"({', '.join(found.shared_places.sample)})"
@@ -160,17 +174,20 @@ class ExportReport:
                 f"missing rows: {found.missing_unnamed} of {expected} expected "
                 f"(the output holds {self.output_rows}; give --ids to name them)"
             )
-        what = "positions" if self.order == OrderBy.POSITION else "ids"
-        return (
-            f"missing rows: {found.missing.count} of {expected} expected "
-            f"({what} {', '.join(found.missing.sample)}"
-            + (", ..." if found.missing.count > len(found.missing.sample) else "")
-            + ")"
-        )
+        what = "ids" if self.order == _IDS_FILE else "positions"
+        line = f"missing rows: {found.missing.count} of {expected} expected ({what} {_listed(found.missing)})"
+        if found.missing_bad.count:
+            line += (
+                f"; {found.missing_bad.count} of them bad records listed in {FAILURES_FILE} "
+                f"({_listed(found.missing_bad)})"
+            )
+        return line
 
     def _beyond(self) -> str:
         if self.order == OrderBy.POSITION:
-            return f"position past the {self.placement.rows} expected"
+            return f"not a position below {self.placement.rows}"
+        if self.order == _CORPUS:
+            return "not in the corpus's selection"
         return "not in the ids file"
 
     def lines(self) -> list[str]:
@@ -184,7 +201,7 @@ class ExportReport:
             f"({self.elapsed_s}s)"
         )
         notes = []
-        if self.placement.expected_rows is None and self.order != OrderBy.ID:
+        if self.placement.expected_rows is None and self.order == OrderBy.POSITION:
             notes.append(
                 "  note: the number of rows is taken from the highest position; "
                 "give --expect-rows to check for rows missing at the end"
@@ -199,6 +216,15 @@ class ExportReport:
         return {**plain, "ok": self.ok, "exit_code": self.verdict.value}
 
 
+_CORPUS = "corpus"  # the order of a file corpus's plan
+_IDS_FILE = "ids-file"
+
+
+def _listed(finding: Finding) -> str:
+    more = ", ..." if finding.count > len(finding.sample) else ""
+    return ", ".join(finding.sample) + more
+
+
 def export(settings: ExportSettings) -> ExportReport:
     """Raises ``EmbedderError`` when nothing could be exported (no output, unreadable files)."""
     started = time.monotonic()
@@ -207,18 +233,12 @@ def export(settings: ExportSettings) -> ExportReport:
     )
     manifest = _manifest(fs, root, settings.consolidated_uri)
     paths = [f"{root}/{f.name}" for f in manifest.files]
-    dimension, has_position = _layout(fs, paths, manifest)
-    order_by = settings.order_by or (
-        OrderBy.IDS_FILE if settings.ids_file else OrderBy.POSITION if has_position else OrderBy.ID
-    )
-    if order_by is OrderBy.POSITION and not has_position:
-        raise ConfigurationError(
-            f"the output's rows carry no {POSITION!r} column (not a file corpus's): "
-            "order by id or give an ids file"
-        )
+    dimension = _dimension(fs, paths, manifest)
+    plan = _plan(settings)
+    order_by, order_name, wanted = _order(settings, plan, manifest)
     report = ExportReport(
         settings.consolidated_uri,
-        order=order_by.value,
+        order=order_name,
         npy=str(settings.npy) if settings.npy else None,
         pickle=str(settings.pickle) if settings.pickle else None,
         model_id=manifest.model_id,
@@ -229,13 +249,17 @@ def export(settings: ExportSettings) -> ExportReport:
         con = open_work_db(Path(tmp), settings.memory_limit_bytes)
         try:
             order = CorpusOrder(
-                con, order_by, expect_rows=settings.expect_rows, ids_file=settings.ids_file
+                con,
+                order_by,
+                expect_rows=settings.expect_rows,
+                wanted=wanted,
+                bad=_failures(fs, root),
             )
             report.output_rows = _read_keys(fs, paths, order)
             report.placement = order.place()
             npy = settings.npy or Path(tmp) / "matrix.npy"
             _write_matrix(fs, paths, order, report, npy=npy, dimension=dimension)
-            _check_file(npy, report, dimension)
+            _check_file(npy, report, dimension, settings.expect_rows)
             if settings.pickle is not None:
                 log.info("export: writing the pickle %s", settings.pickle)
                 write_pickle(npy, settings.pickle, order.ids(report.placement.rows))
@@ -258,17 +282,13 @@ def _manifest(fs: pafs.FileSystem, root: str, uri: str) -> mf.Manifest:
         raise StorageError(f"{root}/{mf.MANIFEST_NAME} is unreadable: {exc}") from exc
 
 
-def _layout(fs: pafs.FileSystem, paths: list[str], manifest: mf.Manifest) -> tuple[int, bool]:
-    """The output's dimension, and whether every file's rows carry their corpus position."""
+def _dimension(fs: pafs.FileSystem, paths: list[str], manifest: mf.Manifest) -> int:
     dimensions: set[int] = set()
-    positions = bool(paths)
     for path in paths:
-        schema = _open(fs, path).schema_arrow
-        kind = schema.field("embedding").type
+        kind = _open(fs, path).schema_arrow.field("embedding").type
         if not pa.types.is_fixed_size_list(kind) or kind.value_type != pa.float32():
             raise CannotExportError(f"{path}: embedding column is {kind}, not float32 vectors")
         dimensions.add(kind.list_size)
-        positions = positions and POSITION in schema.names
     if manifest.dimension is not None:
         dimensions.add(manifest.dimension)
     if len(dimensions) != 1:
@@ -277,7 +297,60 @@ def _layout(fs: pafs.FileSystem, paths: list[str], manifest: mf.Manifest) -> tup
             if not dimensions
             else f"several dimensions: {sorted(dimensions)}"
         )
-    return dimensions.pop(), positions
+    return dimensions.pop()
+
+
+def _plan(settings: ExportSettings) -> ChunkPlan | None:
+    """The file corpus's plan: of ``--corpus``, or of the consolidated directory's parent
+    (``embedder consolidate --output-dir``'s default place for it)."""
+    if settings.ids_file is not None or settings.order_by is OrderBy.ID:
+        return None
+    uri = settings.corpus_uri or _parent(settings.consolidated_uri)
+    if uri is None:
+        return None
+    try:
+        outputs = find_outputs([uri])
+    except ConfigurationError:
+        if settings.corpus_uri is None:
+            return None  # not a file corpus's output: ordered by _id
+        raise
+    return load_plan(outputs[0])
+
+
+def _parent(uri: str) -> str | None:
+    parent = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else None
+    return parent if parent and not parent.endswith(":/") else None
+
+
+def _order(
+    settings: ExportSettings, plan: ChunkPlan | None, manifest: mf.Manifest
+) -> tuple[OrderBy, str, Iterable[pa.RecordBatch]]:
+    """How rows are ordered: the order's kind, its name, and the ids it lists (if any)."""
+    if settings.ids_file is not None:
+        return OrderBy.LISTED, _IDS_FILE, ids_file_rows(settings.ids_file)
+    if plan is not None:
+        return OrderBy.LISTED, _CORPUS, corpus_rows(plan)
+    if settings.order_by is not None:
+        return settings.order_by, settings.order_by.value, ()
+    # A file corpus's output without its plan at hand: ids are positions unless an id
+    # field gave them (then the rows find no place, and the report says to give --corpus).
+    files = (manifest.queue or "").startswith("files:")
+    order_by = OrderBy.POSITION if files else OrderBy.ID
+    return order_by, order_by.value, ()
+
+
+def _failures(fs: pafs.FileSystem, root: str) -> Iterator[Failure]:
+    """A file corpus's bad records, listed beside its consolidated output."""
+    path = f"{root}/{FAILURES_FILE}"
+    if not storage.exists(fs, path):
+        return
+    try:
+        raw = storage.read_bytes(fs, path)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from exc
+    for line in raw.splitlines():
+        if line.strip():
+            yield Failure.from_line(line)
 
 
 def _open(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
@@ -301,7 +374,7 @@ def _read_keys(fs: pafs.FileSystem, paths: list[str], order: CorpusOrder) -> int
     rows = 0
     for file, path in enumerate(paths):
         first = 0
-        for batch in _batches(fs, path, order.columns):
+        for batch in _batches(fs, path, ["_id", "_id_kind"]):
             order.add_keys(file, first, batch)
             first += batch.num_rows
         rows += first
@@ -391,9 +464,9 @@ def _note(
         finding.sample.append(text + (f" (norm {norms[row]:.4f})" if norms is not None else ""))
 
 
-def _check_file(npy: Path, report: ExportReport, dimension: int) -> None:
+def _check_file(npy: Path, report: ExportReport, dimension: int, expect_rows: int | None) -> None:
     """The shape and dtype the written file's header declares, and its size."""
-    expected_rows = report.placement.expected_rows
+    expected_rows = expect_rows if expect_rows is not None else report.placement.expected_rows
     report.expected_shape = (
         expected_rows if expected_rows is not None else report.placement.rows,
         dimension,

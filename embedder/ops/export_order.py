@@ -3,17 +3,20 @@ goes to, worked out in a DuckDB work database so any output size fits in bounded
 
 Three orders:
 
-* ``position``: a file corpus's rows carry their 0-based place in the corpus (column
-  ``position``); row ``p`` of the matrix is the row at position ``p``.
+* ``position``: the ``_id`` is the record's 0-based position in a file corpus (what
+  ``embed-files`` writes without ``--id-field``); row ``p`` of the matrix is the row of id ``p``.
 * ``id``: MongoDB's ``_id`` order, a BSON type at a time as ``embedder.ids`` defines it
   (numbers, then strings by their UTF-8 bytes, then ObjectIds, booleans, dates).
-* an ids file: one id per line, the matrix in the file's order. A plain line is the id's text
-  (``42``, ``abc``, an ObjectId's hex) and matches an id of any kind with that text; a line of
-  extended JSON (``{"$oid": "..."}``, ``"42"`` for the string) matches that exact id.
+* listed: the ids wanted, in order: a file corpus's selected positions read from its plan
+  (and its ids from the corpus, where they come from an id field), or an ids file of one id a
+  line. A plain line is the id's text (``42``, ``abc``, an ObjectId's hex) and matches an id of
+  any kind with that text; a line of extended JSON (``{"$oid": "..."}``, ``"42"`` for the
+  string) matches that exact id.
 
 The output's rows are read once for their keys (``add_keys``); ``place`` then gives every row
 its matrix row (or none, for a row the order has no place for) and finds what does not fit:
-places nobody holds, ids held twice, places held twice.
+places nobody holds (bad records among them, where the corpus's failures say so), ids held
+twice, places held twice.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ import pyarrow as pa
 from bson import json_util
 
 from embedder.errors import ConfigurationError
+from embedder.files.chunk_marks import Failure
+from embedder.files.plan import Chunk, ChunkPlan
+from embedder.files.readers import CorpusReader
+from embedder.files.records import FileRecord
 from embedder.ids import decode_id, encode_id, id_type
 from embedder.ops.verify import Finding
 
-POSITION = "position"  # a file corpus's column: the row's 0-based place in the corpus
-KEY_COLUMNS = ("_id", "_id_kind")
 SAMPLE = 10
 _READ_ROWS = 65_536
 # Rank of an id of a kind the work queue never writes: after every kind it does.
@@ -47,7 +52,6 @@ _KEYS = pa.schema(
         ("row", pa.int64()),
         ("_id", pa.string()),
         ("_id_kind", pa.string()),
-        ("position", pa.int64()),
         # MongoDB's order of an id of kind "ejson" (computed in Python); the other kinds'
         # is computed in SQL from their text.
         ("rank", pa.int16()),
@@ -55,15 +59,24 @@ _KEYS = pa.schema(
         ("sbytes", pa.binary()),
     ]
 )
-_WANTED = pa.schema(
-    [("ord", pa.int64()), ("_id", pa.string()), ("_id_kind", pa.string()), ("line", pa.string())]
+# The ids wanted, in order. ``_id_kind`` null: any kind with that text (a plain ids-file line);
+# ``_id`` null: a place no row can fill (a bad record of a file corpus, whose id is unknown).
+WANTED = pa.schema(
+    [
+        ("ord", pa.int64()),
+        ("_id", pa.string()),
+        ("_id_kind", pa.string()),
+        ("label", pa.string()),  # how a missing row is named
+        ("position", pa.int64()),  # in a file corpus
+    ]
 )
+_BAD = pa.schema([("position", pa.int64()), ("label", pa.string())])
 
 
 class OrderBy(enum.StrEnum):
     POSITION = "position"
     ID = "id"
-    IDS_FILE = "ids-file"
+    LISTED = "listed"
 
 
 @dataclass
@@ -73,6 +86,7 @@ class Placement:
     rows: int = 0  # rows of the matrix
     expected_rows: int | None = None  # None: nothing says how many rows the corpus has
     missing: Finding = field(default_factory=Finding)  # places no row of the output holds
+    missing_bad: Finding = field(default_factory=Finding)  # those that are known bad records
     missing_unnamed: int = 0  # rows known to be missing whose ids nothing names
     duplicate_ids: Finding = field(default_factory=Finding)  # rows beyond the first of an id
     shared_places: Finding = field(default_factory=Finding)  # places two or more rows claim
@@ -81,7 +95,11 @@ class Placement:
 
 
 class CorpusOrder:
-    """The order of one export, in the work database ``con``."""
+    """The order of one export, in the work database ``con``.
+
+    ``wanted``: the listed order's rows (``WANTED``); ``bad``: a file corpus's bad records,
+    so that the places they leave empty are named as such.
+    """
 
     def __init__(
         self,
@@ -89,23 +107,19 @@ class CorpusOrder:
         order_by: OrderBy,
         *,
         expect_rows: int | None = None,
-        ids_file: Path | None = None,
+        wanted: Iterable[pa.RecordBatch] = (),
+        bad: Iterable[Failure] = (),
     ) -> None:
         self._con = con
         self.order_by = order_by
         self._expect_rows = expect_rows
         con.execute(f"CREATE TABLE keys ({_columns(_KEYS)})")
-        if order_by is OrderBy.IDS_FILE:
-            if ids_file is None:
-                raise ConfigurationError("the ids-file order needs an ids file")
-            con.execute(f"CREATE TABLE wanted ({_columns(_WANTED)})")
-            for batch in _read_ids_file(ids_file):
-                _append(con, "wanted", batch)
-
-    @property
-    def columns(self) -> list[str]:
-        """The output's columns this order reads."""
-        return [*KEY_COLUMNS, POSITION] if self.order_by is OrderBy.POSITION else [*KEY_COLUMNS]
+        con.execute(f"CREATE TABLE wanted ({_columns(WANTED)})")
+        con.execute(f"CREATE TABLE bad ({_columns(_BAD)})")
+        for batch in wanted:
+            _append(con, "wanted", batch)
+        for rows in _batched(((f.position, f"{f.position} ({f.cause})") for f in bad), _READ_ROWS):
+            _append(con, "bad", _record_batch(rows, _BAD))
 
     def add_keys(self, file: int, first_row: int, batch: pa.RecordBatch) -> None:
         """The keys of rows ``first_row...`` of output file number ``file``."""
@@ -117,11 +131,6 @@ class CorpusOrder:
         sbytes: pa.Array = pa.nulls(n, pa.binary())
         if self.order_by is OrderBy.ID:
             rank, num, sbytes = _ejson_order(ids, kinds)
-        positions = (
-            batch.column(POSITION).cast(pa.int64())
-            if self.order_by is OrderBy.POSITION
-            else pa.nulls(n, pa.int64())
-        )
         _append(
             self._con,
             "keys",
@@ -131,7 +140,6 @@ class CorpusOrder:
                     pa.array(np.arange(first_row, first_row + n, dtype=np.int64)),
                     ids,
                     kinds,
-                    positions,
                     rank,
                     num,
                     sbytes,
@@ -145,15 +153,7 @@ class CorpusOrder:
         found = Placement()
         present = self._scalar("SELECT count(*) FROM keys")
         if self.order_by is OrderBy.POSITION:
-            top = self._scalar("SELECT coalesce(max(position) + 1, 0) FROM keys")
-            found.expected_rows = self._expect_rows
-            found.rows = self._expect_rows if self._expect_rows is not None else top
-            target = f"CASE WHEN position >= 0 AND position < {found.rows} THEN position END"
-            self._con.execute(f"CREATE TABLE mapped AS SELECT *, {target} AS target FROM keys")
-            found.missing = self._finding(
-                f"SELECT p AS name, p AS sort FROM range({found.rows}) r(p) "
-                "ANTI JOIN mapped m ON r.p = m.target"
-            )
+            self._place_by_position(found)
         elif self.order_by is OrderBy.ID:
             self._con.execute(
                 "CREATE TABLE mapped AS SELECT *, "
@@ -164,22 +164,7 @@ class CorpusOrder:
             if self._expect_rows is not None:
                 found.missing_unnamed = max(0, self._expect_rows - present)
         else:
-            self._con.execute(
-                "CREATE TABLE mapped AS SELECT k.*, min(w.ord) AS target FROM keys k "
-                "LEFT JOIN wanted w ON k._id = w._id "
-                "AND (w._id_kind IS NULL OR w._id_kind = k._id_kind) "
-                "GROUP BY ALL"
-            )
-            found.rows = self._scalar("SELECT count(*) FROM wanted")
-            found.expected_rows = found.rows
-            found.missing = self._finding(
-                "SELECT w.line AS name, w.ord AS sort FROM wanted w "
-                "ANTI JOIN mapped m ON w.ord = m.target"
-            )
-            found.ids_listed_twice = self._finding(
-                "SELECT any_value(line) AS name, min(ord) AS sort FROM wanted "
-                "GROUP BY _id, _id_kind HAVING count(*) > 1"
-            )
+            self._place_listed(found)
         found.duplicate_ids = self._finding(
             "SELECT _id AS name, min(target) AS sort FROM mapped "
             "GROUP BY _id, _id_kind HAVING count(*) > 1",
@@ -190,9 +175,47 @@ class CorpusOrder:
             "GROUP BY target HAVING count(DISTINCT (_id, _id_kind)) > 1"
         )
         found.unplaced = self._finding(
-            "SELECT _id AS name, coalesce(position, 0) AS sort FROM mapped WHERE target IS NULL"
+            "SELECT _id AS name, row AS sort FROM mapped WHERE target IS NULL"
         )
         return found
+
+    def _place_by_position(self, found: Placement) -> None:
+        position = "TRY_CAST(_id AS BIGINT)"
+        top = self._scalar(
+            f"SELECT coalesce(max({position}) + 1, 0) FROM keys WHERE _id_kind = 'int'"
+        )
+        found.expected_rows = self._expect_rows
+        found.rows = self._expect_rows if self._expect_rows is not None else top
+        self._con.execute(
+            f"CREATE TABLE mapped AS SELECT *, CASE WHEN _id_kind = 'int' AND {position} >= 0 "
+            f"AND {position} < {found.rows} THEN {position} END AS target FROM keys"
+        )
+        missing = f"SELECT p FROM range({found.rows}) r(p) ANTI JOIN mapped m ON r.p = m.target"
+        found.missing = self._finding(f"SELECT p AS name, p AS sort FROM ({missing})")
+        found.missing_bad = self._finding(
+            f"SELECT b.label AS name, b.position AS sort FROM ({missing}) x "
+            "JOIN bad b ON b.position = x.p"
+        )
+
+    def _place_listed(self, found: Placement) -> None:
+        self._con.execute(
+            "CREATE TABLE mapped AS SELECT k.*, min(w.ord) AS target FROM keys k "
+            "LEFT JOIN wanted w ON k._id = w._id "
+            "AND (w._id_kind IS NULL OR w._id_kind = k._id_kind) "
+            "GROUP BY ALL"
+        )
+        found.rows = self._scalar("SELECT count(*) FROM wanted")
+        found.expected_rows = found.rows
+        missing = "SELECT w.* FROM wanted w ANTI JOIN mapped m ON w.ord = m.target"
+        found.missing = self._finding(f"SELECT label AS name, ord AS sort FROM ({missing})")
+        found.missing_bad = self._finding(
+            f"SELECT b.label AS name, x.ord AS sort FROM ({missing}) x "
+            "JOIN bad b ON b.position = x.position"
+        )
+        found.ids_listed_twice = self._finding(
+            "SELECT any_value(label) AS name, min(ord) AS sort FROM wanted "
+            "WHERE _id IS NOT NULL GROUP BY _id, _id_kind HAVING count(*) > 1"
+        )
 
     def targets(self) -> Iterator[tuple[int, np.ndarray]]:
         """Each output file's rows' matrix rows (-1: none), in file and row order, a batch at a
@@ -292,43 +315,90 @@ def _ejson_key(text: str) -> tuple[int, float | None, bytes | None]:
     return rank, float(value), None
 
 
-def _read_ids_file(path: Path) -> Iterator[pa.RecordBatch]:
-    """The ids file's lines as ``wanted`` rows, a batch at a time; blank lines are skipped."""
-    rows: list[tuple[int, str, str | None, str]] = []
-    place = 0
-    try:
+# -- what is wanted -------------------------------------------------------------------------
+
+
+def ids_file_rows(path: Path) -> Iterator[pa.RecordBatch]:
+    """An ids file's lines as ``WANTED`` rows, a batch at a time; blank lines are skipped."""
+
+    def rows() -> Iterator[tuple[int, str, str | None, str, None]]:
+        place = 0
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
                 text = line.strip()
-                if not text:
-                    continue
-                rows.append((place, *_id_of(text, number, path)))
-                place += 1
-                if len(rows) >= _READ_ROWS:
-                    yield _wanted_batch(rows)
-                    rows = []
+                if text:
+                    yield (place, *_id_of(text, number, path), text, None)
+                    place += 1
+
+    try:
+        for batch in _batched(rows(), _READ_ROWS):
+            yield _record_batch(batch, WANTED)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read the ids file {path}: {exc}") from exc
-    if rows:
-        yield _wanted_batch(rows)
 
 
-def _id_of(text: str, number: int, path: Path) -> tuple[str, str | None, str]:
+def corpus_rows(plan: ChunkPlan) -> Iterator[pa.RecordBatch]:
+    """A file corpus's selected positions (every part's), in order, as ``WANTED`` rows. Ids
+    are the positions, or (with an id field) read from the corpus; a record without a usable
+    id, or whose id an earlier record has, has a place no row fills."""
+    chunks = sorted(plan.chunks, key=lambda c: c.start)
+    if plan.source.id_field is None:
+        rows: Iterable[tuple[int, str | None, str | None, str, int]] = (
+            (p, str(p), "int", str(p), p) for p in _positions(chunks)
+        )
+    else:
+        rows = _listed_ids(plan, chunks)
+    ordered = ((place, *row[1:]) for place, row in enumerate(rows))
+    for batch in _batched(ordered, _READ_ROWS):
+        yield _record_batch(batch, WANTED)
+
+
+def _positions(chunks: list[Chunk]) -> Iterator[int]:
+    for chunk in chunks:
+        yield from chunk.only or range(chunk.start, chunk.stop)
+
+
+def _listed_ids(
+    plan: ChunkPlan, chunks: list[Chunk]
+) -> Iterator[tuple[int, str | None, str | None, str, int]]:
+    with CorpusReader(plan.source) as reader:
+        for chunk in chunks:
+            for record in reader.records(chunk.range):
+                p = record.position
+                if not chunk.takes(p):
+                    continue
+                if isinstance(record, FileRecord) and p not in plan.duplicates:
+                    text, kind = encode_id(record.id)
+                    yield p, text, kind, f"{p} (id {record.id})", p
+                else:
+                    yield p, None, None, str(p), p
+
+
+def _id_of(text: str, number: int, path: Path) -> tuple[str, str | None]:
     """A line's id: its text (any kind), or the exact id its extended JSON names."""
     if not text.startswith(("{", '"')):
-        return text, None, text
+        return text, None
     try:
-        encoded, kind = encode_id(json_util.loads(text))
+        return encode_id(json_util.loads(text))
     except ValueError as exc:
         raise ConfigurationError(f"{path} line {number}: not an id: {exc}") from exc
-    return encoded, kind, text
 
 
-def _wanted_batch(rows: Iterable[tuple[int, str, str | None, str]]) -> pa.RecordBatch:
+def _batched[T](items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _record_batch(rows: list[Any], schema: pa.Schema) -> pa.RecordBatch:
     columns = list(zip(*rows, strict=True))
     return pa.record_batch(
-        [pa.array(c, type=f.type) for c, f in zip(columns, _WANTED, strict=True)],
-        schema=_WANTED,
+        [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
     )
 
 

@@ -164,3 +164,70 @@ def test_no_output_cannot_be_exported(tmp_path: Path) -> None:
     assert not (tmp_path / "v.npy").exists()
     usage = export(tmp_path / "none")
     assert usage.returncode == 2 and "name an .npy file, a pickle file or both" in usage.stderr
+
+
+def run_cli(*args: str) -> Exported:
+    done = CliRunner().invoke(cli, list(args))
+    if done.exception is not None and not isinstance(done.exception, SystemExit):
+        raise done.exception
+    return Exported(done.exit_code, done.stdout, done.stderr)
+
+
+def embed_file_corpus(corpus: Path, out: Path, tei: FaultTei, *extra: str) -> Path:
+    """``embed-files`` then ``consolidate --output-dir``: the consolidated directory."""
+    hot = out.parent / "hot"
+    embedded = run_cli(
+        *("embed-files", "--input", str(corpus), "--output-dir", str(out), "--hot-dir", str(hot)),
+        *("--tei-urls", tei.url, "--chunk-rows", "8", *extra),
+    )
+    assert embedded.returncode == 0, embedded.stdout + embedded.stderr
+    consolidated = run_cli("consolidate", "--output-dir", str(out))
+    assert consolidated.returncode == 0, consolidated.stdout + consolidated.stderr
+    return out / "consolidated"
+
+
+def test_a_file_corpus_exports_in_corpus_order(tei: FaultTei, tmp_path: Path) -> None:
+    texts = [f"article {i} about {corpora.SCRIPTS[i % len(corpora.SCRIPTS)]}" for i in range(30)]
+    corpus = tmp_path / "wiki.jsonl"
+    corpus.write_text("".join(json_util.dumps({"text": t}) + "\n" for t in texts))
+    consolidated = embed_file_corpus(corpus, tmp_path / "out", tei)
+
+    npy, pkl = tmp_path / "wiki.npy", tmp_path / "wiki.pkl"
+    done = export(consolidated, "--npy", str(npy), "--pickle", str(pkl), "--expect-rows", "30")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"export: OK: (30, {DIM}) float32 in corpus order")
+    np.testing.assert_allclose(np.load(npy), corpora.expected_vectors(texts, DIM), atol=1e-5)
+    assert load_pickle(pkl)["ids"] == list(range(30))
+
+    # The seed user's check that the corpus has the rows they think: a loud failure.
+    wrong = export(consolidated, "--npy", str(npy), "--expect-rows", "31")
+    assert wrong.returncode == 1
+    assert wrong.stdout.splitlines()[1:] == [f"  shape (30, {DIM}), expected (31, {DIM})"]
+
+    # A row lost from the output: named by its position, NaN in the matrix.
+    rewrite_part(consolidated, lambda t: t.filter(pc.not_equal(t["_id"], "17")))
+    lost = export(consolidated, "--npy", str(npy))
+    assert lost.returncode == 1
+    assert "  missing rows: 1 of 30 expected (positions 17)" in lost.stdout.splitlines()
+    matrix = np.load(npy)
+    assert np.isnan(matrix[17]).all() and np.isfinite(np.delete(matrix, 17, axis=0)).all()
+
+
+def test_ids_from_a_field_and_bad_records(tei: FaultTei, tmp_path: Path) -> None:
+    lines = [json_util.dumps({"key": f"k{i}", "text": f"text {i}"}) for i in range(20)]
+    lines[4] = '{"key": "k4", "text": '  # malformed
+    lines[9] = json_util.dumps({"key": "k9", "text": ""})  # empty text
+    corpus = tmp_path / "papers.jsonl"
+    corpus.write_text("".join(line + "\n" for line in lines))
+    consolidated = embed_file_corpus(corpus, tmp_path / "out", tei, "--id-field", "key")
+
+    pkl = tmp_path / "papers.pkl"
+    done = export(consolidated, "--pickle", str(pkl))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        "  missing rows: 2 of 20 expected (positions 4, 9 (id k9)); 2 of them bad records "
+        "listed in failures.jsonl (4 (malformed), 9 (text))"
+    ) in done.stdout.splitlines(), done.stdout
+    ids = load_pickle(pkl)["ids"]
+    assert ids[:4] == ["k0", "k1", "k2", "k3"] and ids[4] is None and ids[9] is None
+    assert ids[19] == "k19"
