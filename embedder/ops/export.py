@@ -50,7 +50,8 @@ from embedder.storage.workdb import open_work_db
 
 log = logging.getLogger(__name__)
 
-_READ_ROWS = 16_384
+_READ_ROWS = 16_384  # rows of keys a batch
+_READ_BYTES = 16 << 20  # of vectors a batch
 
 
 class CannotExportError(EmbedderError):
@@ -360,10 +361,12 @@ def _open(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
         raise StorageError(f"cannot read output file {path}: {exc}") from exc
 
 
-def _batches(fs: pafs.FileSystem, path: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
+def _batches(
+    fs: pafs.FileSystem, path: str, columns: list[str], rows: int = _READ_ROWS
+) -> Iterator[pa.RecordBatch]:
     parquet = _open(fs, path)
     try:
-        yield from parquet.iter_batches(batch_size=_READ_ROWS, columns=columns)
+        yield from parquet.iter_batches(batch_size=rows, columns=columns)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read output file {path}: {exc}") from exc
     finally:
@@ -397,12 +400,16 @@ def _write_matrix(
     try:
         places = _Places(order)
         for file, path in enumerate(paths):
-            for batch in _batches(fs, path, ["_id", "embedding"]):
+            rows_a_batch = max(256, _READ_BYTES // (dimension * DTYPE.itemsize))
+            for batch in _batches(fs, path, ["_id", "embedding"], rows_a_batch):
                 targets = places.take(file, batch.num_rows)
                 vectors = np.asarray(batch.column("embedding").flatten()).reshape(-1, dimension)
                 _check_vectors(batch, vectors, targets, report)
                 placed = targets >= 0
-                writer.put(targets[placed], vectors[placed])
+                if placed.all():
+                    writer.put(targets, vectors)
+                else:
+                    writer.put(targets[placed], vectors[placed])
         places.finish()
         for unfilled in order.unfilled(rows):
             writer.fill(unfilled, np.nan)
@@ -441,11 +448,15 @@ class _Places:
 def _check_vectors(
     batch: pa.RecordBatch, vectors: np.ndarray, targets: np.ndarray, report: ExportReport
 ) -> None:
-    finite = np.isfinite(vectors).all(axis=1)
+    # Norms first: a row holding NaN or infinity has a norm that is not finite, so only
+    # those rows need a closer look.
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64))
+    finite = np.isfinite(norms)
+    if not finite.all():
+        finite[~finite] = np.isfinite(vectors[~finite]).all(axis=1)
     _note(report.nonfinite, batch, np.flatnonzero(~finite), targets, None)
     if not report.normalized:
         return
-    norms = np.linalg.norm(np.where(finite[:, None], vectors, 0), axis=1)
     off = np.flatnonzero(finite & (np.abs(norms - 1.0) > report.norm_tolerance))
     _note(report.off_norm, batch, off, targets, norms)
 

@@ -25,7 +25,7 @@ from embedder.errors import StorageError
 DTYPE = np.dtype("<f4")
 _PAGE = mmap.PAGESIZE
 # Bytes of pages a map may hold dirty (or read) before it is flushed and dropped.
-DEFAULT_WINDOW_BYTES = 256 << 20
+DEFAULT_WINDOW_BYTES = 64 << 20
 
 
 def staging_path(path: Path) -> Path:
