@@ -139,7 +139,13 @@ def export_command(
 
 
 @click.command(name="load")
-@click.argument("corpus")
+@click.option(
+    "--input",
+    "corpus",
+    required=True,
+    envvar="EMBEDDER_INPUT",
+    help="The corpus: a file, a Parquet dataset directory, or a pyarrow.fs URI (s3://...).",
+)
 @click.option("--collection", required=True, envvar="EMBEDDER_COLLECTION", help="Load into it.")
 @DATABASE
 @MONGO_URI

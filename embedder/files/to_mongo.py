@@ -19,9 +19,10 @@ reported with its record.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -120,7 +121,7 @@ async def load(client: AsyncMongoClient[dict[str, Any]], settings: LoadSettings)
     started = last_log = time.monotonic()
     try:
         with CorpusReader(settings.source) as reader:
-            for batch in _batches(reader.records(), settings.batch_size):
+            for batch in itertools.batched(reader.records(), settings.batch_size):
                 await loader.load(batch)
                 if time.monotonic() - last_log >= _LOG_EVERY_S:
                     last_log = time.monotonic()
@@ -129,19 +130,6 @@ async def load(client: AsyncMongoClient[dict[str, Any]], settings: LoadSettings)
         loader.close()
         loader.report.elapsed_s = round(time.monotonic() - started, 2)
     return loader.report
-
-
-def _batches(
-    records: Iterator[FileRecord | BadRecord], size: int
-) -> Iterator[list[FileRecord | BadRecord]]:
-    batch: list[FileRecord | BadRecord] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class _Loader:
@@ -154,7 +142,7 @@ class _Loader:
         self.report = LoadReport(settings.source.uri, f"{settings.database}.{settings.collection}")
         self._failures = _open_failures(settings.failures_path)
 
-    async def load(self, batch: list[FileRecord | BadRecord]) -> None:
+    async def load(self, batch: Sequence[FileRecord | BadRecord]) -> None:
         docs, records = self._documents(batch)
         if not docs:
             return
@@ -184,7 +172,7 @@ class _Loader:
             self._failures.close()
 
     def _documents(
-        self, batch: list[FileRecord | BadRecord]
+        self, batch: Sequence[FileRecord | BadRecord]
     ) -> tuple[list[dict[str, Any]], list[FileRecord]]:
         """The batch's documents to insert, with the record each came from; the bad ones
         noted."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Iterable, Iterator
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,9 @@ class CorpusOrder:
         con.execute(f"CREATE TABLE bad ({_columns(_BAD)})")
         for batch in wanted:
             _append(con, "wanted", batch)
-        for rows in _batched(((f.position, f"{f.position} ({f.cause})") for f in bad), _READ_ROWS):
+        for rows in itertools.batched(
+            ((f.position, f"{f.position} ({f.cause})") for f in bad), _READ_ROWS
+        ):
             _append(con, "bad", _record_batch(rows, _BAD))
 
     def add_keys(self, file: int, first_row: int, batch: pa.RecordBatch) -> None:
@@ -331,7 +334,7 @@ def ids_file_rows(path: Path) -> Iterator[pa.RecordBatch]:
                     place += 1
 
     try:
-        for batch in _batched(rows(), _READ_ROWS):
+        for batch in itertools.batched(rows(), _READ_ROWS):
             yield _record_batch(batch, WANTED)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read the ids file {path}: {exc}") from exc
@@ -349,7 +352,7 @@ def corpus_rows(plan: ChunkPlan) -> Iterator[pa.RecordBatch]:
     else:
         rows = _listed_ids(plan, chunks)
     ordered = ((place, *row[1:]) for place, row in enumerate(rows))
-    for batch in _batched(ordered, _READ_ROWS):
+    for batch in itertools.batched(ordered, _READ_ROWS):
         yield _record_batch(batch, WANTED)
 
 
@@ -384,18 +387,7 @@ def _id_of(text: str, number: int, path: Path) -> tuple[str, str | None]:
         raise ConfigurationError(f"{path} line {number}: not an id: {exc}") from exc
 
 
-def _batched[T](items: Iterable[T], size: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _record_batch(rows: list[Any], schema: pa.Schema) -> pa.RecordBatch:
+def _record_batch(rows: Sequence[Any], schema: pa.Schema) -> pa.RecordBatch:
     columns = list(zip(*rows, strict=True))
     return pa.record_batch(
         [pa.array(c, type=f.type) for c, f in zip(columns, schema, strict=True)], schema=schema

@@ -33,7 +33,7 @@ def db(mongo_uri: str, db_name: str) -> Iterator[Any]:
 
 
 def load(mongo_uri: str, db_name: str, corpus: Path, *extra: str) -> tuple[int, str]:
-    args = ["load", str(corpus), "--mongo-uri", mongo_uri, "--database", db_name, *extra]
+    args = ["load", "--input", str(corpus), "--mongo-uri", mongo_uri, "--database", db_name, *extra]
     done = CliRunner().invoke(cli, args)
     if done.exception is not None and not isinstance(done.exception, SystemExit):
         raise done.exception
@@ -104,7 +104,7 @@ def test_a_killed_load_resumes_with_every_record_once(
     corpus = write_lines(
         tmp_path / "corpus.jsonl", [json.dumps({"text": f"text {i}"}) for i in range(n)]
     )
-    args = ["load", str(corpus), "--mongo-uri", mongo_uri, "--database", db_name]
+    args = ["load", "--input", str(corpus), "--mongo-uri", mongo_uri, "--database", db_name]
     args += ["--collection", "docs", "--batch-size", "20"]
     log = (tmp_path / "load.log").open("wb")
     proc = subprocess.Popen(
