@@ -34,6 +34,7 @@ from embedder.files.chunk_marks import Failure
 from embedder.files.consolidate_outputs import FAILURES_FILE, find_outputs
 from embedder.files.plan import ChunkPlan
 from embedder.files.plan_store import load_plan
+from embedder.files.runner import corpus_key
 from embedder.ops.export_order import (
     SAMPLE,
     CorpusOrder,
@@ -235,7 +236,7 @@ def export(settings: ExportSettings) -> ExportReport:
     manifest = _manifest(fs, root, settings.consolidated_uri)
     paths = [f"{root}/{f.name}" for f in manifest.files]
     dimension = _dimension(fs, paths, manifest)
-    plan = _plan(settings)
+    plan = _plan(settings, manifest)
     order_by, order_name, wanted = _order(settings, plan, manifest)
     report = ExportReport(
         settings.consolidated_uri,
@@ -301,9 +302,10 @@ def _dimension(fs: pafs.FileSystem, paths: list[str], manifest: mf.Manifest) -> 
     return dimensions.pop()
 
 
-def _plan(settings: ExportSettings) -> ChunkPlan | None:
+def _plan(settings: ExportSettings, manifest: mf.Manifest) -> ChunkPlan | None:
     """The file corpus's plan: of ``--corpus``, or of the consolidated directory's parent
-    (``embedder consolidate --output-dir``'s default place for it)."""
+    (``embedder consolidate --output-dir``'s default place for it) when the output holds
+    that corpus's rows."""
     if settings.ids_file is not None or settings.order_by is OrderBy.ID:
         return None
     uri = settings.corpus_uri or _parent(settings.consolidated_uri)
@@ -315,7 +317,15 @@ def _plan(settings: ExportSettings) -> ChunkPlan | None:
         if settings.corpus_uri is None:
             return None  # not a file corpus's output: ordered by _id
         raise
-    return load_plan(outputs[0])
+    plan = load_plan(outputs[0])
+    if manifest.queue and manifest.queue != corpus_key(plan):
+        if settings.corpus_uri is None:
+            return None  # a neighbour, not this output's corpus
+        raise ConfigurationError(
+            f"{settings.consolidated_uri} holds the rows of {manifest.queue}, not of the "
+            f"corpus embedded into {uri} ({corpus_key(plan)})"
+        )
+    return plan
 
 
 def _parent(uri: str) -> str | None:
