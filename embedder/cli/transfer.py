@@ -16,8 +16,9 @@ from embedder.errors import ConfigurationError, EmbedderError
 from embedder.files.readers import open_source
 from embedder.files.records import FORMATS
 from embedder.files.to_mongo import LoadSettings, load
-from embedder.ops.export import ExportReport, ExportSettings, export
+from embedder.ops.export import ExportSettings, export
 from embedder.ops.export_order import OrderBy
+from embedder.ops.export_report import ExportReport
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
