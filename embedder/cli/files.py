@@ -10,7 +10,12 @@ import click
 
 from embedder.cli.options import AT_LEAST_ONE, default
 from embedder.cli.running import run, write_json
-from embedder.cli.worker import fleet_options, metrics_options, worker_options
+from embedder.cli.worker import (
+    fleet_options,
+    metrics_options,
+    summary_json_option,
+    worker_options,
+)
 from embedder.errors import EmbedderError
 from embedder.files.plan import DEFAULT_CHUNK_ROWS, Selection
 from embedder.files.readers import open_source
@@ -113,12 +118,7 @@ def default_output(input_uri: str, selection: Selection) -> str:
 @fleet_options
 @worker_options
 @metrics_options
-@click.option(
-    "--summary-json",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="EMBEDDER_SUMMARY_JSON",
-    help="Write the run summary as JSON here.",
-)
+@summary_json_option
 def embed_files(
     *,
     input_uri: str,

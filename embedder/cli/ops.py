@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import click
 
@@ -41,7 +42,6 @@ def files_status(*, output_dir: str, as_json: bool, watch_s: float | None) -> No
     """A file corpus's chunks done, leased (by whom, since when) and pending, rows, rate and
     ETA, read from its output alone: no MongoDB."""
     from embedder.files import status as corpus_status
-    from embedder.ops import status as queue_status
 
     def read() -> corpus_status.FilesStatus:
         try:
@@ -49,7 +49,21 @@ def files_status(*, output_dir: str, as_json: bool, watch_s: float | None) -> No
         except EmbedderError as exc:
             raise click.ClickException(str(exc)) from None
 
-    def show(current: corpus_status.FilesStatus) -> None:
+    _show_status(read, as_json=as_json, watch_s=watch_s)
+
+
+class _Status(Protocol):
+    def as_dict(self) -> dict[str, Any]: ...
+    def lines(self) -> list[str]: ...
+
+
+def _show_status[S: _Status](
+    read: Callable[[], S], *, as_json: bool, watch_s: float | None
+) -> None:
+    """A status once, or every ``watch_s`` seconds until Ctrl-C; as text or JSON."""
+    from embedder.ops import status as queue_status
+
+    def show(current: S) -> None:
         if watch_s and not as_json:
             click.clear()
         click.echo(
@@ -111,17 +125,7 @@ def status(
             mongo_uri,
         )
 
-    def show(current: queue_status.QueueStatus) -> None:
-        if watch_s and not as_json:
-            click.clear()
-        click.echo(
-            json.dumps(current.as_dict(), indent=2) if as_json else "\n".join(current.lines())
-        )
-
-    if watch_s:
-        queue_status.watch(read, show, every_s=watch_s, stop=stop_flag())
-    else:
-        show(read())
+    _show_status(read, as_json=as_json, watch_s=watch_s)
 
 
 @click.command()

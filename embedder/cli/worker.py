@@ -325,6 +325,14 @@ metrics_options = options_group(
 )
 
 
+summary_json_option = click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="EMBEDDER_SUMMARY_JSON",
+    help="Write the run summary as JSON here.",
+)
+
+
 @click.command()
 @queue_options
 @fleet_options
@@ -334,12 +342,7 @@ metrics_options = options_group(
 @reuse_options
 @change_options
 @metrics_options
-@click.option(
-    "--summary-json",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="EMBEDDER_SUMMARY_JSON",
-    help="Write the run summary as JSON here.",
-)
+@summary_json_option
 def embed(
     *,
     spec: QueueSpec,

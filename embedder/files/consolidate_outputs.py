@@ -143,15 +143,18 @@ def _write_failures(outputs: Sequence[FilesOutput], settings: ConsolidateSetting
     path = f"{root}/{FAILURES_FILE}"
     try:
         earlier = storage.read_bytes(fs, path) if storage.exists(fs, path) else b""
-        by_position = {
-            f.position: f for f in (Failure.from_line(x) for x in earlier.splitlines() if x.strip())
+        # One line per bad record: a record is its position and reason (two unparsable CSV
+        # rows of one block share a position).
+        known = {
+            (f.position, f.reason): f
+            for f in (Failure.from_line(x) for x in earlier.splitlines() if x.strip())
         }
-        by_position.update((f.position, f) for output in outputs for f in read_failures(output))
-        lines = b"".join(by_position[p].to_line() for p in sorted(by_position))
+        known.update(((f.position, f.reason), f) for o in outputs for f in read_failures(o))
+        lines = b"".join(known[key].to_line() for key in sorted(known))
         storage.write_bytes_atomically(fs, path, lines)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot write {path}: {exc}") from exc
-    return len(by_position)
+    return len(known)
 
 
 def _subdirectories(output: FilesOutput) -> list[pafs.FileInfo]:

@@ -158,10 +158,7 @@ class FileWorkQueue:
             lease.release()  # finished between our listing and our lease
             self._done.add(chunk.name)
             return None
-        taken_over = before is not None and not before.released
-        if taken_over and before is not None:
-            log.warning("%s: taking over from %s", chunk.name, before.describe())
-        return lease, taken_over
+        return lease, before is not None and not before.released
 
     def _read(self, chunk: Chunk, lease: OutputLease, taken_over: bool) -> Claim | None:
         """The chunk's docs as a claim; a chunk of bad records only is finished here (None)."""
@@ -323,6 +320,7 @@ class FileWorkQueue:
             self._output.lease_root(chunk),
             ttl_s=self._ttl,
             create_exclusive=self._create,
+            what=f"the lease of {chunk}",
         )
 
 

@@ -129,8 +129,10 @@ class OutputLease:
         create_exclusive: ExclusiveCreate | None = None,
         clock: Callable[[], float] = time.time,
         sole_holder: bool = False,
+        what: str = "the output lease",  # in the log, for leases on other things (a chunk)
     ) -> None:
         self._fs, self._root, self._ttl, self._clock = fs, root, ttl_s, clock
+        self._what = what
         self._dir = f"{root}/{LEASE_DIR}"
         if create_exclusive is not None:
             self._create = create_exclusive
@@ -173,7 +175,7 @@ class OutputLease:
             if self._create(self._fs, self._path(mine), mine.to_bytes()):
                 self.holder = mine
                 if current is not None and not current.released:
-                    log.warning("took over the output lease of %s", current.describe())
+                    log.warning("took over %s of %s", self._what, current.describe())
                 self._forget_before(generation)
                 return
             # Another consolidator created that generation first: look again.
