@@ -4,6 +4,8 @@ queue takes, and its listed order places each row at its line."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,17 @@ def test_an_ids_file_places_rows_at_their_lines(tmp_path: Path) -> None:
     assert found.ids_listed_twice.count == 0
     assert found.unplaced.sample == ["stray"]
     assert decode_id(*encode_id(oid)) == oid
+
+
+def test_the_work_database_draws_no_progress_bar(tmp_path: Path) -> None:
+    # DuckDB draws one on stdout for a query past 2 s, and stdout carries export's (and
+    # verify's) --json. Asked in a process of its own: under pytest DuckDB turns it off itself.
+    script = (
+        "import sys; from pathlib import Path; from embedder.storage.workdb import open_work_db; "
+        "con = open_work_db(Path(sys.argv[1]), 64 << 20); "
+        "print(con.execute(\"SELECT current_setting('enable_progress_bar')\").fetchall())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[(False,)]"
