@@ -149,9 +149,9 @@ class _Loader:
         errors = await self._retry(
             f"inserting into {self.report.target}", lambda: self._insert(docs)
         )
-        duplicates = [e["index"] for e in errors if e.get("code") == DUPLICATE_KEY]
+        duplicates = [e["index"] for e in errors if _id_taken(e)]
         for error in errors:
-            if error.get("code") != DUPLICATE_KEY:
+            if not _id_taken(error):
                 self._write_failed(records[error["index"]], str(error.get("errmsg")))
         self.report.inserted += len(docs) - len(errors)
         if duplicates:
@@ -242,6 +242,12 @@ class _Loader:
             log.warning("load: bad record at %s", where(failure))
         if self._failures is not None:
             self._failures.write(failure.to_line())
+
+
+def _id_taken(error: dict[str, Any]) -> bool:
+    """A duplicate key on ``_id`` (another unique index of the collection is a write error
+    like any other; servers before 4.2 name no key pattern)."""
+    return error.get("code") == DUPLICATE_KEY and error.get("keyPattern", {"_id": 1}) == {"_id": 1}
 
 
 def _nested(path: str, value: object) -> dict[str, Any]:

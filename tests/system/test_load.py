@@ -128,3 +128,17 @@ def test_a_killed_load_resumes_with_every_record_once(
     ids = [d["_id"] for d in db.docs.find({}, {"_id": 1})]
     assert sorted(ids) == list(range(n))
     assert db.docs.find_one({"_id": 345}) == {"_id": 345, "text": "text 345"}
+
+
+def test_another_unique_index_refusing_a_record_is_a_write_error(
+    mongo_uri: str, db_name: str, db: Any, tmp_path: Path
+) -> None:
+    db.uniq.create_index("text", unique=True)
+    corpus = write_lines(tmp_path / "c.jsonl", [json.dumps({"text": t}) for t in "aba"])
+    for attempt in range(2):
+        code, summary = load(mongo_uri, db_name, corpus, "--collection", "uniq")
+        assert code == 1, summary
+        inserted, there = (2, 0) if attempt == 0 else (0, 2)
+        assert f"inserted {inserted}, already there {there}, bad 0" in summary
+        assert "  write errors: 1" in summary and "  not written: line/row 3 (id 2): " in summary
+    assert db.uniq.count_documents({}) == 2
