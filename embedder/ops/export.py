@@ -226,7 +226,9 @@ def _failures(fs: pafs.FileSystem, root: str) -> Iterator[Failure]:
 
 def _open(fs: pafs.FileSystem, path: str) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(fs.open_input_file(path))
+        # Pages read as they are decoded through a small buffer, not a whole column chunk
+        # at once: the consolidator writes row groups of 128 MiB.
+        return pq.ParquetFile(fs.open_input_file(path), pre_buffer=False, buffer_size=_READ_BYTES)
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read output file {path}: {exc}") from exc
 
