@@ -91,11 +91,7 @@ class FileWorkQueue:
         create_exclusive: ExclusiveCreate | None = None,
         owner: str | None = None,
     ) -> None:
-        if create_exclusive is None and not storage.is_local(output.fs):
-            raise ConfigurationError(
-                f"{output.uri}: workers claim chunks by an exclusive create, which this store "
-                "lacks; use a local or shared filesystem, or s3:// (with embedder[s3])"
-            )
+        require_exclusive_create(output, create_exclusive)
         self.owner = owner or uuid.uuid4().hex
         self._output = output
         self._plan = plan
@@ -321,6 +317,15 @@ class FileWorkQueue:
             ttl_s=self._ttl,
             create_exclusive=self._create,
             what=f"the lease of {chunk}",
+        )
+
+
+def require_exclusive_create(output: FilesOutput, create: ExclusiveCreate | None) -> None:
+    """Refuse an output where two workers could both take one chunk (or plan it)."""
+    if create is None and not storage.is_local(output.fs):
+        raise ConfigurationError(
+            f"{output.uri}: workers claim chunks by an exclusive create, which this store "
+            "lacks; use a local or shared filesystem, or s3:// (with embedder[s3])"
         )
 
 

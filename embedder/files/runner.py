@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 
 from embedder.errors import ConfigurationError
 from embedder.files.chunk_shards import ChunkShardWriter
-from embedder.files.file_queue import FileWorkQueue
+from embedder.files.file_queue import FileWorkQueue, require_exclusive_create
 from embedder.files.layout import FilesOutput
 from embedder.files.plan import DEFAULT_CHUNK_ROWS, ChunkPlan, Selection
 from embedder.files.plan_store import ensure_plan
@@ -84,6 +84,7 @@ async def run_embed_files(job: FilesJob) -> Summary:
         log.info("metrics on http://%s:%d/metrics", job.metrics.host, job.metrics.port)
     output = FilesOutput.open(job.output_uri)
     exclusive = conditional_create.for_uri(job.output_uri)
+    require_exclusive_create(output, exclusive)
     with CorpusReader(job.source) as reader:
         plan = await asyncio.to_thread(
             ensure_plan,

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from embedder.storage.output_lease import LEASE_DIR, Holder, LeaseHeld, LeaseLos
 from embedder.storage.schema import ShardMetadata
 from embedder.storage.shards import ShardSettings, ShardWriter
 from tests.support import corpus as corpora
+from tests.support.s3 import moto_s3
 from tests.support.servers import ROOT, run_python
 from tests.support.worker import Workspace, marks, seed
 
@@ -906,66 +907,11 @@ def test_two_consolidators_on_an_object_store_never_both_hold_the_output() -> No
     assert all(w is True or "conditional create" in str(w) for w in won), won
 
 
-_MOTO_SERVER = """
-import sys
-from moto.server import DomainDispatcherApplication, create_backend_app
-from werkzeug.serving import run_simple
-# One request at a time: each conditional write is atomic, as S3's is.
-run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
-           threaded=False)
-"""
-
-
 @pytest.fixture
-def s3_server(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """moto's S3 server on loopback (the test extra installs it), with a bucket "bucket";
-    yields a pyarrow S3FileSystem on it. boto3 finds it through AWS_ENDPOINT_URL."""
-    pytest.importorskip("boto3")
-    pytest.importorskip("moto.server")
-    import socket
-
-    import boto3  # type: ignore[import-untyped,import-not-found,unused-ignore]
-    import pyarrow.fs as pafs
-
-    from embedder.storage import conditional_create
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-c", _MOTO_SERVER, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "moto did not start"
-                time.sleep(0.05)
-        for name, value in {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(name, value)
-        conditional_create._s3_client.cache_clear()
-        boto3.client("s3").create_bucket(Bucket="bucket")
-        yield pafs.S3FileSystem(
-            endpoint_override=f"127.0.0.1:{port}",
-            scheme="http",
-            access_key="testing",
-            secret_key="testing",
-            region="us-east-1",
-        )
-    finally:
-        conditional_create._s3_client.cache_clear()
-        server.terminate()
-        server.wait(10)
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """moto's S3 server with a bucket "bucket": a pyarrow S3FileSystem on it."""
+    with moto_s3(monkeypatch) as fs:
+        yield fs
 
 
 def test_on_s3_exactly_one_of_two_consolidators_takes_the_output(s3_server: Any) -> None:

@@ -15,21 +15,25 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from embedder.errors import ConfigurationError
 from embedder.files import open_source
+from embedder.files.consolidate_outputs import consolidate_outputs, find_outputs
 from embedder.files.plan import Selection
 from embedder.files.runner import FilesJob, run_embed_files
 from embedder.files.status import collect
 from embedder.fleet.routing import FleetSettings
 from embedder.ids import decode_id
+from embedder.storage.consolidate import ConsolidateSettings
 from embedder.telemetry import Summary
 from embedder.worker.pipeline import WorkerSettings
 from tests.support import file_corpus
 from tests.support.corpus import expected_vectors
 from tests.support.file_corpus import FileCorpus
+from tests.support.s3 import moto_s3
 from tests.support.servers import ROOT, FaultTei, run_python
 from tests.support.worker import wait_until
 
@@ -43,13 +47,15 @@ async def _embed(
     *,
     selection: Selection | None = None,
     chunk_rows: int = 16,
+    out_uri: str | None = None,
 ) -> Summary:
-    """One embed-files worker in this process and event loop."""
+    """One embed-files worker in this process and event loop (into ``out``, or
+    ``out_uri``)."""
     source = open_source(str(corpus.path), text_field=corpus.text_field, id_field=corpus.id_field)
     return await run_embed_files(
         FilesJob(
             source,
-            str(out),
+            out_uri or str(out),
             FleetSettings(urls=(tei.url + "/embed",), batch_size=8),
             selection=selection or Selection(),
             chunk_rows=chunk_rows,
@@ -291,3 +297,24 @@ async def test_workers_share_a_corpus_while_one_is_killed_again_and_again(
     _assert_exact(_rows(sorted(consolidated.glob("*.parquet"))), corpus.texts)
     shown = run_python(["-m", "embedder.cli", "status", "--output-dir", str(workers.out)])
     assert "40 done, 0 leased, 0 pending of 40" in shown.stdout, shown.stdout + shown.stderr
+
+
+async def test_an_s3_output(tmp_path: Path, tei: FaultTei, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On s3:// (moto's server) chunks are leased by conditional puts (If-None-Match: *),
+    shards, failures and marks are objects, status reads them, and the parts consolidate."""
+    corpus = file_corpus.parquet_dataset(tmp_path / "dataset", 60)
+    with moto_s3(monkeypatch) as s3:
+        summary = await _embed(
+            corpus, tei, tmp_path / "unused", chunk_rows=20, out_uri="s3://bucket/out"
+        )
+        assert (summary.embedded, summary.failed) == (len(corpus.texts), len(corpus.bad))
+        status = collect("s3://bucket/out")
+        assert status.complete and status.chunks == 3  # a file of 20 rows each
+        leases = s3.get_file_info(pafs.FileSelector("bucket/out/_files/leases", recursive=True))
+        assert sum(i.base_name.endswith(".json") for i in leases) == 3
+        report = consolidate_outputs(
+            find_outputs(["s3://bucket/out"]),
+            ConsolidateSettings("s3://bucket/out/shards", str(tmp_path / "consolidated")),
+        )
+        assert not report.missing
+    _assert_exact(_rows(sorted((tmp_path / "consolidated").glob("*.parquet"))), corpus.texts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 from embedder.errors import ConfigurationError
@@ -17,6 +18,8 @@ from embedder.files import (
     iter_records,
     open_source,
 )
+from embedder.files.file_queue import require_exclusive_create
+from embedder.files.layout import FilesOutput
 from embedder.files.plan import ChunkPlan, Selection, build_plan
 from embedder.worker.documents import Doc, to_doc
 from tests.support import file_corpus
@@ -164,3 +167,12 @@ def test_range_of_positions_only(tmp_path: Path) -> None:
     assert [(r.position, r.id, r.text) for r in got if isinstance(r, FileRecord)] == [
         (3, 3, "t3"), (4, 4, "t4"), (5, 5, "t5")
     ]  # fmt: skip
+
+
+def test_a_store_without_an_exclusive_create_is_refused(tmp_path: Path) -> None:
+    """Two workers could both take one chunk on a store with neither O_EXCL nor a
+    conditional put (a SubTree stands in for gs:// and other pyarrow filesystems)."""
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    with pytest.raises(ConfigurationError, match="exclusive create"):
+        require_exclusive_create(FilesOutput("gs://bucket/out", fs, "out"), None)
+    require_exclusive_create(FilesOutput.open(str(tmp_path / "out")), None)  # O_EXCL here
