@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from embedder import __version__
-from embedder.cli import dev, files, ops, output, worker
+from embedder.cli import dev, files, ops, output, transfer, worker
 from embedder.cli.conventions import LOG_LEVELS, configure_logging, with_conventions
 
 
@@ -34,6 +34,7 @@ for command in (
     *worker.COMMANDS,
     *files.COMMANDS,
     *output.COMMANDS,
+    *transfer.COMMANDS,
     *ops.COMMANDS,
     *dev.COMMANDS,
 ):

@@ -13,4 +13,6 @@ def open_work_db(directory: Path, memory_limit: int) -> duckdb.DuckDBPyConnectio
     con.execute(f"SET memory_limit = '{max(memory_limit // (1 << 20), 64)}MB'")
     con.execute(f"SET temp_directory = '{directory / 'spill'}'")
     con.execute("SET preserve_insertion_order = false")
+    # Its bar goes to stdout, which carries the commands' reports (--json).
+    con.execute("SET enable_progress_bar = false")
     return con

@@ -30,6 +30,22 @@ class Smoke:
 # The slowest first: they run a few at a time.
 SMOKES = (
     Smoke(
+        "file_corpus",
+        (
+            *("--rows", "200", "--servers", "2", "--dimension", "32", "--chunk-rows", "50"),
+            *("--capacity-seconds", "3", "--big-gb", "0.005"),
+            *("--batch-seconds", "0.005", "--token-seconds", "0.00001"),
+        ),
+        (
+            r"^fleet alone: [\d,]+ docs/s",
+            r"^\| embed-files, start to exit \| 200 \| [\d.]+ \| [\d,]+ \| [\d.]+ \| [\d,]+ MiB \|$",
+            r"^export: OK: \(200, 32\) float32 in corpus order from 200 rows",
+            r"^export to \.npy and pickle: [\d.]+ s, peak RSS [\d,]+ MiB$",
+            r"^--limit 1000: first request after [\d.]+ s, done in [\d.]+ s, peak RSS [\d,]+ MiB$",
+            r"^offsets pass: [\d.]+ GB in [\d.]+ s = [\d.]+ s per GB$",
+        ),
+    ),
+    Smoke(
         "adaptive_fleet",
         (
             *("--docs", "400", "--duration", "0.2", "--warmup", "0.05"),
