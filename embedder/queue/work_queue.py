@@ -103,9 +103,7 @@ class MongoWorkQueue:
     async def _forget_long_gone(self) -> None:
         """Remove the entries of workers gone for ``FORGET_AFTER`` and holding no lease: a
         killed worker never removes its own, and the document would grow with every kill."""
-        raw = await self._retry(
-            "reading the control document", lambda: self._control.find_one({"_id": self.spec.key})
-        )
+        raw = await self._read_raw_control()
         if raw is None:
             return
         view = ControlView.from_bson(raw)
@@ -356,9 +354,7 @@ class MongoWorkQueue:
     async def leases_awaited(self) -> list[AwaitedLease]:
         """Leases of other workers that are gone or silent: nothing else will free their
         docs until the lease expires and a worker takes it over."""
-        raw = await self._retry(
-            "reading the control document", lambda: self._control.find_one({"_id": self.spec.key})
-        )
+        raw = await self._read_raw_control()
         if raw is None:
             return []
         now = self._clock()
@@ -412,10 +408,13 @@ class MongoWorkQueue:
 
     # --- control document ---------------------------------------------------------------------
 
-    async def _read_control(self) -> ControlView:
-        raw = await self._retry(
+    async def _read_raw_control(self) -> dict[str, Any] | None:
+        return await self._retry(
             "reading the control document", lambda: self._control.find_one({"_id": self.spec.key})
         )
+
+    async def _read_control(self) -> ControlView:
+        raw = await self._read_raw_control()
         if raw is None:
             raise QueueError(f"control document {self.spec.key!r} is missing; was the queue reset?")
         return ControlView.from_bson(raw)
