@@ -183,8 +183,9 @@ class Worker:
         return self._telemetry.summary
 
     def request_stop(self) -> None:
-        """Stop claiming; what was claimed is embedded (for up to ``drain_timeout_s``),
-        written and marked, every lease is released, then run() returns."""
+        """Stop claiming and sending; the requests in flight get up to ``drain_timeout_s``;
+        what came back is written and marked, every lease is released (docs never sent are
+        pending again), then run() returns."""
         if not self._stopping.is_set():
             requests, sent = self._in_flight
             unsent = sum(t.outstanding for t in self._held.values()) - sent - self._in_hand
