@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from embedder import (
+    AwaitedLease,
     Claim,
     DoneMark,
     Fleet,
@@ -60,6 +61,9 @@ class MemoryWorkQueue:
 
     async def others_hold_leases(self) -> bool:
         return False
+
+    async def leases_awaited(self) -> list[AwaitedLease]:
+        return []
 
     async def pending_count(self) -> int:
         return len(self._docs) - self._next

@@ -52,6 +52,7 @@ _OWNERS: dict[str, str] = {
     "WorkQueue": "embedder.worker.pipeline",
     "LeaseTracker": "embedder.worker.pipeline",
     "Claim": "embedder.queue.work_queue",
+    "AwaitedLease": "embedder.queue.work_queue",
     "DoneMark": "embedder.queue.marks",
     "WorkerProgress": "embedder.queue.heartbeat",
     "ShardMetadata": "embedder.storage.schema",
@@ -76,6 +77,7 @@ _OWNERS: dict[str, str] = {
 
 __all__ = [
     "AdaptiveSettings",
+    "AwaitedLease",
     "BatchTooLargeError",
     "CannotVerifyError",
     "Claim",
@@ -138,7 +140,7 @@ if TYPE_CHECKING:
     from embedder.queue.marks import DoneMark
     from embedder.queue.settings import WorkQueueSettings
     from embedder.queue.spec import QueueSpec
-    from embedder.queue.work_queue import Claim
+    from embedder.queue.work_queue import AwaitedLease, Claim
     from embedder.storage.consolidate import ConsolidateSettings, Consolidator
     from embedder.storage.schema import ShardMetadata
     from embedder.storage.shards import ShardSettings, ShardWriter

@@ -31,7 +31,8 @@ class Summary:
 
     started: float = field(default_factory=time.monotonic)
     claimed: int = 0
-    embedded: int = 0
+    embedded: int = 0  # docs whose vectors came back (from the fleet, or re-used)
+    marked: int = 0  # of those, docs in a durable shard and marked done
     failed: int = 0
     failure_reasons: TallyCounter[str] = field(default_factory=TallyCounter)
     requests: int = 0
@@ -44,12 +45,35 @@ class Summary:
     sent_to_fleet: int = 0  # docs whose text went to the fleet
     reused_in_run: int = 0  # docs that got the vector of an equal text embedded in this run
     reused_from_cache: int = 0  # docs that got a vector from the cache of earlier runs
+    # Time spent polling with nothing to do (no lease held, nothing claimable): not work.
+    idle_s: float = 0.0
+    idle_since: float | None = None
+
+    def idle(self, now: float | None = None) -> None:
+        """From now on the worker waits for work (idempotent)."""
+        if self.idle_since is None:
+            self.idle_since = time.monotonic() if now is None else now
+
+    def busy(self, now: float | None = None) -> None:
+        """From now on the worker works (idempotent)."""
+        if self.idle_since is not None:
+            self.idle_s += (time.monotonic() if now is None else now) - self.idle_since
+            self.idle_since = None
+
+    def working_s(self, now: float | None = None) -> float:
+        """Wall time since the start, less the idle waits."""
+        now = time.monotonic() if now is None else now
+        ongoing = now - self.idle_since if self.idle_since is not None else 0.0
+        return max(now - self.started - self.idle_s - ongoing, 0.0)
 
     def as_dict(self) -> dict[str, object]:
-        elapsed = time.monotonic() - self.started
+        now = time.monotonic()
+        elapsed = now - self.started
+        working = self.working_s(now)
         return {
             "claimed": self.claimed,
             "embedded": self.embedded,
+            "marked": self.marked,
             "failed": self.failed,
             "failure_reasons": dict(self.failure_reasons.most_common()),
             "requests": self.requests,
@@ -62,16 +86,18 @@ class Summary:
             "sent_to_fleet": self.sent_to_fleet,
             "reused_in_run": self.reused_in_run,
             "reused_from_cache": self.reused_from_cache,
-            "elapsed_s": round(elapsed, 3),
-            "docs_per_s": round(self.embedded / elapsed, 1) if elapsed > 0 else 0.0,
+            "elapsed_s": round(elapsed, 3),  # wall time
+            "working_s": round(working, 3),  # wall time less idle polling
+            "docs_per_s": round(self.embedded / working, 1) if working > 0 else 0.0,
         }
 
     def lines(self) -> list[str]:
         """The closing report as an operator reads it."""
         numbers = self.as_dict()
         lines = [
-            f"embedded {self.embedded} docs in {numbers['elapsed_s']}s "
-            f"({numbers['docs_per_s']} docs/s); failed {self.failed}; requests {self.requests}, "
+            f"embedded {self.embedded} docs ({self.marked} durable and marked) in "
+            f"{numbers['working_s']}s of work ({numbers['docs_per_s']} docs/s; "
+            f"{numbers['elapsed_s']}s wall); failed {self.failed}; requests {self.requests}, "
             f"retries {self.retries}; shards {self.shards} ({self.shard_bytes} bytes)"
         ]
         lines.extend(f"  failed x{n}: {reason}" for reason, n in self.failure_reasons.most_common())
@@ -84,7 +110,14 @@ class Telemetry:
         self.summary = Summary()
         r = self.registry
         self.docs_embedded = Counter(
-            "embedder_docs_embedded_total", "Docs embedded and marked done.", registry=r
+            "embedder_docs_embedded_total",
+            "Docs whose vectors came back (from the fleet, or re-used), durable or not yet.",
+            registry=r,
+        )
+        self.docs_marked = Counter(
+            "embedder_docs_marked_total",
+            "Docs whose vectors are in a durable shard, marked done.",
+            registry=r,
         )
         self.docs_failed = Counter(
             "embedder_docs_failed_total",
@@ -244,6 +277,10 @@ class Telemetry:
     def embedded(self, count: int) -> None:
         self.summary.embedded += count
         self.docs_embedded.inc(count)
+
+    def marked(self, count: int) -> None:
+        self.summary.marked += count
+        self.docs_marked.inc(count)
 
     def failed(self, reason: str, cause: enum.StrEnum) -> None:
         """A doc (``FailureCause``) or a file corpus's record (``BadCause``) failed for good."""

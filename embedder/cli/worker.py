@@ -188,8 +188,15 @@ shard_options = options_group(
 )
 
 
-def _worker(*, once: bool, poll_interval: float, drain_timeout: float) -> WorkerSettings:
-    return WorkerSettings(once=once, poll_interval_s=poll_interval, drain_timeout_s=drain_timeout)
+def _worker(
+    *, once: bool, poll_interval: float, drain_timeout: float, log_interval: float
+) -> WorkerSettings:
+    return WorkerSettings(
+        once=once,
+        poll_interval_s=poll_interval,
+        drain_timeout_s=drain_timeout,
+        log_interval_s=log_interval,
+    )
 
 
 worker_options = options_group(
@@ -215,6 +222,14 @@ worker_options = options_group(
         help="On SIGTERM/SIGINT: seconds to finish requests in flight before giving them up; "
         "what is done is then written and marked, every lease released, exit 0. Keep it under "
         "the orchestrator's grace period (compose: 2 minutes) with room for the last shard.",
+    ),
+    click.option(
+        "--log-interval",
+        default=default(WorkerSettings, "log_interval_s"),
+        show_default=True,
+        type=POSITIVE_SECONDS,
+        envvar="EMBEDDER_LOG_INTERVAL",
+        help="Seconds between progress log lines (docs embedded, docs durable, rate, ETA).",
     ),
 )
 

@@ -18,6 +18,7 @@ to the chunk's failures with the docs the pipeline fails.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import socket
@@ -45,8 +46,9 @@ from embedder.files.readers import CorpusReader
 from embedder.files.records import BadCause, BadRecord, FileRecord, RecordId
 from embedder.queue.heartbeat import WorkerProgress
 from embedder.queue.leases import Lease
+from embedder.queue.liveness import Life, ProcessRef, life
 from embedder.queue.marks import DoneMark
-from embedder.queue.work_queue import Claim
+from embedder.queue.work_queue import AwaitedLease, Claim
 from embedder.storage import conditional_create
 from embedder.storage import filesystems as storage
 from embedder.storage.output_lease import (
@@ -301,6 +303,33 @@ class FileWorkQueue:
             if holder is not None and not holder.free(now):
                 return True
         return False
+
+    async def leases_awaited(self) -> list[AwaitedLease]:
+        return await asyncio.to_thread(self._awaited)
+
+    def _awaited(self) -> list[AwaitedLease]:
+        """Chunks whose holder is silent (two renewals missed) or gone: nothing but the
+        lease's expiry frees them."""
+        now = time.time()
+        at = dt.datetime.fromtimestamp(now, dt.UTC)
+        awaited = []
+        for chunk in self._chunks:
+            if chunk.name in self._done or chunk.name in self._held:
+                continue
+            holder = self._lease(chunk.name).current()
+            if holder is None or holder.free(now):
+                continue
+            expires = dt.datetime.fromtimestamp(holder.expires_at, dt.UTC)
+            renewed = expires - dt.timedelta(seconds=self._ttl)  # a renewal sets a full TTL
+            state = life(ProcessRef(holder.host, holder.pid), renewed, expires, at)
+            if state is not Life.ALIVE:
+                lease = Lease(chunk.name, chunk.start, chunk.stop, holder.token)
+                awaited.append(
+                    AwaitedLease(
+                        lease, state, expires, holder=f"{holder.host}:{holder.pid} on {chunk.name}"
+                    )
+                )
+        return awaited
 
     async def pending_count(self) -> int:
         done = await asyncio.to_thread(done_chunks, self._output)

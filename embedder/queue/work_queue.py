@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from embedder.errors import ConfigurationError, QueueError
 from embedder.ids import Bound, after, id_type, read_range, unsupported_clause
 from embedder.queue.heartbeat import Heartbeat, WorkerProgress
 from embedder.queue.leases import ClaimPlan, ControlView, Lease, plan_claim
+from embedder.queue.liveness import FORGET_AFTER, Life, ProcessRef
 from embedder.queue.marks import DoneMark, FailedMark, done_query
 from embedder.queue.retry import MongoRetry
 from embedder.queue.spec import QueueSpec
@@ -53,6 +52,21 @@ class Claim:
     seq: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class AwaitedLease:
+    """Another worker's lease that only its expiry will free."""
+
+    lease: Lease
+    owner_life: Life
+    expires_at: dt.datetime
+    holder: str = ""  # who holds it, where the owner id says little (a chunk's host:pid)
+
+    def describe(self) -> str:
+        at = self.expires_at.astimezone(dt.UTC).strftime("%H:%M:%S UTC")
+        who = self.holder or self.lease.owner[:8]
+        return f"lease of worker {who} ({self.owner_life}) to expire at {at}"
+
+
 class MongoWorkQueue:
     def __init__(
         self,
@@ -76,6 +90,7 @@ class MongoWorkQueue:
         self._view: ControlView | None = None
         self._retry = retry or MongoRetry()
         self._held: set[str] = set()  # ids of the leases this worker knows it holds
+        self._process = ProcessRef.current()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -85,11 +100,29 @@ class MongoWorkQueue:
             "creating the control document", lambda: create_control(self._control, self.spec.key)
         )
         await self.heartbeat()
+        await self._forget_long_gone()
+
+    async def _forget_long_gone(self) -> None:
+        """Remove the entries of workers gone for ``FORGET_AFTER`` and holding no lease: a
+        killed worker never removes its own, and the document would grow with every kill."""
+        raw = await self._read_raw_control()
+        if raw is None:
+            return
+        view = ControlView.from_bson(raw)
+        holding = {lease.owner for lease in view.leases}
+        cutoff = self._clock() - FORGET_AFTER
+        forgotten = {
+            f"workers.{owner}": ""
+            for owner, expires_at in view.expiry.items()
+            if owner not in holding and expires_at is not None and expires_at < cutoff
+        }
+        if forgotten:
+            await self._update_control({"$unset": forgotten})
 
     async def heartbeat(self, progress: WorkerProgress | None = None) -> None:
         """Keep this worker's leases alive; ``progress`` is shown by ``embedder status``."""
         now = self._clock()
-        beat = Heartbeat(socket.gethostname(), os.getpid(), now, now + self._ttl, progress)
+        beat = Heartbeat.of(self._process, now, now + self._ttl, progress)
         await self._update_control({"$set": {f"workers.{self.owner}": beat.to_bson()}})
 
     async def leave(self) -> None:
@@ -320,6 +353,22 @@ class MongoWorkQueue:
         view = await self._read_control()
         return bool(view.leases_of_others(self.owner))
 
+    async def leases_awaited(self) -> list[AwaitedLease]:
+        """Leases of other workers that are gone or silent: nothing else will free their
+        docs until the lease expires and a worker takes it over."""
+        raw = await self._read_raw_control()
+        if raw is None:
+            return []
+        now = self._clock()
+        workers = raw.get("workers") or {}
+        awaited = []
+        for lease in ControlView.from_bson(raw).leases_of_others(self.owner):
+            beat = Heartbeat.from_bson(workers.get(lease.owner) or {})
+            state = beat.life(now)
+            if state is not Life.ALIVE and beat.expires_at is not None:
+                awaited.append(AwaitedLease(lease, state, beat.expires_at))
+        return awaited
+
     # --- marking ----------------------------------------------------------------------------
 
     async def mark(
@@ -361,10 +410,13 @@ class MongoWorkQueue:
 
     # --- control document ---------------------------------------------------------------------
 
-    async def _read_control(self) -> ControlView:
-        raw = await self._retry(
+    async def _read_raw_control(self) -> dict[str, Any] | None:
+        return await self._retry(
             "reading the control document", lambda: self._control.find_one({"_id": self.spec.key})
         )
+
+    async def _read_control(self) -> ControlView:
+        raw = await self._read_raw_control()
         if raw is None:
             raise QueueError(f"control document {self.spec.key!r} is missing; was the queue reset?")
         return ControlView.from_bson(raw)

@@ -7,10 +7,11 @@ consolidator's de-duplication by ``_id`` makes the final output exactly-once.
 Memory: a doc's text is kept only until its request answers; from then until its shard is
 durable and it is marked (up to a shard's rows or age) the worker keeps its id and text hash.
 
-Stopping (a signal): claim nothing more, finish what is in flight for up to
-``drain_timeout_s``, then abandon the rest; make durable and mark what is done, release every
-lease (abandoned docs are pending again, for any worker), return. Marking and releasing run
-to their end even when the stages are cancelled.
+Stopping (a signal): claim nothing more and send nothing more; the requests in flight get
+up to ``drain_timeout_s`` to answer, then are abandoned; make durable and mark what came back,
+release every lease (docs claimed but never sent, or abandoned, are pending again, for any
+worker: marked docs have left the queue, so a lease's range holds only those), return.
+Marking and releasing run to their end even when the stages are cancelled.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from embedder.fleet.routing import Fleet
 from embedder.queue.heartbeat import WorkerProgress
 from embedder.queue.leases import Lease
 from embedder.queue.marks import DoneMark
-from embedder.queue.work_queue import Claim
+from embedder.queue.work_queue import AwaitedLease, Claim
 from embedder.storage.shards import ShardReceipt, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.batching import BatchLimits, oversized, plan_batches
 from embedder.worker.documents import Doc, Embedded, FailureCause, Rejected, to_doc
-from embedder.worker.progress import Progress, Silent
+from embedder.worker.progress import Pace, Progress, Silent, duration
 from embedder.worker.reuse import TextReuse
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class WorkQueue(Protocol):
     async def claim(self) -> Claim | None: ...
     async def release(self, leases: Sequence[Lease]) -> None: ...
     async def others_hold_leases(self) -> bool: ...
+    async def leases_awaited(self) -> Sequence[AwaitedLease]: ...
     async def pending_count(self) -> int: ...
     async def done_count(self) -> int: ...
     async def paused(self) -> bool: ...
@@ -167,7 +169,13 @@ class Worker:
         self._rows: list[Outcome] = []
         self._buffered = 0
         self._tokens_reported = 0
-        self._rate = 0.0  # docs/s over the last log interval
+        self._pace = Pace()  # docs embedded per second over the last log interval
+        self._beat_pace = Pace()  # the same over the last heartbeat interval, for status
+        self._unembedded_base: int | None = None  # see _remaining
+        self._in_flight = [0, 0]  # requests, and their docs, sent and not answered
+        self._in_hand = 0  # docs handed to the sink (embedded or failed), not marked yet
+        self._polling = False  # the claim loop found nothing and waits (idle if holding none)
+        self._waiting_for = ""  # a gone worker's lease this one waits for, as status says
         self._held: dict[str, LeaseTracker] = {}  # leases claimed and not yet released
         # The failures of the first docs claimed, held back from the sink while every one of
         # them failed (None once the options are known to be right): see _check_settings.
@@ -180,11 +188,19 @@ class Worker:
         return self._telemetry.summary
 
     def request_stop(self) -> None:
-        """Stop claiming; what was claimed is embedded (for up to ``drain_timeout_s``),
-        written and marked, every lease is released, then run() returns."""
+        """Stop claiming and sending; the requests in flight get up to ``drain_timeout_s``;
+        what came back is written and marked, every lease is released (docs never sent are
+        pending again), then run() returns."""
         if not self._stopping.is_set():
-            log.info(
-                "stopping: no new claims; draining in-flight work (for up to %.0fs)",
+            requests, sent = self._in_flight
+            unsent = sum(t.outstanding for t in self._held.values()) - sent - self._in_hand
+            log.warning(
+                "stopping: finishing %d requests in flight (%d docs), making durable and "
+                "marking %d docs, then releasing %d docs not sent; at most %.0fs",
+                requests,
+                sent,
+                self._in_hand + sent,
+                max(unsent, 0),
                 self._settings.drain_timeout_s,
             )
             self._stopping.set()
@@ -212,9 +228,9 @@ class Worker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-        # Leases whose docs were abandoned at the drain bound: pending again, for anyone.
+            self._progress.close()
+        # Leases whose docs were never sent or abandoned at the drain bound: pending again.
         await _shielded(self._release_held())
-        self._progress.close()
         await self._queue.leave()
         log.info(
             "run finished: %s",
@@ -228,6 +244,8 @@ class Worker:
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
             claim = await self._queue.claim()
+            self._polling = claim is None
+            self._note_idle()
             if claim is None:
                 if self._first_failures:  # the queue held fewer docs than the check wants
                     await self._give_up_the_settings_check()
@@ -246,10 +264,12 @@ class Worker:
                     continue
                 if self._settings.once and not await self._queue.others_hold_leases():
                     break
+                await self._note_awaited_leases()
                 # Nothing free now: new docs may arrive, or another worker's lease may
                 # expire (a dead worker) and be taken over.
                 await self._pause(self._settings.poll_interval_s)
                 continue
+            self._note_waiting("")
             await self._dispatch(claim)
         # Only on a normal finish: a cancelled stage must not wait on a queue.
         for _ in range(self._embedders):
@@ -260,6 +280,8 @@ class Worker:
         tracker = LeaseTracker(claim.lease, len(claim.documents), claim.seq)
         self._held[claim.lease.id] = tracker
         self._telemetry.leases.set(len(self._held))
+        if self._stopping.is_set():
+            return  # claimed as the stop came: released unsent, with the rest
         if claim.taken_over:
             self._telemetry.lease_taken_over()
         docs: list[Doc] = []
@@ -274,12 +296,12 @@ class Worker:
             # A dead worker's leftovers may be odd: only this worker's own claims count.
             rejected = await self._check_settings(len(claim.documents), bool(docs), rejected)
         if rejected.failed:
-            await self._outcomes.put(rejected)
+            await self._to_sink(rejected)
         if self._reuse is not None:
             split = await self._reuse.split(docs, tracker)
             self._telemetry.reused(split.from_run, split.from_cache)
             if split.reused:
-                await self._outcomes.put(
+                await self._to_sink(
                     Outcome(
                         done=[(Embedded.of(doc), t) for doc, t in split.reused],
                         vectors=np.stack(split.vectors),
@@ -289,6 +311,8 @@ class Worker:
             docs = split.send
         self._telemetry.sent(len(docs))
         for group in plan_batches(docs, self._limits):
+            if self._stopping.is_set():
+                break
             await self._batches.put(Batch(group, [tracker] * len(group)))
 
     async def _check_settings(self, claimed: int, any_good: bool, rejected: Outcome) -> Outcome:
@@ -323,7 +347,7 @@ class Worker:
             first.id,
             self._settings.text_field,
         )
-        await self._outcomes.put(Outcome(failed=held))
+        await self._to_sink(Outcome(failed=held))
 
     async def _refuse_a_settings_mistake(self) -> None:
         """Release the leases of the held failures, unmarked, and stop naming the option."""
@@ -354,7 +378,15 @@ class Worker:
 
     async def _embed_batches(self) -> None:
         while (batch := await self._batches.get()) is not _END:
-            result = await self._fleet.embed([d.text for d in batch.docs])
+            if self._stopping.is_set():
+                continue  # never sent: its docs stay pending, released with their lease
+            self._in_flight[0] += 1
+            self._in_flight[1] += len(batch.docs)
+            try:
+                result = await self._fleet.embed([d.text for d in batch.docs])
+            finally:
+                self._in_flight[0] -= 1
+                self._in_flight[1] -= len(batch.docs)
             pairs = list(zip(batch.docs, batch.trackers, strict=True))
             ok = result.succeeded()
             # From here on the texts are dropped: the sink holds ids and text hashes only.
@@ -367,7 +399,7 @@ class Worker:
                     if not ok[i]
                 ],
             )
-            await self._outcomes.put(outcome)
+            await self._to_sink(outcome)
             if self._reuse is not None:
                 await self._hand_to_waiters(outcome, pairs, ok)
 
@@ -393,9 +425,21 @@ class Worker:
         if waited.done:
             waited.vectors = outcome.vectors[rows]
         if waited.done or waited.failed:
-            await self._outcomes.put(waited)
+            await self._to_sink(waited)
 
     # --- shard, mark, release -----------------------------------------------------------------
+
+    async def _to_sink(self, outcome: Outcome) -> None:
+        """Hand docs that are decided (vectors back, or failed) to the sink: progress counts
+        them embedded now, and marked once their shard is durable."""
+        self._in_hand += len(outcome.done) + len(outcome.failed)
+        self._telemetry.embedded(len(outcome.done))
+        tokens = self._telemetry.summary.tokens
+        self._progress.embedded(
+            len(outcome.done), len(outcome.failed), tokens - self._tokens_reported
+        )
+        self._tokens_reported = tokens
+        await self._outcomes.put(outcome)
 
     async def _sink_loop(self) -> None:
         while True:
@@ -468,11 +512,9 @@ class Worker:
             [doc.text_hash for doc, _ in done],
         )
         self._telemetry.mark_seconds.observe(time.perf_counter() - started)
-        self._telemetry.embedded(len(done))
-        self._progress.advance(
-            len(done), len(failed), self._telemetry.summary.tokens - self._tokens_reported
-        )
-        self._tokens_reported = self._telemetry.summary.tokens
+        self._telemetry.marked(len(done))
+        self._progress.marked(len(done))
+        self._in_hand -= len(done) + len(failed)
         for failure, _ in failed:
             log.warning("doc %r failed for good: %s", failure.id, failure.reason)
             self._telemetry.failed(failure.reason, failure.cause)
@@ -488,6 +530,7 @@ class Worker:
         for lease in finished:
             self._held.pop(lease.id, None)
         self._telemetry.leases.set(len(self._held))
+        self._note_idle()
 
     async def _release_held(self) -> None:
         """After a drain: leases still held cover docs given up at the bound (not marked),
@@ -531,50 +574,86 @@ class Worker:
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
             try:
-                await self._queue.heartbeat(self._progress_record())
+                rate = self._beat_pace.sample(self.summary.embedded)
+                await self._queue.heartbeat(self._progress_record(rate))
             except Exception as exc:  # a missed beat is retried; the lease TTL has headroom
                 log.warning("heartbeat failed: %s", exc)
 
-    def _progress_record(self) -> WorkerProgress:
+    def _progress_record(self, rate: float) -> WorkerProgress:
         summary = self.summary
         return WorkerProgress(
             embedded=summary.embedded,
+            marked=summary.marked,
             failed=summary.failed,
-            rate_docs_per_s=round(self._rate, 1),
+            rate_docs_per_s=round(rate, 1),
             leases=len(self._held),
             last_shard=self._last_shard,
             reused=summary.reused_in_run + summary.reused_from_cache,
             paused=self._paused_logged,  # waiting for `embedder resume`
+            waiting_for=self._waiting_for,
         )
 
     async def _queue_gauges_loop(self) -> None:
         """Pending and done counts for /metrics, from the two indexes, once a minute."""
         while True:
             try:
-                self._telemetry.queue_pending.set(await self._queue.pending_count())
+                pending = await self._queue.pending_count()
+                self._telemetry.queue_pending.set(pending)
                 self._telemetry.queue_done.set(await self._queue.done_count())
+                self._unembedded_base = pending + self.summary.marked
             except Exception as exc:  # the gauges may lag; the run goes on
                 log.warning("counting the queue failed: %s", exc)
             await asyncio.sleep(self._settings.gauge_interval_s)
 
     async def _log_loop(self) -> None:
-        last, last_at = 0, time.monotonic()
         while True:
             await asyncio.sleep(self._settings.log_interval_s)
-            now, done = time.monotonic(), self.summary.embedded
-            self._rate = (done - last) / (now - last_at)
-            last, last_at = done, now
-            if self._reporter is not None:
-                self._reporter(self._progress_record())
+            summary = self.summary
+            rate = self._pace.sample(summary.embedded)
+            if self._reporter is not None:  # the supervisor shows one line for all processes
+                self._reporter(self._progress_record(rate))
                 continue
             log.info(
-                "embedded %d docs (%.0f docs/s), failed %d, retries %d, shards %d",
-                done,
-                self._rate,
-                self.summary.failed,
-                self.summary.retries,
-                self.summary.shards,
+                "embedded %d docs (%.0f docs/s, ETA %s), %d durable and marked, failed %d, "
+                "retries %d, shards %d",
+                summary.embedded,
+                rate,
+                duration(self._pace.eta_s(self._remaining())),
+                summary.marked,
+                summary.failed,
+                summary.retries,
+                summary.shards,
             )
+
+    def _remaining(self) -> int | None:
+        """Docs still to embed: pending at the last count (which holds the docs embedded but
+        not yet marked), less those embedded since."""
+        if self._unembedded_base is None:
+            return None
+        return max(self._unembedded_base - self.summary.embedded, 0)
+
+    def _note_idle(self) -> None:
+        """Idle while the claim loop finds nothing and no lease is held: the summary's rate
+        leaves that time out."""
+        if self._polling and not self._held:
+            self.summary.idle()
+        else:
+            self.summary.busy()
+
+    async def _note_awaited_leases(self) -> None:
+        """Nothing claimable: if a gone (or silent) worker's lease is what holds docs back,
+        say so once, and in the heartbeat."""
+        try:
+            awaited = await self._queue.leases_awaited()
+        except Exception as exc:  # only a message depends on it
+            log.debug("reading the leases of other workers failed: %s", exc)
+            return
+        self._note_waiting("; ".join(a.describe() for a in awaited[:3]))
+
+    def _note_waiting(self, what: str) -> None:
+        if what and what != self._waiting_for:
+            log.warning("waiting for %s", what)
+        self._waiting_for = what
 
 
 async def _shielded[T](work: Coroutine[Any, Any, T]) -> T:

@@ -36,7 +36,7 @@ class Counting:
     def __call__(self, link: WorkerLink) -> Summary:
         display = link.display(40)
         for _ in range(self.docs // 10):
-            display.advance(10, 0, 100)
+            display.embedded(10, 0, 100)
         display.close()  # the supervisor's to close, once all are done
         logging.getLogger("embedder.test").warning("counted %d", self.docs)
         if self.exit_code:
@@ -56,7 +56,7 @@ def test_one_bar_and_one_summary_for_all_workers(
     # One bar, fed by both workers' calls: 10 + 30 of the 40 pending.
     bar = capfd.readouterr().err
     assert "40/40" in bar, bar
-    assert bar.count("embedding:   0%") <= 1, bar
+    assert bar.count("embedded:   0%") <= 1, bar
     lines = {(r.name, r.getMessage()) for r in caplog.records}
     assert ("embedder.test (worker 1)", "counted 10") in lines
     assert ("embedder.test (worker 2)", "counted 30") in lines

@@ -26,6 +26,7 @@ from tests.support.worker import Workspace, seed
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "embedder.json"
 DOCUMENTED = [  # the series the README and the dashboard promise
     "embedder_docs_embedded_total",
+    "embedder_docs_marked_total",
     "embedder_docs_failed_total",
     "embedder_tokens_total",
     "embedder_requests_total",
