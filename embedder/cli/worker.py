@@ -28,8 +28,8 @@ from embedder.cli.options import (
 from embedder.cli.running import run, with_mongo, write_json
 from embedder.cli.types import BYTE_SIZE, CONCURRENCY, size_text
 from embedder.errors import EmbedderError
+from embedder.fleet.protocol import EmbedOptions
 from embedder.fleet.routing import FleetSettings, RetryPolicy
-from embedder.fleet.tei_protocol import EmbedOptions
 from embedder.queue import connection as mongo
 from embedder.queue.settings import WorkQueueSettings
 from embedder.queue.spec import QueueSpec

@@ -1,0 +1,261 @@
+"""A vLLM- or Infinity-like test server: ``python -m tests.support.openai_server --port 0``.
+
+It speaks the OpenAI embeddings API as the real server of its ``--flavour`` does (routes,
+model listing, error bodies and status codes: see embedder/fleet/openai_protocol.py for the
+sources), with the hash model of ``embedder serve`` behind it, so its vectors are those of a
+``fault_tei`` of the same dimension and seed: the two can form one fleet.
+
+* ``vllm``: ``/v1/models`` (``owned_by: "vllm"``, ``root``, ``max_model_len``), ``/version``,
+  ``/health``, ``/v1/embeddings``. No admission control: every request queues, and requests
+  are served one at a time (``--seconds-per-input`` each input), as one GPU would. An input
+  longer than ``max_model_len`` tokens is vLLM's 400 unless ``truncate_prompt_tokens`` asks to
+  cut it.
+* ``infinity``: ``/models`` (``owned_by: "infinity"``), ``/health``, ``/embeddings``; more
+  inputs than ``--max-client-batch-size`` is FastAPI's 422; it always truncates.
+
+Tests steer it like ``fault_tei``: ``POST /_faults`` with ``{"fail_every": N, "fail_status":
+429, "retry_after": "1"}``, ``GET /_stats`` (requests, inputs, faults injected, the most inputs
+queued at once, 429s answered), ``POST /_reset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from embedder.fleet import openai_protocol
+from embedder.serve.backends import HashBackend, normalized
+from embedder.serve.main import bind
+
+
+@dataclass
+class Faults:
+    fail_every: int = 0
+    fail_status: int = 429
+    retry_after: str | None = None
+    after: int = 0  # the first requests (the client's start-up probes) are spared
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    inputs: int = 0
+    faults_injected: int = 0
+    queued_inputs: int = 0
+    max_queued_inputs: int = 0
+    texts: set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "inputs": self.inputs,
+            "faults_injected": self.faults_injected,
+            "max_queued_inputs": self.max_queued_inputs,
+            "distinct_texts": len(self.texts),
+        }
+
+
+class OpenAIServer:
+    def __init__(
+        self,
+        flavour: str,
+        backend: HashBackend,
+        *,
+        seconds_per_input: float = 0.0,
+        max_client_batch_size: int = 2048,
+    ) -> None:
+        self.flavour = flavour
+        self.backend = backend
+        self.faults = Faults()
+        self.stats = Stats()
+        self._seconds_per_input = seconds_per_input
+        self._max_batch = max_client_batch_size
+        self._gpu = asyncio.Lock()  # one batch at a time, as one GPU; everything else queues
+        prefix = "/v1" if flavour == "vllm" else ""
+        self._routes = {
+            prefix + "/models": self._models,
+            prefix + "/embeddings": self._embeddings,
+            "/health": self._health,
+            "/version": self._version,
+            "/_faults": self._set_faults,
+            "/_stats": self._stats,
+            "/_reset": self._reset,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        route = self._routes.get(scope["path"])
+        if route is None or (scope["path"] == "/version" and self.flavour != "vllm"):
+            await _send(send, 404, orjson.dumps({"detail": "Not Found"}))
+            return
+        status, payload, headers = await route(body)
+        await _send(send, status, payload, headers)
+
+    # --- the API ------------------------------------------------------------------------------
+
+    async def _models(self, _body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        b = self.backend
+        if self.flavour == "vllm":
+            card = {
+                "id": "served-hash",
+                "object": "model",
+                "created": 0,
+                "owned_by": "vllm",
+                "root": b.model_id,
+                "parent": None,
+                "max_model_len": b.max_input_length,
+                "permission": [],
+            }
+        else:
+            card = {
+                "id": b.model_id,
+                "object": "model",
+                "owned_by": "infinity",
+                "created": 0,
+                "backend": "torch",
+                "stats": {"batch_size": 32, "queue_fraction": 0.0},
+                "capabilities": ["embed"],
+            }
+        return 200, orjson.dumps({"object": "list", "data": [card]}), []
+
+    async def _embeddings(self, body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        self.stats.requests += 1
+        request = orjson.loads(body)
+        inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
+        f = self.faults
+        if (
+            f.fail_every
+            and self.stats.requests > f.after
+            and self.stats.requests % f.fail_every == 0
+        ):
+            self.stats.faults_injected += 1
+            headers = [(b"retry-after", f.retry_after.encode())] if f.retry_after else []
+            message = f"model {self.backend.model_id} is currently overloaded"
+            return f.fail_status, self._error(message, "TooManyRequests", f.fail_status), headers
+        if self.flavour == "infinity" and len(inputs) > self._max_batch:
+            detail = [
+                {
+                    "type": "too_long",
+                    "loc": ["body", "input"],
+                    "msg": f"List should have at most {self._max_batch} items after "
+                    f"validation, not {len(inputs)}",
+                }
+            ]
+            return 422, orjson.dumps({"detail": detail}), []
+        tokens = self.backend.tokenize(list(inputs))
+        limit = self.backend.max_input_length
+        cut = self.flavour == "infinity" or request.get("truncate_prompt_tokens") == -1
+        longest = max((len(t) for t in tokens), default=0)
+        if longest > limit and not cut:
+            message = (
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {longest} tokens in the input for embedding generation. Please "
+                "reduce the length of the input."
+            )
+            return 400, self._error(message, "BadRequestError", 400), []
+        ids = [t.truncated(limit, "Right").ids for t in tokens]
+        self.stats.queued_inputs += len(inputs)
+        self.stats.max_queued_inputs = max(self.stats.max_queued_inputs, self.stats.queued_inputs)
+        try:
+            async with self._gpu:
+                if self._seconds_per_input:
+                    await asyncio.sleep(self._seconds_per_input * len(inputs))
+                vectors = normalized(self.backend.embed(ids))
+        finally:
+            self.stats.queued_inputs -= len(inputs)
+        self.stats.inputs += len(inputs)
+        self.stats.texts.update(inputs)
+        dimensions = request.get("dimensions")
+        if dimensions:
+            vectors = normalized(vectors[:, :dimensions])
+        return 200, self._answer(vectors, request, sum(len(i) for i in ids)), []
+
+    def _answer(self, vectors: np.ndarray, request: dict[str, Any], tokens: int) -> bytes:
+        return openai_protocol.encode_response(
+            vectors,
+            model=str(request.get("model") or self.backend.model_id),
+            encoding_format=str(request.get("encoding_format", "float")),
+            prompt_tokens=tokens,
+        )
+
+    def _error(self, message: str, error_type: str, code: int) -> bytes:
+        if self.flavour == "vllm":  # vLLM 0.6-0.10's flat ErrorResponse
+            body = {"object": "error", "message": message, "type": error_type, "param": None}
+            return orjson.dumps({**body, "code": code})
+        return openai_protocol.encode_nested_error(message, error_type=error_type, code=code)
+
+    async def _health(self, _body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        return 200, b"", []
+
+    async def _version(self, _body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        return 200, orjson.dumps({"version": "0.10.1"}), []
+
+    # --- steering -----------------------------------------------------------------------------
+
+    async def _set_faults(self, body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        self.faults = Faults(**orjson.loads(body or b"{}"))
+        return 200, b"{}", []
+
+    async def _stats(self, _body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        return 200, orjson.dumps(self.stats.to_json()), []
+
+    async def _reset(self, _body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        self.faults, self.stats = Faults(), Stats()
+        return 200, b"{}", []
+
+
+async def _send(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--flavour", choices=("vllm", "infinity"), default="vllm")
+    parser.add_argument("--dimension", type=int, default=64)
+    parser.add_argument("--model-seed", type=int, default=0)
+    parser.add_argument("--max-input-length", type=int, default=512)
+    parser.add_argument("--seconds-per-input", type=float, default=0.0)
+    parser.add_argument("--max-client-batch-size", type=int, default=2048)
+    args = parser.parse_args()
+    backend = HashBackend(args.dimension, args.max_input_length, seed=args.model_seed)
+    app = OpenAIServer(
+        args.flavour,
+        backend,
+        seconds_per_input=args.seconds_per_input,
+        max_client_batch_size=args.max_client_batch_size,
+    )
+    sock = bind("127.0.0.1", args.port)
+    print(f"{args.flavour} test server listening on http://127.0.0.1:{sock.getsockname()[1]}")
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
