@@ -54,6 +54,7 @@ def _fleet(
     request_timeout: float,
     outage_timeout: float,
     model_revision: str | None,
+    openai_model: str | None,
 ) -> FleetSettings:
     return FleetSettings(
         urls=endpoint_urls(tei_urls),
@@ -64,6 +65,7 @@ def _fleet(
         request_timeout_s=request_timeout,
         retry=RetryPolicy(outage_timeout_s=outage_timeout),
         model_revision=model_revision,
+        openai_model=openai_model,
     )
 
 
@@ -119,9 +121,14 @@ fleet_options = options_group(
     click.option(
         "--model-revision",
         envvar="EMBEDDER_MODEL_REVISION",
-        help="Name of the model files' revision where TEI reports none (a local model "
-        "directory): recorded in the embed key, marks and shards. Change it whenever the "
-        "files change.",
+        help="Name of the model files' revision where the server reports none (vLLM, "
+        "Infinity, a TEI serving a local directory): recorded in the embed key, marks and "
+        "shards. Change it whenever the files change.",
+    ),
+    click.option(
+        "--openai-model",
+        envvar="EMBEDDER_OPENAI_MODEL",
+        help="The model to ask an OpenAI-compatible server for, where it lists several.",
     ),
 )
 

@@ -49,6 +49,7 @@ class Stats:
     faults_injected: int = 0
     queued_inputs: int = 0
     max_queued_inputs: int = 0
+    early: int = 0  # requests that came before a Retry-After we sent had passed
     texts: set[str] = field(default_factory=set)
 
     def to_json(self) -> dict[str, Any]:
@@ -57,6 +58,7 @@ class Stats:
             "inputs": self.inputs,
             "faults_injected": self.faults_injected,
             "max_queued_inputs": self.max_queued_inputs,
+            "early": self.early,
             "distinct_texts": len(self.texts),
         }
 
@@ -76,6 +78,7 @@ class OpenAIServer:
         self.stats = Stats()
         self._seconds_per_input = seconds_per_input
         self._max_batch = max_client_batch_size
+        self._not_before = 0.0  # loop time before which a client was told not to come back
         self._gpu = asyncio.Lock()  # one batch at a time, as one GPU; everything else queues
         prefix = "/v1" if flavour == "vllm" else ""
         self._routes = {
@@ -136,6 +139,9 @@ class OpenAIServer:
 
     async def _embeddings(self, body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         self.stats.requests += 1
+        now = asyncio.get_running_loop().time()
+        if now < self._not_before:
+            self.stats.early += 1
         request = orjson.loads(body)
         inputs = request["input"] if isinstance(request["input"], list) else [request["input"]]
         f = self.faults
@@ -145,7 +151,10 @@ class OpenAIServer:
             and self.stats.requests % f.fail_every == 0
         ):
             self.stats.faults_injected += 1
-            headers = [(b"retry-after", f.retry_after.encode())] if f.retry_after else []
+            headers = []
+            if f.retry_after:
+                headers = [(b"retry-after", f.retry_after.encode())]
+                self._not_before = now + float(f.retry_after)
             message = f"model {self.backend.model_id} is currently overloaded"
             return f.fail_status, self._error(message, "TooManyRequests", f.fail_status), headers
         if self.flavour == "infinity" and len(inputs) > self._max_batch:
@@ -216,7 +225,7 @@ class OpenAIServer:
         return 200, orjson.dumps(self.stats.to_json()), []
 
     async def _reset(self, _body: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        self.faults, self.stats = Faults(), Stats()
+        self.faults, self.stats, self._not_before = Faults(), Stats(), 0.0
         return 200, b"{}", []
 
 
