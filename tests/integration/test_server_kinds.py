@@ -131,7 +131,7 @@ async def test_servers_that_treat_long_inputs_differently_are_refused_unless_tol
 ) -> None:
     vllm, infinity, tei = servers
     # TEI cuts (--auto-truncate), vLLM refuses: the vectors of long texts would differ.
-    with pytest.raises(ConfigurationError, match="refused.*--truncate"):
+    with pytest.raises(ConfigurationError, match=r"refused.*--truncate"):
         await Fleet.connect(
             _settings([tei.url, vllm.url], tei, options=EmbedOptions()), Telemetry()
         )

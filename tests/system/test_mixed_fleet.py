@@ -37,7 +37,7 @@ async def test_a_fleet_of_tei_and_vllm_with_429s_embeds_every_doc_once(
     corpus = corpora.tweets(150)
     queue = await seed(mongo, ws.database, corpus)
     tei.set_faults(fail_every=2, fail_status=429, after=1)  # the start-up probe gets through
-    revision = httpx.get(tei.url + "/info", timeout=5).json()["model_sha"]
+    revision = _get(tei.url + "/info")["model_sha"]
 
     code = await asyncio.to_thread(
         ws.run,
@@ -52,7 +52,12 @@ async def test_a_fleet_of_tei_and_vllm_with_429s_embeds_every_doc_once(
 
     assert code == 0, ws.log()
     assert tei.stats()["faults_injected"] >= 1
-    served = httpx.get(vllm_like.address + "/_stats", timeout=5).json()
+    served = _get(vllm_like.address + "/_stats")
     assert served["inputs"] > 0 and tei.stats()["inputs"] > 1, "an endpoint embedded nothing"
     assert_complete(ws.rows(), await marks(mongo, queue), corpus)  # vectors compared exactly
     assert ws.summary()["errors_by_kind"].get("overloaded", 0) >= 1
+
+
+def _get(url: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(url, timeout=5).json()
+    return answer
