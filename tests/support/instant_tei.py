@@ -71,7 +71,6 @@ class InstantTei:
         else:
             await _send(send, 200, b"", [])
 
-
     def _body(self, form: str, count: int) -> bytes:
         body = self._bodies.get((form, count))
         if body is None:
