@@ -122,8 +122,9 @@ fleet_options = options_group(
         "--model-revision",
         envvar="EMBEDDER_MODEL_REVISION",
         help="Name of the model files' revision where the server reports none (vLLM, "
-        "Infinity, a TEI serving a local directory): recorded in the embed key, marks and "
-        "shards. Change it whenever the files change.",
+        "Infinity, a TEI serving a local directory), or a qualifier of the one it reports "
+        "(TEI's --pooling or --default-prompt): recorded in the embed key, marks and shards. "
+        "Change it whenever the files or those settings change.",
     ),
     click.option(
         "--openai-model",

@@ -272,16 +272,14 @@ class Fleet:
 
     def _with_revision(self, info: ServerInfo) -> ServerInfo:
         """``info`` with ``model_sha`` the revision the fleet records: the server's, else the
-        user's (vLLM, Infinity and hosted APIs report none)."""
+        user's (vLLM, Infinity and hosted APIs report none). Where both are given and differ,
+        the user's qualifies the server's (``<sha>+<name>``): it names a setting that changes
+        vectors but is in no key (TEI's ``--pooling``, ``--default-prompt``, its dtype)."""
         revision = self.settings.model_revision
-        if revision is None:
+        if revision is None or info.model_sha == revision:
             return info
-        if info.model_sha is not None and info.model_sha != revision:
-            raise ConfigurationError(
-                f"{info.kind} reports revision {info.model_sha!r} of {info.model_id}, "
-                f"--model-revision says {revision!r}"
-            )
-        return dataclasses.replace(info, model_sha=revision)
+        qualified = revision if info.model_sha is None else f"{info.model_sha}+{revision}"
+        return dataclasses.replace(info, model_sha=qualified)
 
     async def _learn_dimension(self) -> None:
         """Embed one probe text on every live endpoint: all must agree on its vector."""
@@ -684,13 +682,7 @@ class Fleet:
         endpoint.refused = kind
 
     def _check_identity(self, endpoint: Endpoint, info: ServerInfo) -> None:
-        try:
-            theirs = self._with_revision(info).identity
-        except ConfigurationError as exc:
-            raise EndpointError(
-                str(exc), endpoint=endpoint.name, kind=FaultKind.WRONG_MODEL
-            ) from exc
-        differences = self.info.identity.differences(theirs)
+        differences = self.info.identity.differences(self._with_revision(info).identity)
         if differences:
             raise EndpointError(
                 f"/info differs from the start in {'; '.join(differences)}",
