@@ -16,7 +16,7 @@ import orjson
 
 from embedder.fleet import openai_protocol
 from embedder.fleet import tei_protocol as tei
-from embedder.serve.main import bind
+from tests.support.bare_asgi import answer, request_body, serve
 
 Scope = dict[str, Any]
 
@@ -47,29 +47,21 @@ class InstantTei:
         )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        body = await request_body(scope, receive, send)
+        if body is None:
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         path = scope["path"]
         if path in ("/embed", "/v1/embeddings"):
             request = orjson.loads(body)
             inputs = request["inputs" if path == "/embed" else "input"]
             texts = [inputs] if isinstance(inputs, str) else inputs
             tokens = sum(len(t) // 4 + 2 for t in texts)
-            answer = self._body("json" if path == "/embed" else "base64", len(texts))
-            await _send(send, 200, answer, [(b"x-compute-tokens", str(tokens).encode())])
+            reply = self._body("json" if path == "/embed" else "base64", len(texts))
+            await answer(send, 200, reply, [(b"x-compute-tokens", str(tokens).encode())])
         elif path == "/info":
-            await _send(send, 200, self._info, [])
+            await answer(send, 200, self._info, [])
         else:
-            await _send(send, 200, b"", [])
+            await answer(send, 200, b"", [])
 
     def _body(self, form: str, count: int) -> bytes:
         body = self._bodies.get((form, count))
@@ -87,30 +79,13 @@ class InstantTei:
         return body
 
 
-async def _send(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 def main() -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--dimension", type=int, default=768)
     parser.add_argument("--max-batch", type=int, default=256)
     args = parser.parse_args()
-    sock = bind("127.0.0.1", args.port)
-    print(f"instant tei listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(
-        InstantTei(args.dimension, args.max_batch), log_level="warning", access_log=False
-    )
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(InstantTei(args.dimension, args.max_batch), args.port, "instant tei")
 
 
 if __name__ == "__main__":

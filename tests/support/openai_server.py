@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from embedder.fleet import openai_protocol
 from embedder.serve.backends import HashBackend, normalized
-from embedder.serve.main import bind
+from tests.support.bare_asgi import answer, request_body, serve
 
 
 @dataclass
@@ -92,23 +92,15 @@ class OpenAIServer:
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        body = await request_body(scope, receive, send)
+        if body is None:
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         route = self._routes.get(scope["path"])
         if route is None or (scope["path"] == "/version" and self.flavour != "vllm"):
-            await _send(send, 404, orjson.dumps({"detail": "Not Found"}))
+            await answer(send, 404, orjson.dumps({"detail": "Not Found"}))
             return
         status, payload, headers = await route(body)
-        await _send(send, status, payload, headers)
+        await answer(send, status, payload, headers)
 
     # --- the API ------------------------------------------------------------------------------
 
@@ -229,21 +221,7 @@ class OpenAIServer:
         return 200, b"{}", []
 
 
-async def _send(
-    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *(extra or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 def main() -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--flavour", choices=("vllm", "infinity"), default="vllm")
@@ -260,10 +238,7 @@ def main() -> None:
         seconds_per_input=args.seconds_per_input,
         max_client_batch_size=args.max_client_batch_size,
     )
-    sock = bind("127.0.0.1", args.port)
-    print(f"{args.flavour} test server listening on http://127.0.0.1:{sock.getsockname()[1]}")
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(app, args.port, f"{args.flavour} test server")
 
 
 if __name__ == "__main__":
