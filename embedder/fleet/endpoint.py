@@ -90,6 +90,7 @@ class EndpointClient:
         self._http = http
         self.kind: ServerKind | None = None  # known once info() has answered
         self.wire: EmbedWire = tei.TeiWire()
+        self._models_route = "/v1/models"  # where its model listing answered
         self._headers = {"content-type": "application/json"}
         if api_key:  # TEI's --api-key; it takes the place of the URL's credentials
             self._headers["authorization"] = f"Bearer {api_key}"
@@ -143,6 +144,7 @@ class EndpointClient:
                 raise self._garbage(f"{prefix}/models answer is unusable: {exc}") from exc
             self.kind = info.kind
             self.wire = openai.OpenAIWire(prefix + "/embeddings", info.served_model_name, info.kind)
+            self._models_route = prefix + "/models"
             return info
         assert last is not None
         if last.status_code == 404:
@@ -165,11 +167,11 @@ class EndpointClient:
 
     async def healthy(self) -> bool:
         # A hosted API has no /health: its model listing says it is there.
-        route = "/models" if self.kind is ServerKind.OPENAI else "/health"
-        base = self.url if route == "/models" else _root(self.url)
+        hosted = self.kind is ServerKind.OPENAI
+        where = self.url + self._models_route if hosted else _root(self.url) + "/health"
         try:
             response = await self._http.get(
-                base + route,
+                where,
                 timeout=5.0,
                 headers=self._headers,
                 auth=self._auth or httpx.USE_CLIENT_DEFAULT,

@@ -220,3 +220,41 @@ async def test_the_adaptive_limit_keeps_a_server_without_admission_control_short
         vllm, _settings([vllm.url], tei, adaptive=AdaptiveSettings(), retry=RetryPolicy())
     )
     assert adaptive <= 4 * 32, f"the adaptive limit let {adaptive} inputs queue"
+
+
+@pytest.fixture(scope="module")
+def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAITestServer]:
+    process = _server(
+        tmp_path_factory.mktemp("hosted"), "--flavour", "openai", "--api-key", "sk-test-key"
+    )
+    yield OpenAITestServer(process)
+    process.stop()
+
+
+@pytest.mark.parametrize("base", ["/v1", ""])  # an OpenAI base URL, or the server's root
+async def test_a_hosted_api_needs_its_model_named_and_its_key(
+    hosted: OpenAITestServer, tei: FaultTei, base: str
+) -> None:
+    url = hosted.url + base
+    plain = EmbedOptions()  # a hosted API refuses long inputs and cannot be told to cut them
+    with pytest.raises(ConfigurationError, match="--openai-model"):
+        await Fleet.connect(
+            _settings([url], tei, api_key="sk-test-key", options=plain), Telemetry()
+        )
+    model = "embedder/hash-64"
+    with pytest.raises(ConfigurationError, match="refused our credentials") as refused:
+        await Fleet.connect(
+            _settings([url], tei, api_key="wrong-key", openai_model=model, options=plain),
+            Telemetry(),
+        )
+    assert "wrong-key" not in str(refused.value)
+    settings = _settings([url], tei, api_key="sk-test-key", openai_model=model, options=plain)
+    fleet = await Fleet.connect(settings, Telemetry())
+    try:
+        endpoint = fleet.endpoints[0]
+        assert endpoint.client.kind is ServerKind.OPENAI
+        assert await endpoint.client.healthy()  # no /health: its model listing answers
+        result = await fleet.embed(TEXTS[:8])
+    finally:
+        await fleet.close()
+    np.testing.assert_allclose(result.vectors, corpora.expected_vectors(TEXTS[:8], 64), atol=1e-6)

@@ -10,6 +10,8 @@ sources), with the hash model of ``embedder serve`` behind it, so its vectors ar
   are served one at a time (``--seconds-per-input`` each input), as one GPU would. An input
   longer than ``max_model_len`` tokens is vLLM's 400 unless ``truncate_prompt_tokens`` asks to
   cut it.
+* ``openai``: a hosted API at ``/v1``: ``/v1/models`` lists two models (``owned_by:
+  "system"``), no ``/health``, every route needs ``Authorization: Bearer <--api-key>``.
 * ``infinity``: ``/models`` (``owned_by: "infinity"``), ``/health``, ``/embeddings``; more
   inputs than ``--max-client-batch-size`` is FastAPI's 422; it always truncates.
 
@@ -71,6 +73,7 @@ class OpenAIServer:
         *,
         seconds_per_input: float = 0.0,
         max_client_batch_size: int = 2048,
+        api_key: str | None = None,
     ) -> None:
         self.flavour = flavour
         self.backend = backend
@@ -80,7 +83,8 @@ class OpenAIServer:
         self._max_batch = max_client_batch_size
         self._not_before = 0.0  # loop time before which a client was told not to come back
         self._gpu = asyncio.Lock()  # one batch at a time, as one GPU; everything else queues
-        prefix = "/v1" if flavour == "vllm" else ""
+        self._authorization = f"Bearer {api_key}".encode() if api_key else None
+        prefix = "" if flavour == "infinity" else "/v1"
         self._routes = {
             prefix + "/models": self._models,
             prefix + "/embeddings": self._embeddings,
@@ -95,8 +99,15 @@ class OpenAIServer:
         body = await request_body(scope, receive, send)
         if body is None:
             return
-        route = self._routes.get(scope["path"])
-        if route is None or (scope["path"] == "/version" and self.flavour != "vllm"):
+        path = scope["path"]
+        given = dict(scope["headers"]).get(b"authorization")
+        if self._authorization and not path.startswith("/_") and given != self._authorization:
+            message = "Incorrect API key provided"
+            await answer(send, 401, self._error(message, "invalid_request_error", 401))
+            return
+        route = self._routes.get(path)
+        hosted_lacks = self.flavour == "openai" and path == "/health"
+        if route is None or hosted_lacks or (path == "/version" and self.flavour != "vllm"):
             await answer(send, 404, orjson.dumps({"detail": "Not Found"}))
             return
         status, payload, headers = await route(body)
@@ -117,6 +128,12 @@ class OpenAIServer:
                 "max_model_len": b.max_input_length,
                 "permission": [],
             }
+        elif self.flavour == "openai":
+            cards = [
+                {"id": name, "object": "model", "created": 0, "owned_by": "system"}
+                for name in (b.model_id, "another-embedding-model")
+            ]
+            return 200, orjson.dumps({"object": "list", "data": cards}), []
         else:
             card = {
                 "id": b.model_id,
@@ -224,7 +241,8 @@ class OpenAIServer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--flavour", choices=("vllm", "infinity"), default="vllm")
+    parser.add_argument("--flavour", choices=("vllm", "infinity", "openai"), default="vllm")
+    parser.add_argument("--api-key")
     parser.add_argument("--dimension", type=int, default=64)
     parser.add_argument("--model-seed", type=int, default=0)
     parser.add_argument("--max-input-length", type=int, default=512)
@@ -237,6 +255,7 @@ def main() -> None:
         backend,
         seconds_per_input=args.seconds_per_input,
         max_client_batch_size=args.max_client_batch_size,
+        api_key=args.api_key,
     )
     serve(app, args.port, f"{args.flavour} test server")
 
