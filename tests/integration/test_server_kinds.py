@@ -44,26 +44,20 @@ def _server(tmp: Path, *args: str) -> Process:
     return start(["-m", "tests.support.openai_server", "--port", "0", *args], tmp / "server.log")
 
 
-@pytest.fixture(scope="module")
-def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAITestServer]:
-    process = _server(
-        tmp_path_factory.mktemp("vllm"), "--flavour", "vllm", "--seconds-per-input", "0.001"
-    )
+def _serving(tmp: pytest.TempPathFactory, *args: str) -> Iterator[OpenAITestServer]:
+    process = _server(tmp.mktemp("server"), *args)
     yield OpenAITestServer(process)
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAITestServer]:
+    yield from _serving(tmp_path_factory, "--flavour", "vllm", "--seconds-per-input", "0.001")
 
 
 @pytest.fixture(scope="module")
 def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAITestServer]:
-    process = _server(
-        tmp_path_factory.mktemp("infinity"),
-        "--flavour",
-        "infinity",
-        "--max-client-batch-size",
-        "16",
-    )
-    yield OpenAITestServer(process)
-    process.stop()
+    yield from _serving(tmp_path_factory, "--flavour", "infinity", "--max-client-batch-size", "16")
 
 
 @pytest.fixture
@@ -224,11 +218,7 @@ async def test_the_adaptive_limit_keeps_a_server_without_admission_control_short
 
 @pytest.fixture(scope="module")
 def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAITestServer]:
-    process = _server(
-        tmp_path_factory.mktemp("hosted"), "--flavour", "openai", "--api-key", "sk-test-key"
-    )
-    yield OpenAITestServer(process)
-    process.stop()
+    yield from _serving(tmp_path_factory, "--flavour", "openai", "--api-key", "sk-test-key")
 
 
 @pytest.mark.parametrize("base", ["/v1", ""])  # an OpenAI base URL, or the server's root
