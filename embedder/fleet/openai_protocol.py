@@ -218,7 +218,7 @@ def encode_error(error_type: tei.ErrorType, message: str) -> bytes:
     return orjson.dumps({"message": message, "code": error_type.status, "type": str(error_type)})
 
 
-def encode_nested_error(message: str, *, error_type: str, code: int) -> bytes:
+def encode_nested_error(message: str, *, error_type: str | None, code: int) -> bytes:
     """vLLM's (newer) and Infinity's error body: ``{"error": {message, type, param, code}}``."""
     return orjson.dumps(
         {"error": {"message": message, "type": error_type, "param": None, "code": code}}

@@ -154,6 +154,26 @@ async def test_vllms_over_long_input_fails_that_doc_alone(
     )
 
 
+async def test_a_vllm_500_is_the_servers_fault_and_retried_not_the_docs(
+    servers: tuple[OpenAITestServer, OpenAITestServer, FaultTei],
+) -> None:
+    vllm, _, tei = servers
+    vllm.set_faults(fail_every=2, fail_status=500, after=1)
+    telemetry = Telemetry()
+    fleet = await Fleet.connect(_settings([vllm.url], tei, batch_size=8), telemetry)
+    try:
+        results = [await fleet.embed(TEXTS[i : i + 8]) for i in range(0, 24, 8)]
+    finally:
+        await fleet.close()
+    assert vllm.stats()["faults_injected"] >= 2
+    assert telemetry.summary.errors_by_kind["server_error"] >= 2
+    for i, result in zip(range(0, 24, 8), results, strict=True):
+        assert not result.failures
+        np.testing.assert_allclose(
+            result.vectors, corpora.expected_vectors(TEXTS[i : i + 8], 64), atol=1e-6
+        )
+
+
 async def test_infinitys_batch_limit_is_learnt_from_its_422(
     servers: tuple[OpenAITestServer, OpenAITestServer, FaultTei],
 ) -> None:

@@ -164,8 +164,14 @@ class OpenAIServer:
             if f.retry_after:
                 headers = [(b"retry-after", f.retry_after.encode())]
                 self._not_before = now + float(f.retry_after)
-            message = f"model {self.backend.model_id} is currently overloaded"
-            return f.fail_status, self._error(message, "TooManyRequests", f.fail_status), headers
+            if f.fail_status == 429:
+                message, kind = f"model {self.backend.model_id} is currently overloaded", None
+            else:
+                message, kind = (
+                    "InternalServerError: CUDA error: out of memory",
+                    "InternalServerError",
+                )
+            return f.fail_status, self._error(message, kind, f.fail_status), headers
         if self.flavour == "infinity" and len(inputs) > self._max_batch:
             detail = [
                 {
@@ -212,7 +218,7 @@ class OpenAIServer:
             prompt_tokens=tokens,
         )
 
-    def _error(self, message: str, error_type: str, code: int) -> bytes:
+    def _error(self, message: str, error_type: str | None, code: int) -> bytes:
         if self.flavour == "vllm":  # vLLM 0.6-0.10's flat ErrorResponse
             body = {"object": "error", "message": message, "type": error_type, "param": None}
             return orjson.dumps({**body, "code": code})
