@@ -62,6 +62,8 @@ demo: install
 bench: install
 	$(BIN)/python -m bench.pipeline_ceiling
 	$(BIN)/python -m bench.processes
+
+	$(BIN)/python -m bench.api_formats
 	$(BIN)/python -m bench.mongo_round_trips
 	$(BIN)/python -m bench.serve_throughput
 	$(BIN)/python -m bench.consolidate_1m

@@ -38,8 +38,8 @@ import orjson
 from bench.sim_fleet import machine, running_fleet
 from embedder.files import CorpusReader, open_source
 from embedder.files.plan import Selection, build_plan
-from embedder.fleet import tei_protocol as tei
 from embedder.fleet.endpoint import EndpointClient
+from embedder.fleet.protocol import EmbedOptions
 from embedder.ops import autotune
 from tests.support.servers import ROOT
 
@@ -150,7 +150,7 @@ async def fleet_alone(urls: list[str], texts: list[str], servers: int, duration_
             concurrency=8 * servers,
             warmup_s=min(2.0, duration_s / 2),
             duration_s=duration_s,
-            options=tei.EmbedOptions(),
+            options=EmbedOptions(),
         )
     if not cell.docs_per_s:
         raise SystemExit(

@@ -38,8 +38,8 @@ from pymongo import AsyncMongoClient
 from bench.memory_queue import run_worker
 from bench.sim_fleet import machine, running_fleet
 from embedder.devtools.samples import generate
-from embedder.fleet import tei_protocol as tei
 from embedder.fleet.endpoint import EndpointClient
+from embedder.fleet.protocol import EmbedOptions
 from embedder.fleet.routing import Fleet, FleetSettings
 from embedder.ops import autotune
 from embedder.queue import connection as mongo
@@ -213,7 +213,7 @@ async def fleet_run(servers: int, docs_per_server: int, root: Path) -> FleetRun:
             concurrency=8 * servers,
             warmup_s=1.0,
             duration_s=4.0,
-            options=tei.EmbedOptions(),
+            options=EmbedOptions(),
         )
         telemetry = Telemetry()
         fleet = await Fleet.connect(FleetSettings(urls=tuple(urls), batch_size=32), telemetry)

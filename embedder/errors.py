@@ -114,6 +114,7 @@ class EndpointError(EmbedderError):
         kind: FaultKind,
         status: int | None = None,
         error_type: str | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(f"{endpoint}: {message}")
         self.endpoint = endpoint
@@ -121,6 +122,9 @@ class EndpointError(EmbedderError):
         self.status = status
         self.error_type = error_type
         self.reason = message
+        # The server's Retry-After: the endpoint gets nothing new until then (hosted APIs and
+        # proxies send it with 429 and 503; TEI, vLLM and Infinity do not).
+        self.retry_after_s = retry_after_s
 
     @property
     def means(self) -> Consequences:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 
 import numpy as np
 
-from embedder.fleet import tei_protocol as tei
+from embedder.fleet.protocol import EmbedOptions, ServerInfo
 
 TEXT_HASH_BYTES = 16
 # The least cosine similarity between two answers for one text from "the same" model: float16
@@ -34,27 +33,30 @@ def hash_utf8(encoded: bytes) -> bytes:
     return hashlib.blake2b(encoded, digest_size=TEXT_HASH_BYTES).digest()
 
 
-def embed_key(info: tei.Info, options: tei.EmbedOptions, dimension: int) -> str:
-    """A short, stable name for everything that decides a text's vector: the model and every
-    output-changing setting ``/info`` reports (``tei.ModelIdentity``: id, revision, dtype,
-    pooling, input length, truncation), the request options and the dimension.
+def embed_key(info: ServerInfo, options: EmbedOptions, dimension: int) -> str:
+    """A short, stable name for everything that decides a text's vector, computed the same way
+    for every kind of server (TEI, vLLM, Infinity, an OpenAI-compatible API), so the vector
+    cache and the lineage mean the same whichever served the model: the model (its id and
+    revision: ``protocol.ModelIdentity``), what an over-long input gets (cut or refused), the
+    request options and the dimension.
 
     ``info.model_sha`` is the fleet's revision: TEI's, or the user's ``--model-revision`` where
-    TEI reports none (a local model directory). A change to any of these is a new key, so a
-    vector cached or written under the old one is never handed out for the new one.
+    the server reports none. Fields only some kinds report (TEI's dtype and pooling, the input
+    length) are checked between endpoints at start and left out here, so that one model keeps
+    one key across servers. A change to any field here is a new key, so a vector cached or
+    written under the old one is never handed out for the new one.
     """
-    identity = asdict(info.identity)
-    identity.update(
-        {
-            "normalize": options.normalize,
-            # None leaves truncation to the server's --auto-truncate: part of the identity too.
-            "truncate": options.truncate if options.truncate is not None else info.auto_truncate,
-            "truncation_direction": options.truncation_direction,
-            "dimensions": options.dimensions,
-            "prompt_name": options.prompt_name,
-            "dimension": dimension,
-        }
-    )
+    identity = {
+        "model_id": info.model_id,
+        "model_sha": info.model_sha,
+        "normalize": options.normalize,
+        # None leaves truncation to the server's default: what that default is, is the key.
+        "truncate": info.truncates(options),
+        "truncation_direction": options.truncation_direction,
+        "dimensions": options.dimensions,
+        "prompt_name": options.prompt_name,
+        "dimension": dimension,
+    }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return digest[:16]
 

@@ -270,7 +270,9 @@ ENDPOINT_OPTIONS = (
         "--tei-urls",
         required=True,
         envvar="EMBEDDER_TEI_URLS",
-        help="Comma-separated TEI endpoints, with or without the /embed path.",
+        help="Comma-separated embedding endpoints: TEI (with or without /embed), vLLM, "
+        "Infinity or an OpenAI-compatible base URL; the kind is probed, or named by the "
+        "scheme: tei+http://... (/embed), openai+https://... (/v1/embeddings, base64).",
     ),
     click.option(
         "--tei-api-key",

@@ -29,8 +29,8 @@ from embedder.cli.options import (
 from embedder.cli.running import run, with_mongo, write_json
 from embedder.cli.types import BYTE_SIZE, CONCURRENCY, PROCESS_COUNT, size_text
 from embedder.errors import EmbedderError
+from embedder.fleet.protocol import EmbedOptions
 from embedder.fleet.routing import FleetSettings, RetryPolicy
-from embedder.fleet.tei_protocol import EmbedOptions
 from embedder.queue import connection as mongo
 from embedder.queue.output_location import absolute
 from embedder.queue.settings import WorkQueueSettings
@@ -57,6 +57,7 @@ def _fleet(
     outage_timeout: float,
     model_revision: str | None,
     wait_for_servers: float,
+    openai_model: str | None,
 ) -> FleetSettings:
     return FleetSettings(
         urls=endpoint_urls(tei_urls),
@@ -68,6 +69,7 @@ def _fleet(
         retry=RetryPolicy(outage_timeout_s=outage_timeout),
         model_revision=model_revision,
         wait_for_servers_s=wait_for_servers,
+        openai_model=openai_model,
     )
 
 
@@ -123,9 +125,15 @@ fleet_options = options_group(
     click.option(
         "--model-revision",
         envvar="EMBEDDER_MODEL_REVISION",
-        help="Name of the model files' revision where TEI reports none (a local model "
-        "directory): recorded in the embed key, marks and shards. Change it whenever the "
-        "files change.",
+        help="Name of the model files' revision where the server reports none (vLLM, "
+        "Infinity, a TEI serving a local directory), or a qualifier of the one it reports "
+        "(TEI's --pooling or --default-prompt): recorded in the embed key, marks and shards. "
+        "Change it whenever the files or those settings change.",
+    ),
+    click.option(
+        "--openai-model",
+        envvar="EMBEDDER_OPENAI_MODEL",
+        help="The model to ask an OpenAI-compatible server for, where it lists several.",
     ),
     click.option(
         "--wait-for-servers",

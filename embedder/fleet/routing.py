@@ -1,6 +1,7 @@
 """The embedding fleet: routing, limits, health, retries, splitting and narrowing.
 
-One :class:`Fleet` fronts every TEI endpoint of a run. A request goes to the healthy endpoint
+One :class:`Fleet` fronts every embedding endpoint of a run, whatever its kind (TEI, vLLM,
+Infinity, another OpenAI-compatible API; ``protocol``). A request goes to the healthy endpoint
 with the fewest requests in flight that has room for its inputs. What a failed request means
 is read from one table (``errors.FAULTS``): a server's fault (overload, outage, timeout, 424,
 5xx, garbage, another dimension or model) is retried with backoff and jitter on another
@@ -50,6 +51,7 @@ from embedder.fleet.limits import (
     FixedInflightLimit,
     InflightLimit,
 )
+from embedder.fleet.protocol import EmbedOptions, ServerInfo, refusals
 from embedder.fleet.readiness import wait_for_health
 from embedder.identity import same_vector
 from embedder.telemetry import Telemetry
@@ -58,6 +60,11 @@ from embedder.worker.batching import BatchLimits, halves
 log = logging.getLogger(__name__)
 
 PROBE_TEXT = "dimension probe"  # embedded at start and at every re-admission
+# Requests' worth of inputs in flight at most on a server without admission control (vLLM,
+# Infinity, hosted APIs): the adaptive limit keeps the queue short well below it.
+UNADMITTED_CEILING_REQUESTS = 32
+# Where a server does not say its limits: no token budget beyond the per-request byte limit.
+_UNREPORTED_LIMIT = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +83,7 @@ class RetryPolicy:
 @dataclass(frozen=True, slots=True)
 class FleetSettings:
     urls: tuple[str, ...]
-    options: tei.EmbedOptions = field(default_factory=tei.EmbedOptions)
+    options: EmbedOptions = field(default_factory=EmbedOptions)
     batch_size: int = 32
     # Requests in flight per endpoint; None adapts each endpoint's limit to its latency.
     concurrency: int | None = None
@@ -88,11 +95,15 @@ class FleetSettings:
     probe_interval_s: float = 2.0
     eject_after: int = 2  # faults in a row that count against an endpoint before it leaves
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # The model's revision where TEI reports none (a local model directory): in the embed key,
-    # the marks and the shards, so replaced model files never share a key with the old ones.
+    # The model's revision where the server reports none (vLLM, Infinity, a TEI serving a local
+    # directory): in the embed key, the marks and the shards, so replaced model files never
+    # share a key with the old ones.
     model_revision: str | None = None
     # How long to wait at start for a server to answer /health (TEI loading its model).
     wait_for_servers_s: float = 0.0
+
+    # The ``model`` of OpenAI requests, where a server lists several (a hosted API).
+    openai_model: str | None = None
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -104,7 +115,7 @@ class FleetSettings:
 @dataclass(slots=True)
 class Endpoint:
     client: EndpointClient
-    info: tei.Info | None = None
+    info: ServerInfo | None = None
     limit: InflightLimit = field(default_factory=lambda: FixedInflightLimit(0))
     # (sent at, inputs) of the requests in flight, in the order sent, and when the last answer
     # came: the adaptive limit's pacing predicts from them how long a new request would wait.
@@ -113,6 +124,7 @@ class Endpoint:
     up: bool = False
     consecutive_faults: int = 0
     refused: FaultKind | None = None  # why its last re-admission check kept it out
+    paused_until: float = 0.0  # a Retry-After: nothing new is sent before (monotonic clock)
 
     @property
     def name(self) -> str:
@@ -134,7 +146,11 @@ class Endpoint:
         return self.inflight_inputs == 0 or self.inflight_inputs + inputs <= self.input_limit
 
     def has_room(self, inputs: int, now: float) -> bool:
-        return self.under_limit(inputs) and (self.inflight_inputs == 0 or self.wait_s(now) <= 0)
+        return (
+            now >= self.paused_until
+            and self.under_limit(inputs)
+            and (self.inflight_inputs == 0 or self.wait_s(now) <= 0)
+        )
 
     def wait_s(self, now: float) -> float:
         """How long until a new request would queue at the server no longer than the limit
@@ -175,11 +191,12 @@ class Fleet:
         self._telemetry = telemetry
         self._http = http
         self._endpoints = [
-            Endpoint(EndpointClient(u, http, api_key=settings.api_key)) for u in settings.urls
+            Endpoint(EndpointClient(u, http, api_key=settings.api_key, model=settings.openai_model))
+            for u in settings.urls
         ]
         telemetry.prepare([e.name for e in self._endpoints])
         self._changed = asyncio.Condition()
-        self._info: tei.Info | None = None
+        self._info: ServerInfo | None = None
         self._reference: np.ndarray | None = None  # the probe text's vector at start
         self._batch_cap = settings.batch_size
         self._down_since: float | None = None
@@ -206,7 +223,7 @@ class Fleet:
             *(e.client.info() for e in self._endpoints), return_exceptions=True
         )
         for endpoint, answer in zip(self._endpoints, answers, strict=True):
-            if isinstance(answer, tei.Info):
+            if isinstance(answer, ServerInfo):
                 self._admit(endpoint, answer)
             elif isinstance(answer, ConfigurationError):
                 raise answer
@@ -215,24 +232,40 @@ class Fleet:
                 self._set_up(endpoint, False)
         if self._info is None:
             raise ConfigurationError(
-                "no embedding endpoint answered /info: "
+                "no embedding endpoint answered /info or a model listing: "
                 + ", ".join(e.name for e in self._endpoints)
             )
         await self._learn_dimension()
         self._prober = asyncio.create_task(self._probe_forever(), name="fleet-prober")
 
-    def _admit(self, endpoint: Endpoint, info: tei.Info) -> None:
+    def _admit(self, endpoint: Endpoint, info: ServerInfo) -> None:
         info = self._with_revision(info)
-        if self._info is not None and info.identity != self._info.identity:
-            raise ConfigurationError(
-                f"endpoints serve different models or settings: {endpoint.name} differs from "
-                f"the others in {'; '.join(self._info.identity.differences(info.identity))}"
-            )
+        problems = refusals(info, endpoint.client.wire.api, self.settings.options)
+        if problems:
+            raise ConfigurationError(f"{endpoint.name}: {'; '.join(problems)}")
+        if self._info is not None:
+            differences = self._info.identity.differences(info.identity)
+            ours, theirs = (i.truncates(self.settings.options) for i in (self._info, info))
+            if ours != theirs:
+                differences.append(
+                    f"over-long inputs {'cut' if ours else 'refused'} -> "
+                    f"{'cut' if theirs else 'refused'} (make it explicit: --truncate or "
+                    "--no-truncate)"
+                )
+            if differences:
+                raise ConfigurationError(
+                    f"endpoints serve different models or settings: {endpoint.name} "
+                    f"({info.kind}) differs from the others in {'; '.join(differences)}"
+                )
         self._info = self._info or info
         endpoint.info = info
         # TEI refuses a whole request with 429 when its inputs find no free permit, so the
-        # inputs we keep in flight stay at half the server's permits at most.
-        cap = max(1, info.max_concurrent_requests // 2)
+        # inputs we keep in flight stay at half the server's permits at most. A server without
+        # admission control queues whatever it gets: only the adaptive limit keeps it short.
+        if info.max_concurrent_requests is None:
+            cap = UNADMITTED_CEILING_REQUESTS * self.batch_size
+        else:
+            cap = max(1, info.max_concurrent_requests // 2)
         if self.settings.concurrency is None:
             endpoint.limit = AdaptiveInflightLimit(self.batch_size, cap, self.settings.adaptive)
         else:
@@ -242,17 +275,16 @@ class Fleet:
         self._gauge_limit(endpoint)
         self._set_up(endpoint, True)
 
-    def _with_revision(self, info: tei.Info) -> tei.Info:
-        """``info`` with ``model_sha`` the revision the fleet records: TEI's, else the user's."""
+    def _with_revision(self, info: ServerInfo) -> ServerInfo:
+        """``info`` with ``model_sha`` the revision the fleet records: the server's, else the
+        user's (vLLM, Infinity and hosted APIs report none). Where both are given and differ,
+        the user's qualifies the server's (``<sha>+<name>``): it names a setting that changes
+        vectors but is in no key (TEI's ``--pooling``, ``--default-prompt``, its dtype)."""
         revision = self.settings.model_revision
-        if revision is None:
+        if revision is None or info.model_sha == revision:
             return info
-        if info.model_sha is not None and info.model_sha != revision:
-            raise ConfigurationError(
-                f"TEI reports revision {info.model_sha!r} of {info.model_id}, "
-                f"--model-revision says {revision!r}"
-            )
-        return dataclasses.replace(info, model_sha=revision)
+        qualified = revision if info.model_sha is None else f"{info.model_sha}+{revision}"
+        return dataclasses.replace(info, model_sha=qualified)
 
     async def _learn_dimension(self) -> None:
         """Embed one probe text on every live endpoint: all must agree on its vector."""
@@ -279,41 +311,50 @@ class Fleet:
                 "endpoints answer different vectors for the same text (another model or "
                 f"model files behind the same /info?): {', '.join(sorted(vectors))}"
             )
+        if self.settings.options.normalize:
+            norm = float(np.linalg.norm(self._reference))
+            if abs(norm - 1.0) > 1e-3:
+                raise ConfigurationError(
+                    f"the endpoints answer vectors of norm {norm:.4f} where normalised ones were "
+                    "asked for: the server does not normalise this model (--no-normalize)"
+                )
         self.dimension = len(self._reference)
         self.probe_vector = self._reference
         if self.info.model_sha is None:
             log.warning(
-                "TEI reports no revision for %s (a local model directory, or no --revision): "
-                "name it with --model-revision, or replaced model files will share the vector "
-                "cache and marks of the old ones",
+                "the servers report no revision for %s (vLLM, Infinity, a local model "
+                "directory, a TEI without --revision): name it with --model-revision, or "
+                "replaced model files will share the vector cache and marks of the old ones",
                 self.info.model_id,
             )
 
     @property
-    def info(self) -> tei.Info:
-        """The fleet's model as /info reports it, with ``model_sha`` the recorded revision."""
+    def info(self) -> ServerInfo:
+        """The fleet's model as its first endpoint reports it, with ``model_sha`` the recorded
+        revision."""
         assert self._info is not None, "fleet not connected"
         return self._info
 
     @property
     def batch_size(self) -> int:
         server = min(
-            (e.info.max_client_batch_size for e in self._endpoints if e.info),
+            (
+                e.info.max_client_batch_size
+                for e in self._endpoints
+                if e.info and e.info.max_client_batch_size is not None
+            ),
             default=self._batch_cap,
         )
         return max(1, min(self._batch_cap, server))
 
     def batch_limits(self) -> BatchLimits:
         infos = [e.info for e in self._endpoints if e.info]
-        truncating = self.settings.options.truncate
-        if truncating is None:
-            truncating = all(i.auto_truncate for i in infos)
         return BatchLimits(
             max_inputs=self.batch_size,
-            max_tokens=min(i.max_batch_tokens for i in infos),
+            max_tokens=min(i.max_batch_tokens or _UNREPORTED_LIMIT for i in infos),
             max_bytes=int(self.settings.payload_limit * 0.9),
-            max_input_tokens=min(i.max_input_length for i in infos),
-            truncating=truncating,
+            max_input_tokens=min(i.max_input_length or _UNREPORTED_LIMIT for i in infos),
+            truncating=all(i.truncates(self.settings.options) for i in infos),
         )
 
     @property
@@ -507,10 +548,12 @@ class Fleet:
                 else:
                     waiting_since = None
                 # Wake when an answer or a new limit changes things, or when the pacing of
-                # an endpoint within its limit lets the next request go.
+                # an endpoint within its limit (or its Retry-After) lets the next request go.
                 timeout = self.settings.probe_interval_s
                 for held in (e for e in self._endpoints if e.up):
-                    if held.under_limit(inputs):
+                    if held.paused_until > now:
+                        timeout = min(timeout, held.paused_until - now + 0.001)
+                    elif held.under_limit(inputs):
                         held.limit.paced()
                         timeout = min(timeout, held.wait_s(now) + 0.001)
                     else:
@@ -561,6 +604,10 @@ class Fleet:
     async def _record_failure(self, endpoint: Endpoint, exc: EndpointError) -> None:
         means = exc.means
         self._telemetry.request_failed(endpoint.name, exc.kind)
+        if exc.retry_after_s:
+            endpoint.paused_until = max(
+                endpoint.paused_until, time.monotonic() + min(exc.retry_after_s, 600.0)
+            )
         if means.shrinks_limit and endpoint.limit.overloaded(time.monotonic()):
             log.info(
                 "endpoint %s answered %s: its limit is now %d inputs",
@@ -622,9 +669,14 @@ class Fleet:
             self._telemetry.refused(endpoint.name, exc.kind)
             self._keep_out(endpoint, exc.kind, exc)
             return
-        endpoint.refused = None
         async with self._changed:
-            self._admit(endpoint, info)
+            try:
+                self._admit(endpoint, info)
+            except ConfigurationError as exc:  # another kind of server, with other options
+                self._telemetry.refused(endpoint.name, FaultKind.WRONG_MODEL)
+                self._keep_out(endpoint, FaultKind.WRONG_MODEL, exc)
+                return
+            endpoint.refused = None
             log.info("endpoint %s is back in rotation", endpoint.name)
             self._changed.notify_all()
 
@@ -634,17 +686,11 @@ class Fleet:
             log.error("endpoint %s stays out of rotation (%s): %s", endpoint.name, why, exc)
         endpoint.refused = kind
 
-    def _check_identity(self, endpoint: Endpoint, info: tei.Info) -> None:
-        try:
-            theirs = self._with_revision(info).identity
-        except ConfigurationError as exc:
+    def _check_identity(self, endpoint: Endpoint, info: ServerInfo) -> None:
+        differences = self.info.identity.differences(self._with_revision(info).identity)
+        if differences:
             raise EndpointError(
-                str(exc), endpoint=endpoint.name, kind=FaultKind.WRONG_MODEL
-            ) from exc
-        ours = self.info.identity
-        if theirs != ours:
-            raise EndpointError(
-                f"/info differs from the start in {'; '.join(ours.differences(theirs))}",
+                f"/info differs from the start in {'; '.join(differences)}",
                 endpoint=endpoint.name,
                 kind=FaultKind.WRONG_MODEL,
             )

@@ -8,7 +8,6 @@ one change. Facts from TEI 1.9 (see the project's TEI notes).
 
 from __future__ import annotations
 
-import base64
 import enum
 import re
 import threading
@@ -20,11 +19,11 @@ import numpy as np
 import orjson
 import simdjson
 
+from embedder.fleet.protocol import EmbedOptions, ServerInfo, ServerKind, WireApi
 from embedder.vectors import vector_faults
 
 EMBED_ROUTE = "/embed"
 TOKENIZE_ROUTE = "/tokenize"
-OPENAI_ROUTES = ("/v1/embeddings", "/embeddings")
 DEFAULT_PAYLOAD_LIMIT = 2_000_000
 
 # Timing headers on successful answers, all in milliseconds.
@@ -106,46 +105,28 @@ class Info:
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"/info answer lacks a required field: {exc}") from exc
 
-    @property
-    def identity(self) -> ModelIdentity:
-        """What makes two endpoints (or one before and after a restart) give the same vector
-        for the same text: the fields of /info that change the output (see ModelIdentity)."""
-        return ModelIdentity(
+    def server_info(self) -> ServerInfo:
+        """The fleet's view of this TEI server: every field of ``/info`` that changes a vector
+        (TEI's ``Info`` struct, router/src/lib.rs) or limits a request.
+
+        Out: tokenization workers, the ``version``, ``sha`` and ``docker_label`` of the build:
+        none changes a vector. TEI's ``--default-prompt`` does change vectors but is not
+        reported: name it in the model revision (``--model-revision``) when used.
+        """
+        return ServerInfo(
+            kind=ServerKind.TEI,
             model_id=self.model_id,
             model_sha=self.model_sha,
+            served_model_name=self.served_model_name,
             model_dtype=self.model_dtype,
             model_type=orjson.dumps(self.model_type, option=orjson.OPT_SORT_KEYS).decode(),
             max_input_length=self.max_input_length,
             auto_truncate=self.auto_truncate,
+            max_client_batch_size=self.max_client_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            max_concurrent_requests=self.max_concurrent_requests,
+            version=self.version,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class ModelIdentity:
-    """The output-changing fields of TEI's ``/info`` (its ``Info`` struct, router/src/lib.rs).
-
-    In: ``model_id``; ``model_sha`` (TEI reports the ``--revision`` it was started with, so
-    none for a local model directory or a hub model without one); ``model_dtype`` (float16
-    and float32 give different vectors); ``model_type`` (``{"embedding": {"pooling": "cls"}}``:
-    the pooling, or a classifier served in place of an embedding model); ``max_input_length``
-    (where truncation cuts); ``auto_truncate`` (whether a long input is cut or refused).
-    Out: the batching and admission limits, tokenization workers, ``version``, ``sha`` and
-    ``docker_label`` of the server build, ``served_model_name`` (a label): none changes a vector.
-    TEI's ``--default-prompt`` does change vectors but is not reported: name it in the model
-    revision (``--model-revision``) when used.
-    """
-
-    model_id: str
-    model_sha: str | None
-    model_dtype: str
-    model_type: str  # canonical JSON
-    max_input_length: int
-    auto_truncate: bool
-
-    def differences(self, other: ModelIdentity) -> list[str]:
-        """``field: ours -> theirs`` for each field that differs."""
-        ours, theirs = asdict(self), asdict(other)
-        return [f"{k}: {ours[k]!r} -> {theirs[k]!r}" for k in ours if ours[k] != theirs[k]]
 
 
 def _opt_str(value: Any) -> str | None:
@@ -157,15 +138,6 @@ def _opt_int(value: Any) -> int | None:
 
 
 # --- /embed -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EmbedOptions:
-    normalize: bool = True
-    truncate: bool | None = None  # None: the server's --auto-truncate decides
-    truncation_direction: str = "Right"
-    dimensions: int | None = None
-    prompt_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +159,8 @@ def encode_embed_request(texts: Sequence[str], options: EmbedOptions) -> bytes:
 
 
 def decode_embed_request(raw: bytes) -> EmbedRequest:
-    body = _load_object(raw)
-    texts = _texts(body, "inputs")
+    body = load_object(raw)
+    texts = texts_of(body, "inputs")
     direction = body.get("truncation_direction", "Right")
     if direction not in ("Right", "Left"):
         raise ProtocolError("`truncation_direction` must be `Right` or `Left`")
@@ -243,7 +215,7 @@ def decode_embed_response(raw: bytes, expected_count: int) -> np.ndarray:
         )
     finally:
         del body  # the parser reuses its buffers for the next document
-    return _checked(vectors, expected_count)
+    return checked(vectors, expected_count)
 
 
 _local = threading.local()
@@ -257,7 +229,7 @@ def _parser() -> simdjson.Parser:
     return parser
 
 
-def _checked(vectors: np.ndarray, expected_count: int) -> np.ndarray:
+def checked(vectors: np.ndarray, expected_count: int) -> np.ndarray:
     if vectors.ndim != 2 or vectors.shape[0] != expected_count or vectors.shape[1] == 0:
         raise ProtocolError(f"vectors have shape {vectors.shape}, expected ({expected_count}, d)")
     if vector_faults(vectors, normalized=False).nonfinite_rows:
@@ -265,52 +237,12 @@ def _checked(vectors: np.ndarray, expected_count: int) -> np.ndarray:
     return vectors
 
 
-# --- /v1/embeddings (OpenAI shape) ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OpenAIRequest:
-    inputs: list[str]
-    encoding_format: str
-    dimensions: int | None
-    model: str | None
-
-
-def decode_openai_request(raw: bytes) -> OpenAIRequest:
-    body = _load_object(raw)
-    texts = _texts(body, "input")
-    encoding = body.get("encoding_format", "float")
-    if encoding not in ("float", "base64"):
-        raise ProtocolError("`encoding_format` must be `float` or `base64`")
-    return OpenAIRequest(
-        texts, encoding, _opt_int(body.get("dimensions")), _opt_str(body.get("model"))
-    )
-
-
-def encode_openai_response(
-    vectors: np.ndarray, *, model: str, encoding_format: str, prompt_tokens: int
-) -> bytes:
-    data = []
-    for index, row in enumerate(np.asarray(vectors, dtype="<f4")):
-        embedding: Any = (
-            base64.b64encode(row.tobytes()).decode("ascii") if encoding_format == "base64" else row
-        )
-        data.append({"object": "embedding", "embedding": embedding, "index": index})
-    body = {
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-    }
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
 # --- /tokenize --------------------------------------------------------------------------------
 
 
 def decode_tokenize_request(raw: bytes) -> tuple[list[str], bool]:
-    body = _load_object(raw)
-    return _texts(body, "inputs"), bool(body.get("add_special_tokens", True))
+    body = load_object(raw)
+    return texts_of(body, "inputs"), bool(body.get("add_special_tokens", True))
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -318,10 +250,6 @@ def decode_tokenize_request(raw: bytes) -> tuple[list[str], bool]:
 
 def encode_error(error_type: ErrorType, message: str) -> bytes:
     return orjson.dumps({"error": message, "error_type": str(error_type)})
-
-
-def encode_openai_error(error_type: ErrorType, message: str) -> bytes:
-    return orjson.dumps({"message": message, "code": error_type.status, "type": str(error_type)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +286,7 @@ def parse_batch_limit(message: str) -> int | None:
     return int(match.group(2)) if match else None
 
 
-def _texts(body: Mapping[str, Any], name: str) -> list[str]:
+def texts_of(body: Mapping[str, Any], name: str) -> list[str]:
     """TEI takes one text or a list of texts under ``name``."""
     value = body.get(name)
     if isinstance(value, str):
@@ -368,7 +296,7 @@ def _texts(body: Mapping[str, Any], name: str) -> list[str]:
     raise ProtocolError(f"`{name}` must be a string or a list of strings")
 
 
-def _load_object(raw: bytes) -> dict[str, Any]:
+def load_object(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -376,3 +304,17 @@ def _load_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProtocolError("request body must be a JSON object")
     return body
+
+
+@dataclass(frozen=True, slots=True)
+class TeiWire:
+    """TEI's ``/embed``, with JSON floats (``protocol.EmbedWire``)."""
+
+    route: str = EMBED_ROUTE
+    api: WireApi = WireApi.TEI
+
+    def encode(self, texts: Sequence[str], options: EmbedOptions) -> bytes:
+        return encode_embed_request(texts, options)
+
+    def decode(self, raw: bytes, expected_count: int) -> tuple[np.ndarray, int | None]:
+        return decode_embed_response(raw, expected_count), None

@@ -25,8 +25,8 @@ import httpx
 import numpy as np
 
 from embedder.errors import ConfigurationError, EndpointError
-from embedder.fleet import tei_protocol as tei
 from embedder.fleet.endpoint import EndpointClient
+from embedder.fleet.protocol import EmbedOptions, ModelIdentity, ServerInfo, ServerKind
 
 ERROR_PAUSE_S = 0.1
 
@@ -150,7 +150,7 @@ async def measure_cell(
     concurrency: int,
     warmup_s: float,
     duration_s: float,
-    options: tei.EmbedOptions,
+    options: EmbedOptions,
 ) -> Cell:
     started = time.perf_counter()
     tally = _Tally(started + warmup_s, started + warmup_s + duration_s)
@@ -338,19 +338,19 @@ async def sweep(
     texts: Sequence[str],
     settings: SweepSettings,
     *,
-    options: tei.EmbedOptions | None = None,
+    options: EmbedOptions | None = None,
     api_key: str | None = None,
     request_timeout_s: float = 600.0,
     on_cell: Callable[[Cell], None] | None = None,
 ) -> AutotuneReport:
     if not texts:
         raise ConfigurationError("autotune needs texts to send; the sample is empty")
-    options = options or tei.EmbedOptions()
+    options = options or EmbedOptions()
     timeout = httpx.Timeout(request_timeout_s, connect=5.0)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
         clients = [EndpointClient(u, http, api_key=api_key) for u in urls]
-        infos = await asyncio.gather(*(c.info() for c in clients))
+        infos = [_tei_limits(c.url, await c.info()) for c in clients]
         if len({i.identity for i in infos}) > 1:
             raise ConfigurationError("the endpoints serve different models")
         server_batch = min(i.max_client_batch_size for i in infos)
@@ -412,7 +412,7 @@ class _TokenCounter:
         self._per_text: dict[str, int] = {}
 
     async def prepare(
-        self, client: EndpointClient, texts: Sequence[str], batch: int, options: tei.EmbedOptions
+        self, client: EndpointClient, texts: Sequence[str], batch: int, options: EmbedOptions
     ) -> None:
         probe = await client.embed(list(texts[:batch]), options)
         if probe.tokens is not None:
@@ -426,3 +426,32 @@ class _TokenCounter:
         if header is not None:
             return header
         return sum(self._per_text.get(t, 0) for t in texts)
+
+
+@dataclass(frozen=True, slots=True)
+class _TeiLimits:
+    identity: ModelIdentity
+    model_id: str
+    model_sha: str | None
+    max_client_batch_size: int
+    max_concurrent_requests: int
+    max_batch_tokens: int
+
+
+def _tei_limits(url: str, info: ServerInfo) -> _TeiLimits:
+    """The limits the sweep reads; it counts tokens with TEI's /tokenize, so TEI only."""
+    if (
+        info.kind is not ServerKind.TEI
+        or info.max_client_batch_size is None
+        or info.max_concurrent_requests is None
+        or info.max_batch_tokens is None
+    ):
+        raise ConfigurationError(f"autotune measures TEI endpoints; {url} is {info.kind}")
+    return _TeiLimits(
+        info.identity,
+        info.model_id,
+        info.model_sha,
+        info.max_client_batch_size,
+        info.max_concurrent_requests,
+        info.max_batch_tokens,
+    )

@@ -1,4 +1,5 @@
-"""The HTTP face of ``embedder serve``: TEI's routes, bodies, errors and status codes."""
+"""The HTTP face of ``embedder serve``: TEI's routes, bodies, errors and status codes, and
+TEI's OpenAI route (``/v1/embeddings``, ``/embeddings``) with float or base64 vectors."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedder import __version__
+from embedder.fleet import openai_protocol
 from embedder.fleet import tei_protocol as tei
+from embedder.fleet.protocol import EmbedOptions
 from embedder.serve.backends import Backend, Tokens, normalized
 from embedder.serve.scheduler import BackendFailed, BatchStats, Overloaded, Scheduler, Timing
 
@@ -164,7 +167,10 @@ class TeiServer:
     def app(self) -> Starlette:
         routes = [
             Route(tei.EMBED_ROUTE, self._embed, methods=["POST"]),
-            *(Route(path, self._openai, methods=["POST"]) for path in tei.OPENAI_ROUTES),
+            *(
+                Route(path, self._openai, methods=["POST"])
+                for path in openai_protocol.EMBEDDINGS_ROUTES
+            ),
             Route("/tokenize", self._tokenize, methods=["POST"]),
             Route("/info", self._info, methods=["GET"]),
             Route("/health", self._health, methods=["GET"]),
@@ -198,10 +204,10 @@ class TeiServer:
     async def _openai(self, request: Request) -> Response:
         async def answer() -> Response:
             started = time.perf_counter()
-            body = tei.decode_openai_request(await self._body(request))
-            options = tei.EmbedOptions(normalize=True, dimensions=body.dimensions)
+            body = openai_protocol.decode_request(await self._body(request))
+            options = EmbedOptions(normalize=True, dimensions=body.dimensions)
             vectors, done = await self._infer(request, body.inputs, options)
-            payload = tei.encode_openai_response(
+            payload = openai_protocol.encode_response(
                 vectors,
                 model=self.info().served_model_name or "",
                 encoding_format=body.encoding_format,
@@ -268,7 +274,7 @@ class TeiServer:
     # --- the work --------------------------------------------------------------------------
 
     async def _infer(
-        self, request: Request, texts: list[str], options: tei.EmbedOptions
+        self, request: Request, texts: list[str], options: EmbedOptions
     ) -> tuple[np.ndarray, _Done]:
         if not texts:
             raise ApiError(tei.ErrorType.EMPTY, "Input validation error: `inputs` cannot be empty")
@@ -296,7 +302,7 @@ class TeiServer:
         vectors = self._shape(vectors, options)
         return vectors, _Done(sum(len(i) for i in ids), tokenized, timing)
 
-    def _fit(self, tokens: list[Tokens], options: tei.EmbedOptions) -> list[list[int]]:
+    def _fit(self, tokens: list[Tokens], options: EmbedOptions) -> list[list[int]]:
         limit = self.backend.max_input_length
         truncate = self.settings.auto_truncate if options.truncate is None else options.truncate
         fitted = []
@@ -312,7 +318,7 @@ class TeiServer:
             fitted.append(tok.ids)
         return fitted
 
-    def _shape(self, vectors: np.ndarray, options: tei.EmbedOptions) -> np.ndarray:
+    def _shape(self, vectors: np.ndarray, options: EmbedOptions) -> np.ndarray:
         if options.dimensions is not None:
             if not 0 < options.dimensions <= vectors.shape[1]:
                 raise ApiError(
@@ -350,7 +356,7 @@ class TeiServer:
     def _error(self, exc: ApiError, *, openai: bool) -> Response:
         self.metrics.counters.inc("te_request_failure", err=str(exc.error_type).lower())
         body = (
-            tei.encode_openai_error(exc.error_type, exc.message)
+            openai_protocol.encode_error(exc.error_type, exc.message)
             if openai
             else tei.encode_error(exc.error_type, exc.message)
         )

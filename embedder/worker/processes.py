@@ -352,9 +352,15 @@ def sum_summaries(summaries: Sequence[Summary]) -> Summary:
     total = Summary(started=min((s.started for s in summaries), default=time.monotonic()))
     for part in summaries:
         for spec in dataclasses.fields(Summary):
-            if spec.name != "started":
+            if spec.name not in _NOT_ADDED:
                 setattr(total, spec.name, getattr(total, spec.name) + getattr(part, spec.name))
+    # The workers worked side by side: they were all idle for at most the least idle one's
+    # time, so the command's working time is its span less that.
+    total.idle_s = min((s.idle_s for s in summaries), default=0.0)
     return total
+
+
+_NOT_ADDED = {"started", "idle_s", "idle_since"}  # times of one process, not counts
 
 
 def sum_progress(records: Sequence[WorkerProgress]) -> WorkerProgress:

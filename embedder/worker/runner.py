@@ -17,8 +17,8 @@ from prometheus_client import start_http_server
 
 from embedder import __version__
 from embedder.errors import ConfigurationError, EmbedderError, QueueError
+from embedder.fleet.protocol import EmbedOptions
 from embedder.fleet.routing import Fleet, FleetSettings
-from embedder.fleet.tei_protocol import EmbedOptions
 from embedder.identity import embed_key
 from embedder.queue import connection as mongo
 from embedder.queue.heartbeat import WorkerProgress

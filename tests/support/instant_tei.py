@@ -1,8 +1,9 @@
-"""An instant TEI-compatible server: precomputed vectors in TEI's JSON, no model at all.
+"""An instant TEI-compatible server: precomputed vectors, no model at all.
 
 ``python -m tests.support.instant_tei --port 0 --dimension 768`` prints its address. It answers
-``/info``, ``/health`` and ``/embed`` (with ``x-compute-tokens``), so the client side of the
-pipeline is the only thing measured. A bare ASGI app under uvicorn keeps its own cost low.
+``/info``, ``/health``, ``/embed`` (JSON floats, with ``x-compute-tokens``) and TEI's OpenAI
+route ``/v1/embeddings`` (base64 vectors), so the client side of the pipeline is the only thing
+measured. A bare ASGI app under uvicorn keeps its own cost low.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from embedder.fleet import openai_protocol
 from embedder.fleet import tei_protocol as tei
-from embedder.serve.main import bind
+from tests.support.bare_asgi import answer, request_body, serve
 
 Scope = dict[str, Any]
 
@@ -23,10 +25,10 @@ class InstantTei:
     def __init__(self, dimension: int, max_batch: int) -> None:
         rng = np.random.default_rng(7)
         vector = rng.standard_normal(dimension).astype(np.float32)
-        vector /= np.linalg.norm(vector)
-        row = orjson.dumps(vector, option=orjson.OPT_SERIALIZE_NUMPY)
-        # One precomputed body per batch size: serving costs a dict lookup.
-        self._bodies = {n: b"[" + b",".join([row] * n) + b"]" for n in range(1, max_batch + 1)}
+        self._vector = vector / np.linalg.norm(vector)
+        self._row = orjson.dumps(self._vector, option=orjson.OPT_SERIALIZE_NUMPY)
+        # One body per batch size and format, made at its first use: serving costs a lookup.
+        self._bodies: dict[tuple[str, int], bytes] = {}
         self._info = orjson.dumps(
             tei.Info(
                 model_id="bench/instant",
@@ -45,55 +47,45 @@ class InstantTei:
         )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+        body = await request_body(scope, receive, send)
+        if body is None:
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
         path = scope["path"]
-        if path == "/embed":
-            inputs = orjson.loads(body)["inputs"]
-            count = 1 if isinstance(inputs, str) else len(inputs)
-            tokens = sum(len(t) // 4 + 2 for t in ([inputs] if isinstance(inputs, str) else inputs))
-            await _send(
-                send, 200, self._bodies[count], [(b"x-compute-tokens", str(tokens).encode())]
-            )
+        if path in ("/embed", "/v1/embeddings"):
+            request = orjson.loads(body)
+            inputs = request["inputs" if path == "/embed" else "input"]
+            texts = [inputs] if isinstance(inputs, str) else inputs
+            tokens = sum(len(t) // 4 + 2 for t in texts)
+            reply = self._body("json" if path == "/embed" else "base64", len(texts))
+            await answer(send, 200, reply, [(b"x-compute-tokens", str(tokens).encode())])
         elif path == "/info":
-            await _send(send, 200, self._info, [])
+            await answer(send, 200, self._info, [])
         else:
-            await _send(send, 200, b"", [])
+            await answer(send, 200, b"", [])
 
-
-async def _send(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    def _body(self, form: str, count: int) -> bytes:
+        body = self._bodies.get((form, count))
+        if body is None:
+            if form == "json":
+                body = b"[" + b",".join([self._row] * count) + b"]"
+            else:
+                body = openai_protocol.encode_response(
+                    np.tile(self._vector, (count, 1)),
+                    model="bench/instant",
+                    encoding_format="base64",
+                    prompt_tokens=count,
+                )
+            self._bodies[(form, count)] = body
+        return body
 
 
 def main() -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--dimension", type=int, default=768)
     parser.add_argument("--max-batch", type=int, default=256)
     args = parser.parse_args()
-    sock = bind("127.0.0.1", args.port)
-    print(f"instant tei listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(
-        InstantTei(args.dimension, args.max_batch), log_level="warning", access_log=False
-    )
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(InstantTei(args.dimension, args.max_batch), args.port, "instant tei")
 
 
 if __name__ == "__main__":

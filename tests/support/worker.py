@@ -122,17 +122,23 @@ class Workspace:
         )
 
     async def burst(
-        self, urls: Sequence[str], *, queue: QueueSpec | None = None, claim_size: int = 1000
+        self,
+        urls: Sequence[str],
+        *,
+        queue: QueueSpec | None = None,
+        claim_size: int = 1000,
+        fleet: FleetSettings | None = None,
     ) -> Summary:
         """One ``--once`` run of the worker in this process and event loop (arq's burst
         worker): for tests about what a run does, not about the process around it (signals,
-        exit codes, the CLI's output keep to ``popen``)."""
+        exit codes, the CLI's output keep to ``popen``). ``fleet`` replaces the default
+        fleet of ``urls``."""
         spec = queue or QueueSpec(collection=self.collection, database=self.database)
         return await run_embed(
             EmbedJob(
                 mongo_uri=self.mongo_uri,
                 queue=spec,
-                fleet=FleetSettings(urls=tuple(u + "/embed" for u in urls), batch_size=32),
+                fleet=fleet or FleetSettings(urls=tuple(u + "/embed" for u in urls), batch_size=32),
                 shards=ShardSettings(
                     cold_uri=str(self.shards), hot_dir=self.root / "hot", prefix=spec.target_field
                 ),

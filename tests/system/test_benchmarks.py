@@ -100,6 +100,15 @@ SMOKES = (
         ),
     ),
     Smoke(
+        "api_formats",
+        ("--docs", "2000"),
+        (
+            r"^\| JSON /embed, batch 32 \| [\d,]+ \| [\d,]+ \| [\d,]+ \| 1\.00 \|$",
+            r"^\| base64 OpenAI, batch 32 \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d.]+ \|$",
+            r"^\| base64 OpenAI, batch 128 \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d.]+ \|$",
+        ),
+    ),
+    Smoke(
         "adaptive_merging",
         ("--warmup-docs", "300", "--docs", "300"),
         (

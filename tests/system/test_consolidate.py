@@ -758,9 +758,10 @@ def _output_embed_keys(out: Path) -> set[str]:
 async def test_output_never_mixes_two_embed_keys_after_shards_are_retired(
     ws: Workspace, mongo: Any, tei_factory: Callable[..., Any]
 ) -> None:
-    """Mean-pooled docs are consolidated (their shards retired); TEI restarts with cls pooling
-    (another embed key, same model id and dimension) and new docs arrive: the output must not
-    take their shards, which stay in place with a message naming both keys."""
+    """Mean-pooled docs are consolidated (their shards retired); TEI restarts with cls pooling,
+    named by a new --model-revision (another embed key, same model id and dimension), and new
+    docs arrive: the output must not take their shards, which stay in place with a message
+    naming both keys."""
     corpus = corpora.tweets(40)
     queue = await seed(mongo, ws.database, corpus)
     mean = tei_factory()
@@ -775,7 +776,10 @@ async def test_output_never_mixes_two_embed_keys_after_shards_are_retired(
         ]
     )
     cls = tei_factory("--faults", orjson.dumps(_CLS_POOLING).decode())
-    assert await asyncio.to_thread(ws.run, [cls.url], "--once", log="cls.log") == 0, ws.log()
+    code = await asyncio.to_thread(
+        ws.run, [cls.url], "--once", "--model-revision", "cls", log="cls.log"
+    )
+    assert code == 0, ws.log("cls.log")
     second = await asyncio.to_thread(ws.consolidate, out)
     assert len(_output_embed_keys(out)) == 1, (_output_embed_keys(out), second.stderr)
     assert "embed key" in second.stderr, second.stderr

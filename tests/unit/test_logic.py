@@ -12,6 +12,7 @@ from bson import Int64, ObjectId
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from embedder.fleet import openai_protocol as openai
 from embedder.fleet import tei_protocol as tei
 from embedder.fleet.endpoint import EndpointClient
 from embedder.fleet.limits import FixedInflightLimit
@@ -156,7 +157,7 @@ def test_embed_answers_are_checked_before_use() -> None:
 
 def test_openai_base64_round_trips() -> None:
     vectors = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
-    raw = tei.encode_openai_response(vectors, model="m", encoding_format="base64", prompt_tokens=7)
+    raw = openai.encode_response(vectors, model="m", encoding_format="base64", prompt_tokens=7)
     np.testing.assert_array_equal(decode_openai_response(raw, 3), vectors)
 
 

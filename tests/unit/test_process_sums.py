@@ -15,22 +15,23 @@ from embedder.worker.processes import describe, sum_progress, sum_summaries, usa
 
 
 def test_summaries_add_every_count_from_the_earliest_start() -> None:
-    first = Summary(started=10.0, embedded=3, failed=1, tokens=30, shards=1)
+    first = Summary(started=10.0, embedded=3, failed=1, tokens=30, shards=1, idle_s=2.0)
     first.failure_reasons["empty"] += 1
-    second = Summary(started=8.0, embedded=5, retries=2, shard_bytes=100)
+    second = Summary(started=8.0, embedded=5, retries=2, shard_bytes=100, idle_s=0.5)
     second.failure_reasons["empty"] += 2
     second.errors_by_kind["overloaded"] += 1
 
     total = sum_summaries([first, second])
 
     assert total.started == 8.0
+    assert (total.idle_s, total.idle_since) == (0.5, None)  # all idle at most this long
     assert (total.embedded, total.failed, total.retries, total.tokens) == (8, 1, 2, 30)
     assert (total.shards, total.shard_bytes) == (1, 100)
     assert total.failure_reasons == collections.Counter(empty=3)
     assert total.errors_by_kind == collections.Counter(overloaded=1)
     # Every other count too, whatever Summary holds: each field of the sum is the parts' sum.
     for spec in dataclasses.fields(Summary):
-        if spec.name != "started":
+        if spec.name not in {"started", "idle_s", "idle_since"}:
             assert getattr(total, spec.name) == getattr(first, spec.name) + getattr(
                 second, spec.name
             )
