@@ -380,14 +380,19 @@ def sum_progress(records: Sequence[WorkerProgress]) -> WorkerProgress:
 
 
 def describe(progress: WorkerProgress) -> str:
-    """A progress record as a log line: ``embedded 1200, failed 0, rate docs per s 512.3...``."""
-    parts = []
-    for spec in dataclasses.fields(progress):
-        value = getattr(progress, spec.name)
-        if isinstance(value, float):
-            value = f"{value:,.1f}"
-        parts.append(f"{spec.name.replace('_', ' ')} {value}")
-    return ", ".join(parts)
+    """The workers' progress as one log line, in the words of a single worker's."""
+    line = (
+        f"embedded {progress.embedded} docs ({progress.rate_docs_per_s:,.0f} docs/s), "
+        f"{progress.marked} durable and marked, failed {progress.failed}, "
+        f"leases {progress.leases}"
+    )
+    if progress.reused:
+        line += f", reused {progress.reused}"
+    if progress.paused:
+        line += ", paused (embedder resume)"
+    if progress.waiting_for:
+        line += f", waiting for {progress.waiting_for}"
+    return line
 
 
 # --- set-up -----------------------------------------------------------------------------------

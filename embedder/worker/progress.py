@@ -45,6 +45,10 @@ class Bar:
     logging redirect) rather than through it."""
 
     def __init__(self, total: int, description: str = "embedded") -> None:
+        self._tokens = 0
+        self._failed = 0
+        self._marked = 0
+        self._started = time.monotonic()
         self._bar = tqdm(
             total=total,
             desc=description,
@@ -52,14 +56,10 @@ class Bar:
             dynamic_ncols=True,
             smoothing=0.05,
             file=sys.stderr,
+            postfix=self._figures(),  # drawn with the bar: one start, not two
         )
         self._logging = contextlib.ExitStack()
         self._logging.enter_context(logging_redirect_tqdm())
-        self._tokens = 0
-        self._failed = 0
-        self._marked = 0
-        self._started = time.monotonic()
-        self._show_figures(refresh=True)
 
     def embedded(self, docs: int, failed: int, tokens: int) -> None:
         self._tokens += tokens
@@ -76,11 +76,13 @@ class Bar:
         self._logging.close()
 
     def _show_figures(self, *, refresh: bool) -> None:
+        self._bar.set_postfix_str(self._figures(), refresh=refresh)
+
+    def _figures(self) -> str:
         elapsed = max(time.monotonic() - self._started, 1e-6)
-        self._bar.set_postfix_str(
+        return (
             f"{self._marked:,} durable, {self._failed:,} failed, "
-            f"{self._tokens / elapsed:,.0f} tok/s",
-            refresh=refresh,
+            f"{self._tokens / elapsed:,.0f} tok/s"
         )
 
 

@@ -96,7 +96,7 @@ def test_one_progress_line_for_all_and_a_signal_stops_every_worker(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    line = "2 of 2 workers running: embedded 30, failed 0, rate docs per s 0.0, leases 2"
+    line = "2 of 2 workers running: embedded 30 docs (0 docs/s), 0 durable and marked, failed 0, leases 2"
 
     def signal_once_both_are_counted() -> None:
         deadline = time.monotonic() + 60

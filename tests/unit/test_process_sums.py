@@ -50,10 +50,11 @@ def test_progress_adds_numbers_ors_flags_and_keeps_the_last_text() -> None:
     assert sum_progress([older, newer]).last_shard == "a"  # an empty text is not news
 
 
-def test_progress_line_names_every_field() -> None:
-    line = describe(WorkerProgress(embedded=1200, rate_docs_per_s=512.25, last_shard="s.parquet"))
-    assert line.startswith("embedded 1200, failed 0, rate docs per s 512.2, leases 0")
-    assert all(spec.name.replace("_", " ") in line for spec in dataclasses.fields(WorkerProgress))
+def test_progress_line_reads_as_a_single_workers() -> None:
+    line = describe(WorkerProgress(embedded=1200, marked=1000, rate_docs_per_s=512.25, leases=3))
+    assert line == "embedded 1200 docs (512 docs/s), 1000 durable and marked, failed 0, leases 3"
+    waiting = describe(WorkerProgress(paused=True, waiting_for="lease of worker ab (gone)"))
+    assert waiting.endswith(", paused (embedder resume), waiting for lease of worker ab (gone)")
 
 
 def test_process_count_is_a_number_or_auto() -> None:
