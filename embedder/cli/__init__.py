@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from embedder import __version__, logs
-from embedder.cli import dev, ops, output, worker
+from embedder.cli import dev, failures, ops, output, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -34,7 +34,8 @@ for command in (*worker.COMMANDS, *output.COMMANDS, *ops.COMMANDS, *dev.COMMANDS
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="embedder")
+    """Run a command; its failures are one ``Error:`` line and an exit code (``failures``)."""
+    failures.run_command(lambda: cli.main(args=argv, prog_name="embedder", standalone_mode=False))
 
 
 __all__ = ["cli", "main"]

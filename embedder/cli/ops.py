@@ -6,9 +6,13 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+from pymongo import AsyncMongoClient
 
+from embedder.cli import failures
+from embedder.cli.exit_codes import ExitCode
 from embedder.cli.options import (
     DATABASE,
     DEFAULT_MONGO_URI,
@@ -18,7 +22,7 @@ from embedder.cli.options import (
     tei_endpoints,
 )
 from embedder.cli.running import run, stop_flag, with_mongo
-from embedder.cli.types import POSITIVE_INT_LIST
+from embedder.cli.types import POSITIVE_INT_LIST, WRITABLE_FILE
 from embedder.errors import ConfigurationError
 from embedder.ops.autotune import SweepSettings
 from embedder.queue.spec import DEFAULT_TEXT_FIELD, QueueSpec
@@ -43,24 +47,30 @@ def status(
 ) -> None:
     """Pending, done and failed docs, rate and ETA, workers and leases, consolidation."""
     from embedder.ops import status as queue_status
+    from embedder.queue.diagnosis import why_nothing_pending
+
+    nothing_queued: dict[str, str | None] = {}  # why, as of the last read
+
+    async def collect(client: AsyncMongoClient[dict[str, Any]]) -> queue_status.QueueStatus:
+        current = await queue_status.collect(
+            client, spec, consolidated_uri=dirs[1], shards_uri=dirs[0]
+        )
+        nothing_queued["why"] = await why_nothing_pending(client, spec)
+        return current
 
     def read() -> queue_status.QueueStatus:
-        return run(
-            with_mongo(
-                mongo_uri,
-                lambda client: queue_status.collect(
-                    client, spec, consolidated_uri=dirs[1], shards_uri=dirs[0]
-                ),
-            ),
-            mongo_uri,
-        )
+        return run(with_mongo(mongo_uri, collect, queue=spec), mongo_uri)
 
     def show(current: queue_status.QueueStatus) -> None:
+        nothing = nothing_queued.get("why")
         if watch_s and not as_json:
             click.clear()
-        click.echo(
-            json.dumps(current.as_dict(), indent=2) if as_json else "\n".join(current.lines())
-        )
+        if as_json:
+            click.echo(json.dumps({**current.as_dict(), "nothing_queued": nothing}, indent=2))
+        else:
+            click.echo(
+                "\n".join([*current.lines(), *([f"nothing queued: {nothing}"] if nothing else [])])
+            )
 
     if watch_s:
         queue_status.watch(read, show, every_s=watch_s, stop=stop_flag())
@@ -114,6 +124,7 @@ def requeue(
             lambda client: requeuing.requeue(
                 client, spec, selection, dry_run=dry_run, batch_size=batch_size
             ),
+            queue=spec,
         ),
         mongo_uri,
     )
@@ -179,7 +190,7 @@ def _numbers_text(numbers: tuple[int, ...]) -> str:
     "--report",
     default="autotune-report",
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=WRITABLE_FILE,
     help="Writes REPORT.json and REPORT.md.",
 )
 def autotune(
@@ -254,12 +265,13 @@ def autotune(
 
         result = run(tuning.sweep(urls, texts, settings, api_key=api_key, on_cell=shown), api_key)
     markdown = tuning.report_markdown(result)
-    report.with_suffix(".json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
-    report.with_suffix(".md").write_text(markdown)
     click.echo(markdown)
+    as_json = json.dumps(result.as_dict(), indent=2) + "\n"
+    failures.write_after_result(report.with_suffix(".json"), as_json, "--report")
+    failures.write_after_result(report.with_suffix(".md"), markdown, "--report")
     click.echo(f"wrote {report.with_suffix('.json')} and {report.with_suffix('.md')}")
     if result.best is None:
-        sys.exit(1)
+        sys.exit(ExitCode.DISCREPANCY)
 
 
 COMMANDS = (status, requeue, autotune)

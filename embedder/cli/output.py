@@ -10,6 +10,8 @@ from typing import Any
 import click
 from pymongo import AsyncMongoClient
 
+from embedder.cli import failures
+from embedder.cli.exit_codes import ExitCode
 from embedder.cli.options import (
     Decorator,
     consolidation_dirs,
@@ -18,9 +20,8 @@ from embedder.cli.options import (
     queue_options,
 )
 from embedder.cli.running import event_loop_runner, stop_flag, with_mongo, write_json
-from embedder.cli.types import BYTE_SIZE, DOC_ID, size_text
+from embedder.cli.types import BYTE_SIZE, DOC_ID, WRITABLE_FILE, size_text
 from embedder.errors import ConfigurationError, EmbedderError
-from embedder.queue import connection as mongo
 from embedder.queue.spec import QueueSpec
 from embedder.storage.consolidate import (
     ConsolidateSettings,
@@ -29,9 +30,6 @@ from embedder.storage.consolidate import (
     consolidate_every,
 )
 from embedder.storage.output_lease import LeaseHeld
-
-LEASE_HELD_EXIT = 4  # another consolidator holds the output
-BAD_SHARDS_EXIT = 3  # shards were left in place
 
 
 def _size_option(name: str, field: str, envvar: str, help: str | None = None) -> Decorator:
@@ -83,7 +81,7 @@ def _size_option(name: str, field: str, envvar: str, help: str | None = None) ->
 )
 @click.option(
     "--report-json",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=WRITABLE_FILE,
     help="Write the run report here.",
 )
 @click.option(
@@ -117,7 +115,8 @@ def consolidate(
     """Merge shards into large, de-duplicated, verified Parquet files with a manifest.
 
     One consolidator commits to an output at a time: another one holding it makes this one
-    exit 4 naming the holder, or wait for it with --watch.
+    exit 4 naming the holder, or wait for it with --watch. Exit 1: shards were left in place
+    (another model's, or unreadable), the rest consolidated.
     """
     try:
         settings = ConsolidateSettings(
@@ -132,11 +131,13 @@ def consolidate(
             sole_consolidator=sole_consolidator,
         )
     except ConfigurationError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
+        raise failures.cannot_run(exc) from None
+    if work_dir is not None:
+        failures.writable_dir(work_dir, "--work-dir")
 
     def show(report: ConsolidationReport) -> None:
-        write_json(report_json, report)
         click.echo("\n".join(report.lines()), err=True)
+        write_json(report_json, report, "--report-json")
 
     try:
         if watch:
@@ -145,12 +146,12 @@ def consolidate(
         report = Consolidator(settings).run()
     except LeaseHeld as held:
         click.echo(f"consolidate: {held}", err=True)
-        sys.exit(LEASE_HELD_EXIT)
+        sys.exit(ExitCode.NOTHING_TO_DO)
     except EmbedderError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failures.cannot_run(exc) from None
     show(report)
     if report.bad_shards:
-        sys.exit(BAD_SHARDS_EXIT)
+        sys.exit(ExitCode.DISCREPANCY)
 
 
 @click.command()
@@ -210,13 +211,14 @@ def verify(
                     shards_uri=shards_dir,
                     memory_limit=memory_limit,
                 ),
+                queue=spec,
             )
         )
     except EmbedderError as exc:
         # Whatever stopped the check is not a verdict on the data: its own exit code.
-        report = VerifyReport.cannot(mongo.scrub(str(exc), mongo_uri))
+        report = VerifyReport.cannot(failures.scrubbed(str(exc), mongo_uri))
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
-    sys.exit(report.verdict.value)
+    sys.exit(_exit_code(report.verdict))
 
 
 def _show_lineage(
@@ -239,15 +241,27 @@ def _show_lineage(
     try:
         found = event_loop_runner()(with_mongo(mongo_uri, collect))
     except EmbedderError as exc:
-        report = VerifyReport.cannot(mongo.scrub(str(exc), mongo_uri))
+        report = VerifyReport.cannot(failures.scrubbed(str(exc), mongo_uri))
         click.echo(json.dumps(report.as_dict()) if as_json else "\n".join(report.lines()))
-        sys.exit(report.verdict.value)
+        sys.exit(_exit_code(report.verdict))
     if as_json:
         click.echo(json.dumps([f.as_dict() for f in found], indent=2))
     else:
         click.echo("\n".join(line for f in found for line in f.lines()))
     if not all(f.ok for f in found):
-        sys.exit(1)
+        sys.exit(ExitCode.DISCREPANCY)
+
+
+def _exit_code(verdict: Any) -> ExitCode:
+    """verify's verdict as its exit code (``embedder.ops.verify`` loads only when verifying)."""
+    from embedder.ops.verify import Verdict
+
+    return {
+        Verdict.OK: ExitCode.OK,
+        Verdict.FAILED: ExitCode.DISCREPANCY,
+        Verdict.COULD_NOT_CHECK: ExitCode.COULD_NOT_RUN,
+        Verdict.NOTHING_TO_VERIFY: ExitCode.NOTHING_TO_DO,
+    }[verdict]
 
 
 COMMANDS = (consolidate, verify)

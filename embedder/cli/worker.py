@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from embedder.cli import failures
 from embedder.cli.options import (
     AT_LEAST_ONE,
     DIRS_HELP,
@@ -26,7 +27,7 @@ from embedder.cli.options import (
     secret,
 )
 from embedder.cli.running import run, with_mongo, write_json
-from embedder.cli.types import BYTE_SIZE, CONCURRENCY, size_text
+from embedder.cli.types import BYTE_SIZE, CONCURRENCY, WRITABLE_FILE, size_text
 from embedder.errors import EmbedderError
 from embedder.fleet.routing import FleetSettings, RetryPolicy
 from embedder.fleet.tei_protocol import EmbedOptions
@@ -336,7 +337,7 @@ metrics_options = options_group(
 @metrics_options
 @click.option(
     "--summary-json",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=WRITABLE_FILE,
     envvar="EMBEDDER_SUMMARY_JSON",
     help="Write the run summary as JSON here.",
 )
@@ -368,9 +369,10 @@ def embed(
         )
     except EmbedderError as exc:  # what no one stage can check alone
         raise click.UsageError(str(exc)) from None
+    failures.writable_dir(shards.hot_dir, "--hot-dir")
     summary = run(run_embed(job), mongo_uri, job.fleet.api_key)
-    write_json(summary_json, summary)
     click.echo("\n".join(summary.lines()), err=True)
+    write_json(summary_json, summary, "--summary-json")
 
 
 @click.command()

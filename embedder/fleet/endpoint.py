@@ -77,6 +77,9 @@ class EndpointClient:
         try:
             return tei.Info.from_json(response.json())
         except (ValueError, tei.ProtocolError) as exc:
+            content_type = response.headers.get("content-type")
+            if tei.is_web_page(response.content, content_type):
+                exc = tei.ProtocolError(f"a {content_type or 'web'} page, not a TEI answer")
             raise EndpointError(
                 f"/info answer is unusable: {exc}", endpoint=self.url, kind=FaultKind.GARBAGE
             ) from exc
@@ -150,7 +153,8 @@ class EndpointClient:
             raise EndpointError(message, endpoint=self.url, kind=FaultKind.CONNECTION) from exc
 
     def _error(self, response: httpx.Response) -> EndpointError:
-        answer = tei.decode_error(response.status_code, response.content)
+        content_type = response.headers.get("content-type")
+        answer = tei.decode_error(response.status_code, response.content, content_type)
         status, message = answer.status, answer.message or f"HTTP {answer.status}"
         if status in (401, 403):
             raise ConfigurationError(
