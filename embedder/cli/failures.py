@@ -107,8 +107,9 @@ def run_command(invoke: Callable[[], Any]) -> NoReturn:
     # Commands with their own way to stop (embed's drain, --watch loops) replace this handler;
     # everywhere else Ctrl-C is exit 130 even where a library turns it into its own error
     # (DuckDB: "Query interrupted").
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, on_sigint)
+        previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         code = invoke()
     except click.exceptions.Abort:
@@ -126,6 +127,9 @@ def run_command(invoke: Callable[[], Any]) -> NoReturn:
         if interrupted.is_set():
             _interrupted()
         _unexpected(exc)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     sys.exit(code if isinstance(code, int) else ExitCode.OK)
 
 

@@ -78,10 +78,11 @@ class EndpointClient:
             return tei.Info.from_json(response.json())
         except (ValueError, tei.ProtocolError) as exc:
             content_type = response.headers.get("content-type")
+            why = str(exc)
             if tei.is_web_page(response.content, content_type):
-                exc = tei.ProtocolError(f"a {content_type or 'web'} page, not a TEI answer")
+                why = f"a {content_type or 'web'} page, not a TEI answer"
             raise EndpointError(
-                f"/info answer is unusable: {exc}", endpoint=self.url, kind=FaultKind.GARBAGE
+                f"/info answer is unusable: {why}", endpoint=self.url, kind=FaultKind.GARBAGE
             ) from exc
 
     async def healthy(self) -> bool:

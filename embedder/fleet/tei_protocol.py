@@ -338,8 +338,8 @@ def decode_error(status: int, raw: bytes, content_type: str | None = None) -> Er
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         if is_web_page(raw, content_type):
-            kind = (content_type or "text/html").split(";")[0].strip()
-            return ErrorAnswer(status, None, f"HTTP {status} with a {kind} page, not a TEI answer")
+            page = (content_type or "text/html").split(";")[0].strip()
+            return ErrorAnswer(status, None, f"HTTP {status} with a {page} page, not a TEI answer")
         return ErrorAnswer(status, None, raw[:300].decode("utf-8", "replace").strip())
     if isinstance(body, dict):
         message = body.get("error", body.get("message"))
