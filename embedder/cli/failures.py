@@ -26,7 +26,7 @@ import click
 
 from embedder import logs
 from embedder.cli.exit_codes import ExitCode
-from embedder.errors import EmbedderError
+from embedder.errors import EmbedderError, EndpointError
 from embedder.queue import connection as mongo
 
 log = logging.getLogger("embedder")
@@ -38,17 +38,16 @@ class CannotRun(click.ClickException):
     exit_code = ExitCode.COULD_NOT_RUN
 
 
-class Interrupted(Exception):
-    """Ctrl-C arrived while the command was working (whatever it was raised as)."""
-
-
 def scrubbed(message: str, *secrets: str | None) -> str:
     """``message`` safe to print: URIs' credentials and each given secret hidden."""
     return logs.redact(mongo.scrub(message, *secrets))
 
 
 def cannot_run(exc: EmbedderError, *secrets: str | None) -> CannotRun:
-    return CannotRun(scrubbed(str(exc), *secrets))
+    message = scrubbed(str(exc), *secrets)
+    if isinstance(exc, EndpointError):  # a server's answer that ended the command
+        message += "; check --tei-urls and that a TEI server runs there"
+    return CannotRun(message)
 
 
 def address_refused(option: str, host: str, port: int, exc: OSError) -> CannotRun | None:
@@ -121,7 +120,7 @@ def run_command(invoke: Callable[[], Any]) -> NoReturn:
         # The one line alone: click would put the usage before a usage error's.
         click.echo(f"Error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, Interrupted):
+    except KeyboardInterrupt:
         _interrupted()
     except Exception as exc:
         if interrupted.is_set():

@@ -85,14 +85,16 @@ def serve(
     config = uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=30, access_log=False, lifespan="on"
     )
-    if announce:
-        # Scripts and tests read this line to learn the port (useful with --port 0).
-        print(
-            f"embedder serve: {server.backend.model_id} listening on http://{host}:{bound_port}",
-            file=sys.stdout,
-            flush=True,
-        )
-    _Server(config).run(sockets=[sock])
+    server_ = _Server(config)
+    with server_.capture_signals():  # before the line: a stop may follow it at once
+        if announce:
+            # Scripts and tests read this line to learn the port (useful with --port 0).
+            print(
+                f"embedder serve: {server.backend.model_id} listening on http://{host}:{bound_port}",
+                file=sys.stdout,
+                flush=True,
+            )
+        server_.run(sockets=[sock])
     if announce:
         print("embedder serve: stopped", file=sys.stderr, flush=True)
 
@@ -101,19 +103,24 @@ class _Server(uvicorn.Server):
     """uvicorn's server, stopping on SIGTERM/SIGINT as ``dev-mongo`` does: finish, exit 0.
 
     uvicorn raises the signal again once shut down, so the process would end killed by it
-    (exit 143, or a KeyboardInterrupt traceback); a requested stop is a normal end here.
+    (exit 143, or a KeyboardInterrupt traceback); a requested stop is a normal end here. The
+    handlers go in before the server announces itself (``serve``), and stay while it runs.
     """
+
+    _held = False
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
+        if self._held or threading.current_thread() is not threading.main_thread():
             yield
             return
         stops = (signal.SIGINT, signal.SIGTERM)
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        self._held = True
         try:
             yield
         finally:
+            self._held = False
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
