@@ -22,7 +22,8 @@ const suffix = targetField === "gemma_embedded_768" ? "" : "__" + targetField;
 const queueKeys = Object.assign({}, filterKeys, { _id: 1 });
 // Another target's queue ends with its own field (null in every entry, so the order stays
 // _id's): MongoDB refuses two indexes on one key pattern that differ only in their filter.
-if (suffix) queueKeys[targetField] = 1;
+// So does an empty filter's, whose keys would otherwise be the _id index's.
+if (suffix || Object.keys(filterKeys).length === 0) queueKeys[targetField] = 1;
 const partial = Object.assign({}, excluded);
 partial[targetField] = null;
 db.getCollection(collection).createIndex(queueKeys, {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from embedder import __version__
-from embedder.cli import dev, files, ops, output, transfer, worker
+from embedder.cli import dev, failures, files, ops, output, transfer, worker
 from embedder.cli.conventions import LOG_LEVELS, configure_logging, with_conventions
 
 
@@ -43,7 +43,8 @@ with_conventions(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="embedder")
+    """Run a command; its failures are one ``Error:`` line and an exit code (``failures``)."""
+    failures.run_command(lambda: cli.main(args=argv, prog_name="embedder", standalone_mode=False))
 
 
 __all__ = ["cli", "main"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from embedder.cli import failures
 from embedder.cli.options import DATABASE, DEFAULT_MONGO_URI, SEED_COLLECTION, default
 from embedder.cli.running import run, with_mongo
 from embedder.serve.app import ServerSettings
@@ -140,7 +141,7 @@ def serve(
             dtype=dtype,
         )
     except (ValueError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failures.CannotRun(str(exc)) from None
     settings = ServerSettings(
         max_concurrent_requests=max_concurrent_requests,
         max_batch_tokens=max_batch_tokens,
@@ -150,7 +151,13 @@ def serve(
         payload_limit=payload_limit,
         api_key=api_key,
     )
-    run_server(TeiServer(model, settings), hostname, port)
+    try:
+        run_server(TeiServer(model, settings), hostname, port)
+    except OSError as exc:
+        refused = failures.address_refused("--port", hostname, port, exc)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 @click.command("dev-mongo")
@@ -171,7 +178,13 @@ def dev_mongo(*, host: str, port: int, sqlite: Path | None, user: str | None) ->
     password = os.environ.get("EMBEDDER_DEV_MONGO_PASSWORD")
     if user and not password:
         raise click.UsageError("--user needs its password in EMBEDDER_DEV_MONGO_PASSWORD")
-    asyncio.run(devmongo.run(host, port, sqlite, user, password))
+    try:
+        asyncio.run(devmongo.run(host, port, sqlite, user, password))
+    except OSError as exc:
+        refused = failures.address_refused("--port", host, port, exc)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 @click.command("dev-samples")

@@ -163,7 +163,7 @@ def embed_files(
     except EmbedderError as exc:
         raise click.UsageError(str(exc)) from None
     summary = run(run_embed_files(job), fleet.api_key)
-    write_json(summary_json, summary)
+    write_json(summary_json, summary, "--summary-json")
     click.echo("\n".join(summary.lines()), err=True)
     click.echo(f"output: {job.output_uri}", err=True)
 

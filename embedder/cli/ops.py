@@ -12,6 +12,8 @@ from typing import Any, Protocol
 import click
 from pymongo import AsyncMongoClient
 
+from embedder.cli import failures
+from embedder.cli.exit_codes import ExitCode
 from embedder.cli.locating import given_dirs, output_dirs
 from embedder.cli.options import (
     DATABASE,
@@ -22,7 +24,7 @@ from embedder.cli.options import (
     tei_endpoints,
 )
 from embedder.cli.running import run, stop_flag, with_mongo
-from embedder.cli.types import POSITIVE_INT_LIST
+from embedder.cli.types import POSITIVE_INT_LIST, WRITABLE_FILE
 from embedder.errors import ConfigurationError, EmbedderError
 from embedder.ops.autotune import SweepSettings
 from embedder.queue.spec import DEFAULT_DATABASE, DEFAULT_TEXT_FIELD, QueueSpec
@@ -115,19 +117,38 @@ def status(
     leased and pending, rows, rate, ETA; no MongoDB).
     """
     from embedder.ops import status as queue_status
+    from embedder.queue.diagnosis import why_nothing_pending
+
+    nothing_queued: dict[str, str | None] = {}  # why, as of the last read
 
     given = given_dirs(dirs)
 
     async def collect(client: AsyncMongoClient[dict[str, Any]]) -> queue_status.QueueStatus:
         shards_dir, consolidated_dir = await output_dirs(client, spec, given)
-        return await queue_status.collect(
+        current = await queue_status.collect(
             client, spec, consolidated_uri=consolidated_dir, shards_uri=shards_dir
         )
+        nothing_queued["why"] = await why_nothing_pending(client, spec)
+        return current
 
     def read() -> queue_status.QueueStatus:
-        return run(with_mongo(mongo_uri, collect), mongo_uri)
+        return run(with_mongo(mongo_uri, collect, queue=spec), mongo_uri)
 
-    _show_status(read, as_json=as_json, watch_s=watch_s)
+    def show(current: queue_status.QueueStatus) -> None:
+        nothing = nothing_queued.get("why")
+        if watch_s and not as_json:
+            click.clear()
+        if as_json:
+            click.echo(json.dumps({**current.as_dict(), "nothing_queued": nothing}, indent=2))
+        else:
+            click.echo(
+                "\n".join([*current.lines(), *([f"nothing queued: {nothing}"] if nothing else [])])
+            )
+
+    if watch_s:
+        queue_status.watch(read, show, every_s=watch_s, stop=stop_flag())
+    else:
+        show(read())
 
 
 @click.command()
@@ -176,6 +197,7 @@ def requeue(
             lambda client: requeuing.requeue(
                 client, spec, selection, dry_run=dry_run, batch_size=batch_size
             ),
+            queue=spec,
         ),
         mongo_uri,
     )
@@ -241,7 +263,7 @@ def _numbers_text(numbers: tuple[int, ...]) -> str:
     "--report",
     default="autotune-report",
     show_default=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=WRITABLE_FILE,
     help="Writes REPORT.json and REPORT.md.",
 )
 def autotune(
@@ -322,16 +344,17 @@ def autotune(
         queue_args += ["--text-field", text_field]
     result.embed_command = tuning.embed_command(result, queue_args)
     markdown = tuning.report_markdown(result)
-    report.with_suffix(".json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
-    report.with_suffix(".md").write_text(markdown)
     click.echo(markdown)
+    if result.embed_command:
+        click.echo(f"run it: {result.embed_command}")
+    as_json = json.dumps(result.as_dict(), indent=2) + "\n"
+    failures.write_after_result(report.with_suffix(".json"), as_json, "--report")
+    failures.write_after_result(report.with_suffix(".md"), markdown, "--report")
     click.echo(
         f"wrote {report.with_suffix('.json').resolve()} and {report.with_suffix('.md').resolve()}"
     )
-    if result.embed_command:
-        click.echo(f"run it: {result.embed_command}")
     if result.best is None:
-        sys.exit(1)
+        sys.exit(ExitCode.DISCREPANCY)
 
 
 COMMANDS = (status, requeue, autotune)

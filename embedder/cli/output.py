@@ -13,6 +13,8 @@ import click
 from pymongo import AsyncMongoClient
 
 from embedder import logs
+from embedder.cli import failures
+from embedder.cli.exit_codes import ExitCode
 from embedder.cli.locating import given_dirs, output_dirs, record_consolidation
 from embedder.cli.options import (
     Decorator,
@@ -23,7 +25,7 @@ from embedder.cli.options import (
     queue_options,
 )
 from embedder.cli.running import event_loop_runner, stop_flag, with_mongo, write_json
-from embedder.cli.types import BYTE_SIZE, DOC_ID, size_text
+from embedder.cli.types import BYTE_SIZE, DOC_ID, WRITABLE_FILE, size_text
 from embedder.errors import ConfigurationError, EmbedderError
 from embedder.files.consolidate_outputs import (
     PartsReport,
@@ -31,7 +33,6 @@ from embedder.files.consolidate_outputs import (
     default_consolidated,
     find_outputs,
 )
-from embedder.queue import connection as mongo
 from embedder.queue.spec import QueueSpec
 from embedder.storage.consolidate import (
     ConsolidateSettings,
@@ -42,9 +43,6 @@ from embedder.storage.consolidate import (
 from embedder.storage.output_lease import LeaseHeld
 
 log = logging.getLogger("embedder")
-
-LEASE_HELD_EXIT = 4  # another consolidator holds the output
-BAD_SHARDS_EXIT = 3  # shards were left in place
 
 
 def _size_option(name: str, field: str, envvar: str, help: str | None = None) -> Decorator:
@@ -96,7 +94,7 @@ def _size_option(name: str, field: str, envvar: str, help: str | None = None) ->
 )
 @click.option(
     "--report-json",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=WRITABLE_FILE,
     help="Write the run report here.",
 )
 @click.option(
@@ -146,7 +144,8 @@ def consolidate(
     """Merge shards into large, de-duplicated, verified Parquet files with a manifest.
 
     One consolidator commits to an output at a time: another one holding it makes this one
-    exit 4 naming the holder, or wait for it with --watch.
+    exit 4 naming the holder, or wait for it with --watch. Exit 1: shards were left in place
+    (another model's, or unreadable), the rest consolidated.
     """
     if files_outputs:
         given = dirs[1] != default_dirs(spec)[1]
@@ -164,13 +163,15 @@ def consolidate(
             sole_consolidator=sole_consolidator,
         )
     except ConfigurationError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
+        raise failures.cannot_run(exc) from None
+    if work_dir is not None:
+        failures.writable_dir(work_dir, "--work-dir")
 
     if spec is not None and mongo_uri and not files_outputs:
         record_consolidation(mongo_uri, spec, dirs)
 
     def show(report: ConsolidationReport | PartsReport) -> None:
-        write_json(report_json, report)
+        write_json(report_json, report, "--report-json")
         if logs.json_lines_on():  # stderr stays JSON lines: the report as fields of one
             log.info(
                 "consolidated: %s",
@@ -184,19 +185,19 @@ def consolidate(
         if files_outputs:
             parts = _consolidate_files(files_outputs, settings)
             show(parts)
-            sys.exit(BAD_SHARDS_EXIT if parts.bad_shards else 0)
+            sys.exit(ExitCode.DISCREPANCY if parts.bad_shards else ExitCode.OK)
         if watch:
             consolidate_every(settings, every_s=interval, stop=stop_flag(), on_report=show)
             return
         report = Consolidator(settings).run()
     except LeaseHeld as held:
         click.echo(f"consolidate: {held}", err=True)
-        sys.exit(LEASE_HELD_EXIT)
+        sys.exit(ExitCode.NOTHING_TO_DO)
     except EmbedderError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise failures.cannot_run(exc) from None
     show(report)
     if report.bad_shards:
-        sys.exit(BAD_SHARDS_EXIT)
+        sys.exit(ExitCode.DISCREPANCY)
 
 
 def _consolidate_files(uris: tuple[str, ...], settings: ConsolidateSettings) -> PartsReport:
@@ -262,12 +263,12 @@ def verify(
         )
 
     try:
-        report = event_loop_runner()(with_mongo(mongo_uri, check))
+        report = event_loop_runner()(with_mongo(mongo_uri, check, queue=spec))
     except EmbedderError as exc:
         # Whatever stopped the check is not a verdict on the data: its own exit code.
-        report = VerifyReport.cannot(mongo.scrub(str(exc), mongo_uri))
+        report = VerifyReport.cannot(failures.scrubbed(str(exc), mongo_uri))
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
-    sys.exit(report.verdict.value)
+    sys.exit(_exit_code(report.verdict))
 
 
 def _show_lineage(
@@ -293,15 +294,27 @@ def _show_lineage(
     try:
         found = event_loop_runner()(with_mongo(mongo_uri, collect))
     except EmbedderError as exc:
-        report = VerifyReport.cannot(mongo.scrub(str(exc), mongo_uri))
+        report = VerifyReport.cannot(failures.scrubbed(str(exc), mongo_uri))
         click.echo(json.dumps(report.as_dict()) if as_json else "\n".join(report.lines()))
-        sys.exit(report.verdict.value)
+        sys.exit(_exit_code(report.verdict))
     if as_json:
         click.echo(json.dumps([f.as_dict() for f in found], indent=2))
     else:
         click.echo("\n".join(line for f in found for line in f.lines()))
     if not all(f.ok for f in found):
-        sys.exit(1)
+        sys.exit(ExitCode.DISCREPANCY)
+
+
+def _exit_code(verdict: Any) -> ExitCode:
+    """verify's verdict as its exit code (``embedder.ops.verify`` loads only when verifying)."""
+    from embedder.ops.verify import Verdict
+
+    return {
+        Verdict.OK: ExitCode.OK,
+        Verdict.FAILED: ExitCode.DISCREPANCY,
+        Verdict.COULD_NOT_CHECK: ExitCode.COULD_NOT_RUN,
+        Verdict.NOTHING_TO_VERIFY: ExitCode.NOTHING_TO_DO,
+    }[verdict]
 
 
 COMMANDS = (consolidate, verify)

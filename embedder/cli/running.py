@@ -10,21 +10,27 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import click
 from pymongo import AsyncMongoClient
 
-from embedder import logs
-from embedder.errors import ConfigurationError, EmbedderError
+from embedder.cli import failures
+from embedder.errors import EmbedderError
 from embedder.queue import connection as mongo
+from embedder.queue.spec import QueueSpec
 
 
 async def with_mongo[T](
-    mongo_uri: str, action: Callable[[AsyncMongoClient[dict[str, Any]]], Awaitable[T]]
+    mongo_uri: str,
+    action: Callable[[AsyncMongoClient[dict[str, Any]]], Awaitable[T]],
+    *,
+    queue: QueueSpec | None = None,
 ) -> T:
-    """Connect, check MongoDB answers, run ``action`` with the client, close."""
+    """Connect, check MongoDB answers (and that ``queue`` has its indexes: the command to
+    create them otherwise), run ``action`` with the client, close."""
     client = mongo.connect(mongo_uri)
     try:
         await mongo.check_reachable(client, mongo_uri)
+        if queue is not None:
+            await mongo.check_indexes(client, queue, mongo_uri)
         return await action(client)
     finally:
         await client.close()
@@ -34,11 +40,8 @@ def run[T](coroutine: Coroutine[Any, Any, T], *secrets: str | None) -> T:
     """Run ``coroutine``; its errors become click's, with ``secrets`` scrubbed from them."""
     try:
         result: T = event_loop_runner()(coroutine)
-    except ConfigurationError as exc:
-        message = logs.redact(mongo.scrub(str(exc), *secrets))
-        raise click.ClickException("configuration: " + message) from None
     except EmbedderError as exc:
-        raise click.ClickException(logs.redact(mongo.scrub(str(exc), *secrets))) from None
+        raise failures.cannot_run(exc, *secrets) from None
     return result
 
 
@@ -58,7 +61,8 @@ def stop_flag() -> threading.Event:
     return stop
 
 
-def write_json(path: Path | None, record: Any) -> None:
-    """A report's ``as_dict()`` as JSON at ``path``, when one is given."""
+def write_json(path: Path | None, record: Any, option: str) -> None:
+    """A report's ``as_dict()`` as JSON at ``path``, when one is given (``option``): call it
+    once the result is shown, which a failure to write does not lose."""
     if path is not None:
-        path.write_text(json.dumps(record.as_dict(), indent=2))
+        failures.write_after_result(path, json.dumps(record.as_dict(), indent=2), option)

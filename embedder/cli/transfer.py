@@ -11,7 +11,7 @@ import click
 
 from embedder.cli.options import DATABASE, MONGO_URI, TEXT_FIELD_HELP, default
 from embedder.cli.running import run, with_mongo, write_json
-from embedder.cli.types import BYTE_SIZE, size_text
+from embedder.cli.types import BYTE_SIZE, WRITABLE_FILE, size_text
 from embedder.errors import ConfigurationError, EmbedderError
 from embedder.files.readers import open_source
 from embedder.files.records import FORMATS
@@ -87,7 +87,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Local scratch space. [default: the system temp dir]",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--report-json", type=_FILE, help="Write the report here as JSON.")
+@click.option("--report-json", type=WRITABLE_FILE, help="Write the report here as JSON.")
 def export_command(
     *,
     consolidated_dir: str,
@@ -134,7 +134,7 @@ def export_command(
         raise click.UsageError(str(exc)) from None
     except EmbedderError as exc:
         report = ExportReport.cannot(consolidated_dir, str(exc))
-    write_json(report_json, report)
+    write_json(report_json, report, "--report-json")
     click.echo(json.dumps(report.as_dict(), indent=2) if as_json else "\n".join(report.lines()))
     sys.exit(report.verdict.value)
 
@@ -177,7 +177,7 @@ def export_command(
     help="Write every bad record here, one JSON object a line (position, line_or_row, id, "
     "reason, cause).",
 )
-@click.option("--report-json", type=_FILE, help="Write the summary here as JSON.")
+@click.option("--report-json", type=WRITABLE_FILE, help="Write the summary here as JSON.")
 def load_command(
     *,
     corpus: str,
@@ -208,7 +208,7 @@ def load_command(
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
     report = run(with_mongo(mongo_uri, lambda client: load(client, settings)), mongo_uri)
-    write_json(report_json, report)
+    write_json(report_json, report, "--report-json")
     click.echo("\n".join(report.lines()), err=True)
     if not report.ok:
         sys.exit(1)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import click
+from bson.errors import BSONError
 
 from embedder.ops.lineage import parse_doc_id
 
@@ -105,7 +108,34 @@ class DocId(click.ParamType[list[Any]]):
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> list[Any]:
-        return value if isinstance(value, list) else parse_doc_id(str(value))
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_doc_id(str(value))
+        except BSONError as exc:  # extended JSON of a malformed value: {"$oid": "zzz"}
+            self.fail(f"{value}: {exc}", param, ctx)
+
+
+class WritableFile(click.ParamType[Path]):
+    """A path to write a report to at the end: its directory is checked before any work, so
+    a long run is not lost to a typo in a directory name."""
+
+    name = "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path:
+        path = Path(value).expanduser().absolute()
+        folder = path.parent
+        if path.is_dir():
+            self.fail(f"{path} is a directory; give a file name in it", param, ctx)
+        if not folder.is_dir():
+            self.fail(
+                f"the directory {folder} does not exist; create it or choose another path",
+                param,
+                ctx,
+            )
+        if not os.access(folder, os.W_OK):
+            self.fail(f"the directory {folder} is not writable; choose another path", param, ctx)
+        return path
 
 
 BYTE_SIZE = ByteSize()
@@ -130,3 +160,5 @@ class ProcessCount(click.ParamType[int]):
 
 
 PROCESS_COUNT = ProcessCount()
+
+WRITABLE_FILE = WritableFile()

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from embedder import logs
+from embedder.cli import failures
 from embedder.cli.options import (
     AT_LEAST_ONE,
     DIRS_HELP,
@@ -27,7 +28,7 @@ from embedder.cli.options import (
     secret,
 )
 from embedder.cli.running import run, with_mongo, write_json
-from embedder.cli.types import BYTE_SIZE, CONCURRENCY, PROCESS_COUNT, size_text
+from embedder.cli.types import BYTE_SIZE, CONCURRENCY, PROCESS_COUNT, WRITABLE_FILE, size_text
 from embedder.errors import EmbedderError
 from embedder.fleet.protocol import EmbedOptions
 from embedder.fleet.routing import FleetSettings, RetryPolicy
@@ -363,7 +364,7 @@ metrics_options = options_group(
 
 summary_json_option = click.option(
     "--summary-json",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=WRITABLE_FILE,
     envvar="EMBEDDER_SUMMARY_JSON",
     help="Write the run summary as JSON here.",
 )
@@ -420,17 +421,18 @@ def embed(
         )
     except EmbedderError as exc:  # what no one stage can check alone
         raise click.UsageError(str(exc)) from None
+    failures.writable_dir(shards.hot_dir, "--hot-dir")
     if processes > 1:
         from embedder.cli.processes import embed_in_processes
 
         result = embed_in_processes(job, processes)
-        write_json(summary_json, result.summary)
         click.echo("\n".join(result.summary.lines()), err=True)
+        write_json(summary_json, result.summary, "--summary-json")
         ctx.exit(result.exit_code)
     summary = run(run_embed(job), mongo_uri, job.fleet.api_key)
-    write_json(summary_json, summary)
     if not logs.json_lines_on():  # JSON lines carry the summary already: stderr stays JSON
         click.echo("\n".join(summary.lines()), err=True)
+    write_json(summary_json, summary, "--summary-json")
 
 
 @click.command()

@@ -116,7 +116,7 @@ class EndpointClient:
                 raise (
                     self._error(response)
                     if response.status_code != 200
-                    else self._garbage("/info answer is not TEI's")
+                    else self._garbage(f"/info answer is not TEI's: {_described(response)}")
                 )
         return await self._openai_info()
 
@@ -148,8 +148,10 @@ class EndpointClient:
             return info
         assert last is not None
         if last.status_code == 404:
+            page = openai.decode_error(404, last.content, last.headers.get("content-type"))
             raise EndpointError(
-                "answers neither TEI's /info nor an OpenAI model listing (/v1/models, /models)",
+                "answers neither TEI's /info nor an OpenAI model listing (/v1/models, /models): "
+                + page.message,
                 endpoint=self.url,
                 kind=FaultKind.WRONG_MODEL,
                 status=404,
@@ -240,7 +242,8 @@ class EndpointClient:
             raise EndpointError(message, endpoint=self.url, kind=FaultKind.CONNECTION) from exc
 
     def _error(self, response: httpx.Response) -> EndpointError:
-        answer = openai.decode_error(response.status_code, response.content)
+        content_type = response.headers.get("content-type")
+        answer = openai.decode_error(response.status_code, response.content, content_type)
         status, message = answer.status, answer.message or f"HTTP {answer.status}"
         if status in (401, 403):
             raise ConfigurationError(
@@ -306,3 +309,11 @@ _KIND_BY_STATUS = {
     tei.ErrorType.BACKEND.status: FaultKind.BACKEND,
     404: FaultKind.WRONG_MODEL,
 }
+
+
+def _described(response: httpx.Response) -> str:
+    """An answer in a few words: a web page named by its type, never shown."""
+    content_type = response.headers.get("content-type")
+    if tei.is_web_page(response.content, content_type):
+        return f"a {(content_type or 'text/html').split(';')[0].strip()} page"
+    return response.content[:120].decode("utf-8", "replace").strip() or "an empty body"

@@ -225,7 +225,7 @@ def encode_nested_error(message: str, *, error_type: str | None, code: int) -> b
     )
 
 
-def decode_error(status: int, raw: bytes) -> tei.ErrorAnswer:
+def decode_error(status: int, raw: bytes, content_type: str | None = None) -> tei.ErrorAnswer:
     """Any of the error shapes above, TEI's ``{"error", "error_type"}`` and FastAPI's
     ``{"detail": ...}`` included; a body in none of them is kept as text."""
     try:
@@ -245,7 +245,7 @@ def decode_error(status: int, raw: bytes) -> tei.ErrorAnswer:
                 messages = [str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail]
                 return tei.ErrorAnswer(status, "RequestValidationError", "; ".join(messages))
             return tei.ErrorAnswer(status, None, str(detail))
-    return tei.decode_error(status, raw)
+    return tei.decode_error(status, raw, content_type)
 
 
 _ITEMS_LIMIT = re.compile(r"at most (\d+) items")

@@ -222,6 +222,7 @@ class Fleet:
         answers = await asyncio.gather(
             *(e.client.info() for e in self._endpoints), return_exceptions=True
         )
+        silent: list[str] = []
         for endpoint, answer in zip(self._endpoints, answers, strict=True):
             if isinstance(answer, ServerInfo):
                 self._admit(endpoint, answer)
@@ -230,10 +231,12 @@ class Fleet:
             else:
                 log.warning("endpoint %s is not answering (%s); probing it", endpoint.name, answer)
                 self._set_up(endpoint, False)
+                reason = answer.reason if isinstance(answer, EndpointError) else str(answer)
+                silent.append(f"{endpoint.name} ({reason})")
         if self._info is None:
             raise ConfigurationError(
-                "no embedding endpoint answered /info or a model listing: "
-                + ", ".join(e.name for e in self._endpoints)
+                f"no embedding endpoint answered /info or a model listing: {', '.join(silent)}; "
+                "check --tei-urls and that an embedding server (TEI, vLLM, Infinity) runs there"
             )
         await self._learn_dimension()
         self._prober = asyncio.create_task(self._probe_forever(), name="fleet-prober")

@@ -259,11 +259,15 @@ class ErrorAnswer:
     message: str
 
 
-def decode_error(status: int, raw: bytes) -> ErrorAnswer:
-    """Read a TEI error answer; plain-text bodies (413 from the HTTP layer) are kept as text."""
+def decode_error(status: int, raw: bytes, content_type: str | None = None) -> ErrorAnswer:
+    """Read a TEI error answer; plain-text bodies (413 from the HTTP layer) are kept as text,
+    a web page (a proxy's or another server's) is named in a few words, never shown."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
+        if is_web_page(raw, content_type):
+            page = (content_type or "text/html").split(";")[0].strip()
+            return ErrorAnswer(status, None, f"HTTP {status} with a {page} page, not a TEI answer")
         return ErrorAnswer(status, None, raw[:300].decode("utf-8", "replace").strip())
     if isinstance(body, dict):
         message = body.get("error", body.get("message"))
@@ -271,6 +275,13 @@ def decode_error(status: int, raw: bytes) -> ErrorAnswer:
         if message is not None:
             return ErrorAnswer(status, None if kind is None else str(kind), str(message))
     return ErrorAnswer(status, None, raw[:300].decode("utf-8", "replace"))
+
+
+def is_web_page(raw: bytes, content_type: str | None) -> bool:
+    """Whether an answer is an HTML (or XML) page: what a server that is not TEI sends."""
+    kind = (content_type or "").lower()
+    start = raw[:200].lstrip().lower()
+    return "html" in kind or "xml" in kind or start.startswith((b"<!doctype", b"<html", b"<?xml"))
 
 
 _BATCH_LIMIT = re.compile(r"batch size (\d+) > maximum allowed batch size (\d+)")

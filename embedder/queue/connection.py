@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -14,7 +15,9 @@ from embedder.errors import ConfigurationError
 from embedder.queue.marks import is_mark
 from embedder.queue.spec import QueueSpec
 
-_USERINFO = re.compile(r"(?P<scheme>mongodb(?:\+srv)?://)(?P<userinfo>[^@/\s]*)@")
+# Up to the last "@" before the hosts: a password with an unescaped "@" (a URI pymongo
+# refuses) is hidden whole, not shown from its "@" on.
+_USERINFO = re.compile(r"(?P<scheme>mongodb(?:\+srv)?://)(?P<userinfo>[^/\s]*)@")
 # The URI options that carry a credential (pymongo's URI options: the client certificate's
 # key password), and any option named like one; a value ends at the next option or the end
 # of the URI as printed.
@@ -70,18 +73,24 @@ def uri_credentials(uri: str) -> list[str]:
     return sorted({*raw, *(quote(c, safe="") for c in raw), *(unquote(c) for c in raw)})
 
 
+# The characters a key or password is made of: a secret is hidden where it stands as a whole
+# token, so a short key ("1") does not hide every "1" of a message (a port, an address).
+_TOKEN_CHARS = r"A-Za-z0-9_\-.~+"
+
+
 def scrub(message: str, *secrets: str | None) -> str:
-    """A message with every URI in it redacted and every given secret removed; a MongoDB URI
-    given as a secret has each of its credentials removed too, wherever it appears."""
+    """A message with every URI in it redacted and every given secret removed where it stands
+    as a whole token; a MongoDB URI given as a secret has each of its credentials removed,
+    wherever they appear (the URI itself is shown redacted, host and all)."""
     text = redact_uri(message)
     for secret in secrets:
         if not secret:
             continue
-        hidden = [secret]
-        if secret.startswith(("mongodb://", "mongodb+srv://")):
-            hidden += uri_credentials(secret)
+        is_uri = secret.startswith(("mongodb://", "mongodb+srv://"))
+        hidden = uri_credentials(secret) if is_uri else [secret]
         for value in sorted(set(hidden), key=len, reverse=True):
-            text = text.replace(value, "***")
+            token = rf"(?<![{_TOKEN_CHARS}]){re.escape(value)}(?![{_TOKEN_CHARS}])"
+            text = re.sub(token, "***", text)
     return text
 
 
@@ -90,16 +99,96 @@ def connect(uri: str, **options: Any) -> AsyncMongoClient[dict[str, Any]]:
     if "serverselectiontimeoutms" not in uri.lower():
         # pymongo lets keyword options override the URI's, so defaults only fill gaps.
         options.setdefault("serverSelectionTimeoutMS", 15_000)
-    return AsyncMongoClient(uri, tz_aware=True, appname="embedder", **options)
+    try:
+        return AsyncMongoClient(uri, tz_aware=True, appname="embedder", **options)
+    except (PyMongoError, ValueError, OSError) as exc:  # pymongo parses the URI here
+        raise ConfigurationError(uri_problem(uri, exc)) from None
 
 
 async def check_reachable(client: AsyncMongoClient[dict[str, Any]], uri: str) -> None:
     try:
         await client.admin.command("ping")
+    except OperationFailure as exc:
+        if exc.code != _AUTHENTICATION_FAILED:
+            raise ConfigurationError(
+                f"MongoDB at {redact_uri(uri)} refused a ping: {scrub(str(exc), uri)}"
+            ) from None
+        raise ConfigurationError(
+            f"MongoDB at {redact_uri(uri)} refused the credentials (authentication failed); "
+            "check the user name, password and authSource in --mongo-uri"
+        ) from None
     except PyMongoError as exc:
         raise ConfigurationError(
-            f"MongoDB at {redact_uri(uri)} is not reachable: {scrub(str(exc))}"
-        ) from exc
+            f"MongoDB at {redact_uri(uri)} is not reachable ({unreachable_cause(exc)}); check "
+            "that it is running and that --mongo-uri names its host and port"
+        ) from None
+
+
+_AUTHENTICATION_FAILED = 18
+# What a driver's connection error says, and the few words a person needs; the first match
+# wins (a server-selection error also says "Timeout: 15s" whatever the cause).
+_CAUSES = (
+    (("Connection refused", "Errno 111", "Connect call failed"), "connection refused"),
+    (
+        (
+            "Name or service not known",
+            "nodename nor servname",
+            "Temporary failure in name resolution",
+            "getaddrinfo failed",
+            "No address associated",
+            "DNS query name does not exist",
+        ),
+        "name not resolved",
+    ),
+    (("CERTIFICATE_VERIFY_FAILED", "SSL", "TLS"), "TLS handshake failed"),
+    (("Network is unreachable", "No route to host"), "network unreachable"),
+    (("Connection reset",), "connection reset"),
+    (("timed out", "Timeout"), "timed out"),
+)
+
+
+def unreachable_cause(exc: BaseException) -> str:
+    """Why a MongoDB could not be reached, in a few words ("connection refused")."""
+    text = str(exc)
+    for needles, cause in _CAUSES:
+        if any(needle in text for needle in needles):
+            return cause
+    return scrub(text.split(",", maxsplit=1)[0])[:120]
+
+
+_TLS_FILE_OPTIONS = ("tlsCAFile", "tlsCertificateKeyFile", "tlsCRLFile")
+
+
+def uri_problem(uri: str, exc: BaseException) -> str:
+    """What is wrong with a MongoDB URI pymongo refused, naming the part and the fix; the
+    URI itself is not repeated (a malformed one may not redact cleanly)."""
+    text = str(exc)
+    scheme = urlsplit(uri).scheme if "://" in uri else ""
+    if not uri.startswith(("mongodb://", "mongodb+srv://")):
+        given = f"not {scheme}://" if scheme else "no scheme"
+        return f"--mongo-uri must start with mongodb:// or mongodb+srv:// ({given})"
+    if isinstance(exc, ValueError) and "port" in text.lower():
+        return (
+            "--mongo-uri: the port is not a number from 1 to 65535 (host:port, such as "
+            "localhost:27017); a ':' or '@' in the password must be percent-escaped"
+        )
+    if "must be escaped" in text:
+        return (
+            "--mongo-uri: the user name or password holds a character that must be "
+            "percent-escaped (@ : / ? # [ ] %); write @ as %40 (urllib.parse.quote_plus)"
+        )
+    if isinstance(exc, OSError) and exc.filename:
+        named = [
+            name
+            for name, value in parse_qsl(urlsplit(uri).query)
+            if name in _TLS_FILE_OPTIONS and value == exc.filename
+        ]
+        option = named[0] if named else "a file option"
+        why = exc.strerror or "cannot be read"
+        return f"--mongo-uri: {option} {exc.filename}: {why}; give a file that exists"
+    if "DNS" in text or "resolve" in text:
+        return f"--mongo-uri: the mongodb+srv:// host was not resolved ({scrub(text, uri)})"
+    return f"--mongo-uri is not a usable MongoDB URI: {scrub(text, uri)}"
 
 
 def collection(
@@ -152,22 +241,32 @@ async def check_target_field(client: AsyncMongoClient[dict[str, Any]], spec: Que
             )
 
 
-async def check_indexes(client: AsyncMongoClient[dict[str, Any]], spec: QueueSpec) -> None:
-    """Refuse to start without the work-queue index: every queue query would scan."""
+async def check_indexes(
+    client: AsyncMongoClient[dict[str, Any]], spec: QueueSpec, uri: str | None = None
+) -> None:
+    """Refuse to start without the work-queue index: every queue query would scan. The
+    error's hint is the `embedder indexes` command to run, with ``uri`` where it is needed."""
     try:
         info = await collection(client, spec).index_information()
     except PyMongoError as exc:
         raise ConfigurationError(
             f"cannot list indexes of {spec.collection}: {scrub(str(exc))}"
         ) from exc
+    from embedder.queue.diagnosis import indexes_command, missing_collection  # it uses ours
+
     index = info.get(spec.index_name)
-    hint = (
-        f"create it with `embedder indexes --collection {spec.collection} --target-field {spec.target_field}` "
-        f"or `mongosh --eval 'var collection=\"{spec.collection}\"' mongo/indexes.js`"
-    )
+    command = indexes_command(spec, uri)
+    hint = f"create it with: {command}"
     if index is None:
+        missing = await missing_collection(client, spec)
+        if missing is not None:
+            raise ConfigurationError(
+                f"{missing}; check --database and --collection (to fill it later, create its "
+                f"indexes first: {command})"
+            )
         raise ConfigurationError(
-            f"the work-queue index {spec.index_name!r} is missing on {spec.collection}; {hint}"
+            f"the work-queue index {spec.index_name!r} is missing on "
+            f"{spec.database}.{spec.collection}; {hint}"
         )
     expected_keys = [(name, 1) for name, _ in spec.index_keys]
     keys = [(name, int(direction)) for name, direction in index["key"]]
@@ -175,5 +274,8 @@ async def check_indexes(client: AsyncMongoClient[dict[str, Any]], spec: QueueSpe
     if keys != expected_keys or partial != spec.partial_filter:
         raise ConfigurationError(
             f"index {spec.index_name!r} on {spec.collection} does not serve this queue "
-            f"(keys {keys}, partial filter {partial}; expected {expected_keys}, {spec.partial_filter}); {hint}"
+            f"(keys {keys}, partial filter {partial}; expected {expected_keys}, {spec.partial_filter}): "
+            "give the --filter and --exclude it was made for, or drop it "
+            f"(db.getCollection({json.dumps(spec.collection)}).dropIndex({json.dumps(spec.index_name)})) "
+            f"and {hint}"
         )

@@ -68,10 +68,11 @@ class QueueSpec:
     @property
     def index_keys(self) -> list[tuple[str, int]]:
         keys = [*((name, 1) for name in self.filter), ("_id", 1)]
-        if self.target_field != DEFAULT_TARGET_FIELD:
+        if self.target_field != DEFAULT_TARGET_FIELD or not self.filter:
             # Another target's queue index ends with its own field (null in every entry, so
             # the order stays _id's): MongoDB refuses two indexes on one key pattern that
-            # differ only in their partial filter.
+            # differ only in their partial filter. So does an empty filter's, which would
+            # otherwise be the _id index's key pattern.
             keys.append((self.target_field, 1))
         return keys
 

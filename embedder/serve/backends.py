@@ -129,14 +129,23 @@ class OnnxMiniLM:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        model_file = model_file or _packaged_onnx()
-        tokenizer_file = tokenizer_file or _packaged_tokenizer()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(
-            str(model_file), options, providers=["CPUExecutionProvider"]
-        )
-        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        try:
+            self._session = ort.InferenceSession(
+                str(model_file or _packaged_onnx()), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail...)
+            raise ValueError(
+                _unloadable("--model-file", "an ONNX model", model_file, exc)
+            ) from None
+        try:
+            self._tokenizer = Tokenizer.from_file(str(tokenizer_file or _packaged_tokenizer()))
+        except Exception as exc:  # tokenizers raises a bare Exception for a bad file
+            raise ValueError(
+                _unloadable("--tokenizer-file", "a tokenizer.json", tokenizer_file, exc)
+            ) from None
+        model_file = model_file or _packaged_onnx()
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self.model_id = "sentence-transformers/all-MiniLM-L6-v2"
@@ -225,3 +234,11 @@ def _file_sha(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:40]
+
+
+def _unloadable(option: str, what: str, path: Path | None, exc: Exception) -> str:
+    """One line for a model or tokenizer file that cannot be loaded, naming its option."""
+    cause = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    if path is None:  # the packaged file: a broken install, not the user's file
+        return f"the packaged {what} cannot be loaded ({cause}); reinstall embedder[serve]"
+    return f"{option} {path}: not {what} that can be loaded ({cause}); give another file"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -34,14 +37,20 @@ def make_backend(
     if name == "onnx":
         return OnnxMiniLM(model_file, tokenizer_file, threads)
     if name == "torch":
+        from embedder.serve.torch_backend import SentenceTransformersBackend
+
+        try:  # before any other check: without them nothing else matters
+            import sentence_transformers  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise ValueError(
+                f"--backend torch needs PyTorch and sentence-transformers ({exc.name} is not "
+                "installed); install the torch extra: pip install 'embedder[torch]'"
+            ) from None
         if model_dir is None:
             raise ValueError(
-                "the torch backend needs --model-dir (a sentence-transformers model directory)"
+                "--backend torch needs --model-dir (a sentence-transformers model directory)"
             )
-        try:
-            from embedder.serve.torch_backend import SentenceTransformersBackend
-        except ImportError as exc:
-            raise ValueError("the torch backend needs `pip install embedder[torch]`") from exc
         return SentenceTransformersBackend(model_dir, device=device, dtype=dtype)
     raise ValueError(f"unknown backend {name!r}")
 
@@ -76,14 +85,44 @@ def serve(
     config = uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=30, access_log=False, lifespan="on"
     )
+    server_ = _Server(config)
+    with server_.capture_signals():  # before the line: a stop may follow it at once
+        if announce:
+            # Scripts and tests read this line to learn the port (useful with --port 0).
+            print(
+                f"embedder serve: {server.backend.model_id} listening on http://{host}:{bound_port}",
+                file=sys.stdout,
+                flush=True,
+            )
+        server_.run(sockets=[sock])
     if announce:
-        # Scripts and tests read this line to learn the port (useful with --port 0).
-        print(
-            f"embedder serve: {server.backend.model_id} listening on http://{host}:{bound_port}",
-            file=sys.stdout,
-            flush=True,
-        )
-    uvicorn.Server(config).run(sockets=[sock])
+        print("embedder serve: stopped", file=sys.stderr, flush=True)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopping on SIGTERM/SIGINT as ``dev-mongo`` does: finish, exit 0.
+
+    uvicorn raises the signal again once shut down, so the process would end killed by it
+    (exit 143, or a KeyboardInterrupt traceback); a requested stop is a normal end here. The
+    handlers go in before the server announces itself (``serve``), and stay while it runs.
+    """
+
+    _held = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if self._held or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        self._held = True
+        try:
+            yield
+        finally:
+            self._held = False
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 __all__ = ["ServerSettings", "TeiServer", "make_backend", "serve"]

@@ -155,9 +155,18 @@ def _load_keys(
                 con.execute("INSERT INTO keys SELECT * FROM key_stream")
             finally:
                 con.unregister("key_stream")
+    except duckdb.InterruptException:
+        raise KeyboardInterrupt from None  # Ctrl-C while DuckDB read: not the file's fault
     except (OSError, pa.ArrowException, duckdb.Error) as exc:
+        if failure and failure[0] is _INTERRUPTED:
+            raise KeyboardInterrupt from None  # Ctrl-C in our stream, which DuckDB wrapped
         return failure[0] if failure else f"{type(exc).__name__}: {exc}"
     return None
+
+
+# Put first in ``failure`` when Ctrl-C stops a file's key stream: DuckDB reports it as the
+# stream's error, which must not make the file look unreadable.
+_INTERRUPTED = "interrupted"
 
 
 def _file_keys(parquet: pq.ParquetFile, index: int, failure: list[str]) -> Iterator[pa.RecordBatch]:
@@ -185,4 +194,7 @@ def _file_keys(parquet: pq.ParquetFile, index: int, failure: list[str]) -> Itera
     except (OSError, pa.ArrowException) as exc:
         # DuckDB reports a failing stream in its own words; keep the reader's.
         failure.append(f"{type(exc).__name__}: {exc}")
+        raise
+    except KeyboardInterrupt:
+        failure.insert(0, _INTERRUPTED)
         raise

@@ -21,6 +21,7 @@ from embedder.fleet.protocol import EmbedOptions
 from embedder.fleet.routing import Fleet, FleetSettings
 from embedder.identity import embed_key
 from embedder.queue import connection as mongo
+from embedder.queue.diagnosis import why_nothing_pending
 from embedder.queue.heartbeat import WorkerProgress
 from embedder.queue.output_location import record_output
 from embedder.queue.retry import MongoRetry
@@ -86,13 +87,23 @@ class Supervised(Protocol):
 async def run_embed(job: EmbedJob, supervisor: Supervised | None = None) -> Summary:
     telemetry = Telemetry()
     if job.metrics is not None:
-        start_http_server(job.metrics.port, addr=job.metrics.host, registry=telemetry.registry)
+        try:
+            start_http_server(job.metrics.port, addr=job.metrics.host, registry=telemetry.registry)
+        except OSError as exc:  # a port in use, an address not of this machine
+            where = f"{job.metrics.host}:{job.metrics.port}"
+            raise ConfigurationError(
+                f"--metrics-port {job.metrics.port}: cannot listen on {where} "
+                f"({exc.strerror or exc}); choose another --metrics-port or --metrics-host"
+            ) from None
         log.info("metrics on http://%s:%d/metrics", job.metrics.host, job.metrics.port)
     client = mongo.connect(job.mongo_uri, **job.mongo_options)
     try:
         await mongo.check_reachable(client, job.mongo_uri)
-        await mongo.check_indexes(client, job.queue)
+        await mongo.check_indexes(client, job.queue, job.mongo_uri)
         await mongo.check_target_field(client, job.queue)
+        nothing = await why_nothing_pending(client, job.queue)
+        if nothing is not None:
+            log.warning("nothing to embed: %s", nothing)
         queue = MongoWorkQueue(
             client,
             job.queue,

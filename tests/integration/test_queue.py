@@ -95,6 +95,8 @@ async def test_indexes_are_created_idempotently_from_the_cli(
             {"target": "v", "filter": {"lang": 1}, "exclude": {"deleted": None}},
             {"target_field": "v", "filter": {"lang": "en"}, "exclude": {"deleted": None}},
         ),
+        # --filter '{}': every doc; its queue index must not take the _id index's keys.
+        ({"filter": {}}, {"filter": {}}),
     ],
 )
 async def test_indexes_js_creates_the_indexes_embedder_indexes_creates(

@@ -675,7 +675,7 @@ async def test_two_collections_with_equal_ids_never_merge(
             str(report_path),
         ],
     )
-    assert mixed.returncode == 3, mixed.stderr
+    assert mixed.returncode == 1, mixed.stderr  # shards left in place: a discrepancy
     report = orjson.loads(report_path.read_bytes())
     assert report["duplicates_dropped"] == 0 and report["rows_out"] == len(tweets.eligible)
     refusals = list(report["bad_shards"].values())
