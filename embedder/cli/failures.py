@@ -46,7 +46,9 @@ def scrubbed(message: str, *secrets: str | None) -> str:
 def cannot_run(exc: EmbedderError, *secrets: str | None) -> CannotRun:
     message = scrubbed(str(exc), *secrets)
     if isinstance(exc, EndpointError):  # a server's answer that ended the command
-        message += "; check --tei-urls and that a TEI server runs there"
+        message += (
+            "; check --tei-urls and that an embedding server (TEI, vLLM, Infinity) runs there"
+        )
     return CannotRun(message)
 
 

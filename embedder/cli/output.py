@@ -20,7 +20,6 @@ from embedder.cli.options import (
     Decorator,
     consolidation_dirs,
     default,
-    default_dirs,
     queue_naming_options,
     queue_options,
 )
@@ -147,9 +146,8 @@ def consolidate(
     exit 4 naming the holder, or wait for it with --watch. Exit 1: shards were left in place
     (another model's, or unreadable), the rest consolidated.
     """
-    if files_outputs:
-        given = dirs[1] != default_dirs(spec)[1]
-        dirs = (dirs[0], dirs[1] if given else "")
+    if files_outputs:  # the consolidated dir defaults to the outputs' own, not a queue's
+        dirs = (dirs[0], given_dirs(dirs)[1] or "")
     try:
         settings = ConsolidateSettings(
             shards_uri=dirs[0],

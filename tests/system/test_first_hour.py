@@ -93,7 +93,7 @@ def test_consolidate_says_a_shards_directory_is_missing_and_creates_nothing(
     tmp_path: Path,
 ) -> None:
     done = run_cli(["consolidate", "--shards-dir", "no/such/shards"], cwd=tmp_path)
-    assert done.returncode == 1
+    assert done.returncode == 3  # could not run (README: Exit codes)
     assert f"no shards directory at {tmp_path / 'no/such/shards'}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "no").exists()

@@ -299,8 +299,11 @@ def test_a_server_that_is_not_tei_is_named_in_a_few_words(
     done = embedder("autotune", "--tei-urls", html_server, "--tei-api-key", "1",
                     "--file", str(_texts(tmp_path)), "--report", str(tmp_path / "r"))  # fmt: skip
     assert done.code == ExitCode.COULD_NOT_RUN
-    assert f"{html_server}: HTTP 404 with a text/html page, not a TEI answer" in done.error
-    assert done.error.endswith("; check --tei-urls and that a TEI server runs there"), done.error
+    assert f"{html_server}: answers neither TEI's /info nor an OpenAI model listing" in done.error
+    assert "HTTP 404 with a text/html page, not a TEI answer" in done.error
+    assert done.error.endswith(
+        "; check --tei-urls and that an embedding server (TEI, vLLM, Infinity) runs there"
+    ), done.error
     assert "<" not in done.stderr, done.stderr
 
 
