@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from embedder.errors import FaultKind
 from embedder.worker.documents import FailureCause
+from embedder.worker.phases import Phases
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -39,6 +40,7 @@ class Summary:
     sent_to_fleet: int = 0  # docs whose text went to the fleet
     reused_in_run: int = 0  # docs that got the vector of an equal text embedded in this run
     reused_from_cache: int = 0  # docs that got a vector from the cache of earlier runs
+    phases: Phases = field(default_factory=Phases)  # where the run's time went
 
     def as_dict(self) -> dict[str, object]:
         elapsed = time.monotonic() - self.started
@@ -59,6 +61,7 @@ class Summary:
             "reused_from_cache": self.reused_from_cache,
             "elapsed_s": round(elapsed, 3),
             "docs_per_s": round(self.embedded / elapsed, 1) if elapsed > 0 else 0.0,
+            "phases": self.phases.as_dict(),
         }
 
     def lines(self) -> list[str]:

@@ -74,6 +74,9 @@ class InflightLimit(Protocol):
     @property
     def ceiling(self) -> int: ...
 
+    @property
+    def ramping(self) -> bool: ...
+
     def held_back(self) -> None: ...
     def paced(self) -> None: ...
     def pacing(self) -> tuple[float, float] | None: ...
@@ -101,6 +104,10 @@ class FixedInflightLimit:
         return False
 
     def overloaded(self, now: float) -> bool:
+        return False
+
+    @property
+    def ramping(self) -> bool:
         return False
 
 
@@ -133,6 +140,11 @@ class AdaptiveInflightLimit:
         if self._measuring:
             return self.step
         return self._limit
+
+    @property
+    def ramping(self) -> bool:
+        """Still finding its level: measuring the unloaded latency, or in slow start."""
+        return self._measuring or self._slow_start
 
     @property
     def _measuring(self) -> bool:

@@ -321,6 +321,11 @@ class Fleet:
         """The most inputs the fleet may ever have in flight: the sum of the ceilings."""
         return sum(e.limit.ceiling for e in self._endpoints if e.info)
 
+    @property
+    def ramping(self) -> bool:
+        """Some endpoint in rotation still finds its adaptive limit's level."""
+        return any(e.limit.ramping for e in self._endpoints if e.up)
+
     async def close(self) -> None:
         if self._prober:
             self._prober.cancel()

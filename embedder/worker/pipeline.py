@@ -169,6 +169,7 @@ class Worker:
         self._first_failures: list[tuple[Rejected, LeaseTracker]] | None = []
         self._first_seen = 0
         self._last_shard = ""
+        self._phases = telemetry.summary.phases
 
     @property
     def summary(self) -> Summary:
@@ -185,6 +186,7 @@ class Worker:
             self._stopping.set()
 
     async def run(self) -> Summary:
+        self._phases.reach("worker_started")
         await self._queue.register()
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -211,6 +213,7 @@ class Worker:
         await _shielded(self._release_held())
         self._progress.close()
         await self._queue.leave()
+        self._phases.reach("finished")
         log.info("run finished: %s", self.summary.as_dict())
         return self.summary
 
@@ -235,6 +238,7 @@ class Worker:
                     log.info("the queue is resumed")
                     self._paused_logged = False
                     continue
+                self._phases.reach("queue_empty")
                 if self._settings.once and not await self._queue.others_hold_leases():
                     break
                 # Nothing free now: new docs may arrive, or another worker's lease may
@@ -332,8 +336,10 @@ class Worker:
         )
 
     async def _pause(self, seconds: float) -> None:
+        started = time.perf_counter()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        self._phases.waited("claim_poll", time.perf_counter() - started)
 
     # --- embed ------------------------------------------------------------------------------
 
@@ -344,8 +350,16 @@ class Worker:
         await self._outcomes.put(_END)  # the sink's cue; see _bound_drain when cancelled
 
     async def _embed_batches(self) -> None:
+        phases = self._phases
         while (batch := await self._batches.get()) is not _END:
+            phases.reach("first_sent")
+            phases.reach("last_sent", last=True)
             result = await self._fleet.embed([d.text for d in batch.docs])
+            phases.answered += len(batch.docs)
+            phases.reach("first_answered")
+            phases.reach("last_answered", last=True)
+            if "ramped" not in phases.marks and not self._fleet.ramping:
+                phases.reach("ramped")
             pairs = list(zip(batch.docs, batch.trackers, strict=True))
             ok = result.succeeded()
             # From here on the texts are dropped: the sink holds ids and text hashes only.
@@ -396,6 +410,7 @@ class Worker:
             try:
                 outcome = await asyncio.wait_for(self._outcomes.get(), timeout=max(timeout, 0.01))
             except TimeoutError:
+                self._phases.waited("sink_idle", timeout)
                 await self._commit()
                 continue
             if outcome is _END:
@@ -470,6 +485,7 @@ class Worker:
         self._unmarked_done, self._unmarked_failed = [], []
         finished = [t for _, t in done] + [t for _, t in failed]
         await self._settle(finished)
+        self._phases.reach("last_marked", last=True)
 
     async def _settle(self, trackers: list[LeaseTracker]) -> None:
         for tracker in trackers:

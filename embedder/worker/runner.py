@@ -73,6 +73,8 @@ class EmbedJob:
 
 async def run_embed(job: EmbedJob) -> Summary:
     telemetry = Telemetry()
+    phases = telemetry.summary.phases
+    phases.reach("started")
     if job.metrics is not None:
         start_http_server(job.metrics.port, addr=job.metrics.host, registry=telemetry.registry)
         log.info("metrics on http://%s:%d/metrics", job.metrics.host, job.metrics.port)
@@ -89,6 +91,7 @@ async def run_embed(job: EmbedJob) -> Summary:
             retry=MongoRetry(job.work_queue.outage_timeout_s),
         )
         fleet = await Fleet.connect(job.fleet, telemetry)
+        phases.reach("fleet_ready")
         reuse: TextReuse[LeaseTracker] | None = None
         try:
             key = embed_key(fleet.info, job.fleet.options, fleet.dimension)
@@ -108,6 +111,7 @@ async def run_embed(job: EmbedJob) -> Summary:
                 cache = await _open_cache(job, key, fleet.dimension, fleet.probe_vector)
                 reuse = TextReuse(cache, job.reuse.memory_bytes, fleet.dimension)
             progress = for_stream(await queue.pending_count(), enabled=job.progress_bar)
+            phases.reach("set_up")
             worker = Worker(
                 queue,
                 fleet,
@@ -142,6 +146,7 @@ async def run_embed(job: EmbedJob) -> Summary:
             await fleet.close()
             if reuse is not None and reuse.cache is not None:
                 await reuse.cache.aclose()
+            phases.reach("closed")
     finally:
         await client.close()
 
