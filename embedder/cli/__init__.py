@@ -8,13 +8,41 @@ verify), ``ops`` (status, requeue, autotune), ``dev`` (serve, dev-mongo).
 
 from __future__ import annotations
 
+import functools
+import importlib
+
 import click
 
 from embedder import __version__, logs
-from embedder.cli import dev, ops, output, worker
+
+# The modules of commands, the worker's first: `embed` imports no other.
+_COMMAND_MODULES = ("worker", "output", "ops", "dev")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@functools.cache
+def _commands(module: str) -> dict[str, click.Command]:
+    loaded = importlib.import_module(f"embedder.cli.{module}")
+    return {command.name or "": command for command in loaded.COMMANDS}
+
+
+class _CommandsOnDemand(click.Group):
+    """Imports a module of commands only when one of them runs (or help lists them): a worker
+    does not pay at every start for DuckDB, pandas and the server that other commands use."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module in _COMMAND_MODULES:
+            if cmd_name in _commands(module):
+                return _commands(module)[cmd_name]
+        return None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for module in _COMMAND_MODULES for name in _commands(module))
+
+
+@click.group(
+    cls=_CommandsOnDemand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="embedder")
 @click.option(
     "--log-level",
@@ -27,10 +55,6 @@ from embedder.cli import dev, ops, output, worker
 def cli(log_level: str, log_json: bool) -> None:
     """Embed MongoDB text collections on a TEI fleet into Parquet, crash-safely."""
     logs.configure(log_level, json_lines=log_json)
-
-
-for command in (*worker.COMMANDS, *output.COMMANDS, *ops.COMMANDS, *dev.COMMANDS):
-    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,8 +7,6 @@ from typing import Any
 
 import click
 
-from embedder.ops.lineage import parse_doc_id
-
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -105,6 +103,9 @@ class DocId(click.ParamType[list[Any]]):
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> list[Any]:
+        # Imported here: it loads pyarrow's datasets (and pandas), which `embed` never needs.
+        from embedder.ops.lineage import parse_doc_id
+
         return value if isinstance(value, list) else parse_doc_id(str(value))
 
 
