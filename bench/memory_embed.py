@@ -56,7 +56,11 @@ def main(argv: list[str]) -> None:
         ),
         MongoWorkQueue=memory_queue,
     )
-    cli.main(cli_args)
+    try:
+        cli.main(cli_args)
+    finally:  # click ends by raising SystemExit: when the CLI was done, before Python's exit
+        times["returned"] = time.time()
+        times_path.write_bytes(orjson.dumps(times))
 
 
 if __name__ == "__main__":

@@ -454,6 +454,7 @@ class Worker:
         """Make the open shard durable, then mark its docs and the failures, then release."""
         await self._append_buffered()
         receipt: ShardReceipt | None = await asyncio.to_thread(self._shards.roll)
+        self._phases.reach("last_rolled", last=True)
         if receipt is not None:
             self._last_shard = receipt.name
             self._telemetry.shard_written(receipt.bytes)
