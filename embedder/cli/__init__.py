@@ -8,7 +8,9 @@ verify), ``ops`` (status, requeue, autotune), ``dev`` (serve, dev-mongo).
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import importlib
 
 import click
@@ -58,6 +60,11 @@ def cli(log_level: str, log_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # At exit Python's last garbage collections walk every object the imports made (up to a
+    # second of a short job's run); whatever is still alive then is freed with the process.
+    # Everything that must reach disk or MongoDB was closed explicitly before.
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
     cli.main(args=argv, prog_name="embedder")
 
 
