@@ -5,6 +5,8 @@ more inputs in flight only wait (the seed deployment's p95 of 22-60 s was that q
 adaptive limit keeps each endpoint near the smallest load that keeps it busy, from what its
 answers show:
 
+* **Start.** One request until the unloaded level is known, then two (one in the model, one
+  paced to follow it), doubling while answers stay fast and the limit holds requests back.
 * **Unloaded level.** The fastest answer the endpoint gave to a request sent while nothing
   else of ours was in flight there, over the last ``baseline_horizon_s``. When no such answer
   is that recent, the limit drops to one request until one comes back (a shared endpoint's
@@ -116,7 +118,10 @@ class AdaptiveInflightLimit:
         self.step = max(1, step)  # one full request
         self.ceiling = max(self.step, ceiling)
         self.settings = settings or AdaptiveSettings()
-        self._limit = self.step
+        # Two requests once the unloaded level is known: one in the model and one paced to
+        # follow it, the least that keeps the server from idling between our requests (one
+        # alone leaves it idle for every round trip). Slow start goes on from there.
+        self._limit = min(self.ceiling, 2 * self.step)
         self._slow_start = True
         self._window: list[float] = []
         self._held_back = False

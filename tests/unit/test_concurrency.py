@@ -31,8 +31,13 @@ def test_starts_at_one_request_and_measures_the_unloaded_level_first() -> None:
     limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     assert limit.value == STEP
     assert limit.pacing() is None
+    assert limit.ramping
     limit.answered(0.1, STEP, alone=True, now=0.0)
     assert limit.baseline == 0.1
+    # Then two requests, the second paced to follow the first: the server never idles
+    # between them, as it would for the round trip of one request at a time.
+    assert limit.value == 2 * STEP
+    assert limit.ramping
     per_input, allowed = limit.pacing() or (0.0, 0.0)
     assert per_input == pytest.approx(0.1 / STEP)
     assert allowed == pytest.approx(0.05)
@@ -42,12 +47,14 @@ def test_grows_while_answers_stay_fast_and_the_limit_holds_requests_back() -> No
     limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)  # the first answer of the first window
     now = feed(limit, 0.11, 3, 0.1, held=True)
-    assert limit.value == 2 * STEP  # slow start doubles
+    assert limit.value == 4 * STEP  # slow start doubles
     now = feed(limit, 0.11, 4, now, held=True)
-    assert limit.value == 4 * STEP
+    assert limit.value == 8 * STEP
+    assert limit.ramping
     # Fast answers while the limit held nothing back say nothing about more load.
     feed(limit, 0.11, 8, now, held=False)
-    assert limit.value == 4 * STEP
+    assert limit.value == 8 * STEP
+    assert not limit.ramping  # settled
 
 
 def test_shrinks_when_answers_queue_and_never_below_one_request() -> None:
@@ -55,13 +62,16 @@ def test_shrinks_when_answers_queue_and_never_below_one_request() -> None:
     limit.answered(0.1, STEP, alone=True, now=0.0)
     now = feed(limit, 0.1, 3, 0.1, held=True)
     now = feed(limit, 0.1, 4, now, held=True)
-    assert limit.value == 4 * STEP
-    now = feed(limit, 0.25, 4, now, held=True)  # 2.5x the unloaded level: queueing
-    assert limit.value == 3 * STEP
+    assert limit.value == 8 * STEP
+    # 2.5x the unloaded level: queueing (a window is one answer per request of the limit)
+    now = feed(limit, 0.25, 8, now, held=True)
+    assert limit.value == 7 * STEP
     for _ in range(10):
         now = feed(limit, 0.5, 4, now, held=True)
     assert limit.value == STEP
-    # Out of slow start: it grows back one request at a time once answers are fast again.
+    # Out of slow start: it grows back one request at a time once answers are fast again
+    # (the first window may still hold slow answers).
+    now = feed(limit, 0.1, 4, now, held=True)
     now = feed(limit, 0.1, 4, now, held=True)
     assert limit.value == 2 * STEP
 
@@ -84,14 +94,14 @@ def test_a_stale_unloaded_level_is_measured_again() -> None:
     limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)
     feed(limit, 0.1, 7, 0.1, held=True)
-    assert limit.value == 4 * STEP
+    assert limit.value == 8 * STEP
     # Past the horizon with no request alone: one request at a time until one comes back.
     limit.answered(0.1, STEP, alone=False, now=31.0)
     assert limit.value == STEP and limit.pacing() is None
     # The endpoint is now shared and slower: the new level is what counts.
     limit.answered(0.3, STEP, alone=True, now=31.5)
     assert limit.baseline == 0.3
-    assert limit.value == 4 * STEP
+    assert limit.value == 8 * STEP
 
 
 def test_small_requests_do_not_move_the_unloaded_level() -> None:
