@@ -253,15 +253,21 @@ class Fleet:
     async def _learn_dimension(self) -> None:
         """Embed one probe text on every live endpoint: all must agree on its vector."""
         vectors: dict[str, np.ndarray] = {}
-        for endpoint in [e for e in self._endpoints if e.up]:
-            try:
-                probe = await endpoint.client.embed([PROBE_TEXT], self.settings.options)
-            except EndpointError as exc:
+        live = [e for e in self._endpoints if e.up]
+        # All at once: a fleet starts in one round trip, not one per endpoint.
+        probes = await asyncio.gather(
+            *(e.client.embed([PROBE_TEXT], self.settings.options) for e in live),
+            return_exceptions=True,
+        )
+        for endpoint, probe in zip(live, probes, strict=True):
+            if isinstance(probe, EndpointError):
                 log.warning(
-                    "endpoint %s failed its probe (%s); probing it", endpoint.name, exc.reason
+                    "endpoint %s failed its probe (%s); probing it", endpoint.name, probe.reason
                 )
                 self._set_up(endpoint, False)
                 continue
+            if isinstance(probe, BaseException):
+                raise probe
             vectors[endpoint.name] = probe.vectors[0]
         if not vectors:
             raise ConfigurationError("no embedding endpoint could embed a probe text")
