@@ -12,7 +12,9 @@ from embedder.fleet.limits import AdaptiveInflightLimit, AdaptiveSettings, Fixed
 from embedder.fleet.routing import Endpoint
 
 STEP = 32
-SETTINGS = AdaptiveSettings(window=4, baseline_horizon_s=30.0, probe_interval_s=5.0)
+SETTINGS = AdaptiveSettings(
+    window=4, baseline_horizon_s=30.0, probe_interval_s=5.0, first_probe_s=5.0, probe_gain=0.10
+)
 
 
 def feed(
@@ -181,3 +183,17 @@ def test_a_shallower_queue_is_taken_back_when_it_costs_nothing() -> None:
     rates[0.5] = 1100.0
     run_windows(limit, 2000, now, rates)
     assert limit.settled_queue_share == 0.5
+
+
+def test_the_first_probe_comes_soon_after_the_endpoint_settles() -> None:
+    # A job of a minute or less: waiting the regular interval, it would never learn that a
+    # deeper queue delivers 8% more.
+    settings = AdaptiveSettings(window=4, probe_interval_s=60.0, first_probe_s=2.0)
+    limit = AdaptiveInflightLimit(STEP, 1024, settings)
+    limit.answered(0.1, STEP, alone=True, now=0.0)
+    now = run_windows(limit, 80, 0.0, {0.5: 1000.0, 2.0: 1080.0, 8.0: 1080.0})
+    assert now < 10.0
+    assert limit.settled_queue_share == 2.0
+    # The next probe (deeper, which gains nothing) is reverted and the regular interval
+    # follows, doubling: a settled endpoint is rarely disturbed.
+    assert limit._probe_interval >= settings.probe_interval_s
