@@ -328,6 +328,11 @@ class Fleet:
         return sum(e.limit.ceiling for e in self._endpoints if e.info)
 
     @property
+    def idle_endpoints(self) -> int:
+        """Endpoints in rotation with no request of ours in flight."""
+        return sum(1 for e in self._endpoints if e.up and not e.sent)
+
+    @property
     def ramping(self) -> bool:
         """Some endpoint in rotation still finds its adaptive limit's level."""
         return any(e.limit.ramping for e in self._endpoints if e.up)

@@ -37,6 +37,7 @@ from embedder.storage.shards import ShardReceipt, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.batching import BatchLimits, oversized, plan_batches
 from embedder.worker.documents import Doc, Embedded, FailureCause, Rejected, to_doc
+from embedder.worker.hedging import TailHedging
 from embedder.worker.progress import Progress, Silent
 from embedder.worker.reuse import TextReuse
 
@@ -170,6 +171,7 @@ class Worker:
         self._first_seen = 0
         self._last_shard = ""
         self._phases = telemetry.summary.phases
+        self._hedging = TailHedging(fleet)
 
     @property
     def summary(self) -> Summary:
@@ -347,6 +349,12 @@ class Worker:
         async with asyncio.TaskGroup() as embedders:
             for i in range(self._embedders):
                 embedders.create_task(self._embed_batches(), name=f"embed-{i}")
+        if self._hedging.hedged:
+            log.info(
+                "end of the queue: %d batch(es) sent again to idle endpoints, %d answered first",
+                self._hedging.hedged,
+                self._hedging.won,
+            )
         await self._outcomes.put(_END)  # the sink's cue; see _bound_drain when cancelled
 
     async def _embed_batches(self) -> None:
@@ -354,7 +362,7 @@ class Worker:
         while (batch := await self._batches.get()) is not _END:
             phases.reach("first_sent")
             phases.reach("last_sent", last=True)
-            result = await self._fleet.embed([d.text for d in batch.docs])
+            result = await self._hedging.embed([d.text for d in batch.docs])
             phases.answered += len(batch.docs)
             phases.reach("first_answered")
             phases.reach("last_answered", last=True)
@@ -375,6 +383,8 @@ class Worker:
             await self._outcomes.put(outcome)
             if self._reuse is not None:
                 await self._hand_to_waiters(outcome, pairs, ok)
+        # The first end-of-work cue: every batch has been taken, so sent.
+        self._hedging.nothing_left()
 
     async def _hand_to_waiters(
         self, outcome: Outcome, pairs: list[tuple[Doc, LeaseTracker]], ok: np.ndarray
