@@ -23,7 +23,8 @@ answers show:
   requests, and no request waits longer than that share of a batch.
 * **Queue depth.** Where TEI merges queued requests into bigger, faster batches (short texts
   on a large GPU), a deeper queue pays; latency cannot show it, throughput can. After
-  ``probe_interval_s`` of steady running the queue share is probed (below).
+  ``first_probe_s`` of steady running, then every ``probe_interval_s`` or more, the queue
+  share is probed (below).
 
 The limit never leaves ``[one request, ceiling]``; the ceiling is half the server's permits.
 The class is pure (the caller passes the clock), so tests drive it directly.
