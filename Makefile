@@ -74,5 +74,7 @@ bench: install
 	$(BIN)/python -m bench.worker_memory
 	$(BIN)/python -m bench.file_corpus
 
+	$(BIN)/python -m bench.start_to_exit
+
 clean:
 	rm -rf $(VENV) embeddings demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from embedder.errors import FaultKind
 from embedder.worker.documents import FailureCause
+from embedder.worker.phases import Phases
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -45,6 +46,7 @@ class Summary:
     sent_to_fleet: int = 0  # docs whose text went to the fleet
     reused_in_run: int = 0  # docs that got the vector of an equal text embedded in this run
     reused_from_cache: int = 0  # docs that got a vector from the cache of earlier runs
+    phases: Phases = field(default_factory=Phases)  # where the run's time went
     # Time spent polling with nothing to do (no lease held, nothing claimable): not work.
     idle_s: float = 0.0
     idle_since: float | None = None
@@ -89,6 +91,7 @@ class Summary:
             "elapsed_s": round(elapsed, 3),  # wall time
             "working_s": round(working, 3),  # wall time less idle polling
             "docs_per_s": round(self.embedded / working, 1) if working > 0 else 0.0,
+            "phases": self.phases.as_dict(),
         }
 
     def lines(self) -> list[str]:

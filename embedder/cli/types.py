@@ -10,8 +10,6 @@ from typing import Any
 import click
 from bson.errors import BSONError
 
-from embedder.ops.lineage import parse_doc_id
-
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -110,6 +108,9 @@ class DocId(click.ParamType[list[Any]]):
     ) -> list[Any]:
         if isinstance(value, list):
             return value
+        # Imported here: it loads pyarrow's datasets (and pandas), which `embed` never needs.
+        from embedder.ops.lineage import parse_doc_id
+
         try:
             return parse_doc_id(str(value))
         except BSONError as exc:  # extended JSON of a malformed value: {"$oid": "zzz"}

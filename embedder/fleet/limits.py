@@ -5,6 +5,8 @@ more inputs in flight only wait (the seed deployment's p95 of 22-60 s was that q
 adaptive limit keeps each endpoint near the smallest load that keeps it busy, from what its
 answers show:
 
+* **Start.** One request until the unloaded level is known, then two (one in the model, one
+  paced to follow it), doubling while answers stay fast and the limit holds requests back.
 * **Unloaded level.** The fastest answer the endpoint gave to a request sent while nothing
   else of ours was in flight there, over the last ``baseline_horizon_s``. When no such answer
   is that recent, the limit drops to one request until one comes back (a shared endpoint's
@@ -21,7 +23,8 @@ answers show:
   requests, and no request waits longer than that share of a batch.
 * **Queue depth.** Where TEI merges queued requests into bigger, faster batches (short texts
   on a large GPU), a deeper queue pays; latency cannot show it, throughput can. After
-  ``probe_interval_s`` of steady running the queue share is probed (below).
+  ``first_probe_s`` of steady running, then every ``probe_interval_s`` or more, the queue
+  share is probed (below).
 
 The limit never leaves ``[one request, ceiling]``; the ceiling is half the server's permits.
 The class is pure (the caller passes the clock), so tests drive it directly.
@@ -53,11 +56,16 @@ class AdaptiveSettings:
     max_queue_share: float = 16.0
     # Seconds of steady running before a probe; doubled after each probe that changed
     # nothing (up to ``max_probe_interval_s``), so a settled endpoint is rarely disturbed and
-    # a long run's p95 never sees the probes.
+    # a long run's p95 never sees the probes. The first comes sooner: until then a new
+    # endpoint runs at a depth nobody measured, and a short job would end before a minute.
     probe_interval_s: float = 60.0
+    first_probe_s: float = 3.0
     max_probe_interval_s: float = 1800.0
     probe_windows: int = 2  # windows measured on each side of a probe
-    probe_gain: float = 0.10  # a deeper queue is kept only for this much more throughput
+    # A deeper queue is kept only for this much more throughput: enough to stand out of the
+    # noise of a few windows, little enough that a batch job does not leave 5-10% on the
+    # table for a shorter queue on a server it has to itself.
+    probe_gain: float = 0.05
     probe_loss: float = 0.03  # a shallower one is kept if it loses no more than this
 
     def __post_init__(self) -> None:
@@ -73,6 +81,9 @@ class InflightLimit(Protocol):
     def value(self) -> int: ...
     @property
     def ceiling(self) -> int: ...
+
+    @property
+    def ramping(self) -> bool: ...
 
     def held_back(self) -> None: ...
     def paced(self) -> None: ...
@@ -103,13 +114,20 @@ class FixedInflightLimit:
     def overloaded(self, now: float) -> bool:
         return False
 
+    @property
+    def ramping(self) -> bool:
+        return False
+
 
 class AdaptiveInflightLimit:
     def __init__(self, step: int, ceiling: int, settings: AdaptiveSettings | None = None) -> None:
         self.step = max(1, step)  # one full request
         self.ceiling = max(self.step, ceiling)
         self.settings = settings or AdaptiveSettings()
-        self._limit = self.step
+        # Two requests once the unloaded level is known: one in the model and one paced to
+        # follow it, the least that keeps the server from idling between our requests (one
+        # alone leaves it idle for every round trip). Slow start goes on from there.
+        self._limit = min(self.ceiling, 2 * self.step)
         self._slow_start = True
         self._window: list[float] = []
         self._held_back = False
@@ -122,7 +140,7 @@ class AdaptiveInflightLimit:
             maxlen=self.settings.probe_windows
         )
         self._probe: _Probe | None = None
-        self._probe_interval = self.settings.probe_interval_s
+        self._probe_interval = self.settings.first_probe_s
         self._next_probe_at: float | None = None  # set once the endpoint has settled
         self._probe_up = True
         # (answered at, seconds) of requests that had the endpoint to themselves.
@@ -133,6 +151,11 @@ class AdaptiveInflightLimit:
         if self._measuring:
             return self.step
         return self._limit
+
+    @property
+    def ramping(self) -> bool:
+        """Still finding its level: measuring the unloaded latency, or in slow start."""
+        return self._measuring or self._slow_start
 
     @property
     def _measuring(self) -> bool:
@@ -291,7 +314,10 @@ class AdaptiveInflightLimit:
             self._next_probe_at = now
         else:
             self._share, self._limit = probe.share, probe.limit
-            self._probe_interval = min(self._probe_interval * 2, s.max_probe_interval_s)
+            # From the first probe's short wait to the regular one, then doubling.
+            self._probe_interval = min(
+                max(self._probe_interval * 2, s.probe_interval_s), s.max_probe_interval_s
+            )
             self._next_probe_at = now + self._probe_interval
             self._probe_up = not probe.up
         self._probe = None

@@ -292,15 +292,21 @@ class Fleet:
     async def _learn_dimension(self) -> None:
         """Embed one probe text on every live endpoint: all must agree on its vector."""
         vectors: dict[str, np.ndarray] = {}
-        for endpoint in [e for e in self._endpoints if e.up]:
-            try:
-                probe = await endpoint.client.embed([PROBE_TEXT], self.settings.options)
-            except EndpointError as exc:
+        live = [e for e in self._endpoints if e.up]
+        # All at once: a fleet starts in one round trip, not one per endpoint.
+        probes = await asyncio.gather(
+            *(e.client.embed([PROBE_TEXT], self.settings.options) for e in live),
+            return_exceptions=True,
+        )
+        for endpoint, probe in zip(live, probes, strict=True):
+            if isinstance(probe, EndpointError):
                 log.warning(
-                    "endpoint %s failed its probe (%s); probing it", endpoint.name, exc.reason
+                    "endpoint %s failed its probe (%s); probing it", endpoint.name, probe.reason
                 )
                 self._set_up(endpoint, False)
                 continue
+            if isinstance(probe, BaseException):
+                raise probe
             vectors[endpoint.name] = probe.vectors[0]
         if not vectors:
             raise ConfigurationError("no embedding endpoint could embed a probe text")
@@ -368,6 +374,16 @@ class Fleet:
     def max_inputs_in_flight(self) -> int:
         """The most inputs the fleet may ever have in flight: the sum of the ceilings."""
         return sum(e.limit.ceiling for e in self._endpoints if e.info)
+
+    @property
+    def idle_endpoints(self) -> int:
+        """Endpoints in rotation with no request of ours in flight."""
+        return sum(1 for e in self._endpoints if e.up and not e.sent)
+
+    @property
+    def ramping(self) -> bool:
+        """Some endpoint in rotation still finds its adaptive limit's level."""
+        return any(e.limit.ramping for e in self._endpoints if e.up)
 
     async def close(self) -> None:
         if self._prober:

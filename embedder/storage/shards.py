@@ -125,29 +125,36 @@ class ShardWriter:
                 f"vectors of shape {vectors.shape} and {len(text_hashes)} text hashes for "
                 f"{len(ids)} ids of dimension {self._dimension}"
             )
+        hashes = b"".join(text_hashes)
+        if len(hashes) != TEXT_HASH_BYTES * len(ids):
+            raise StorageError(
+                f"{len(text_hashes)} text hashes of {len(hashes)} bytes in all for {len(ids)} "
+                f"ids: each must be {TEXT_HASH_BYTES} bytes"
+            )
         encoded = [encode_id(i) for i in ids]
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
+        kinds: dict[str, int] = {}
+        kind_codes = np.fromiter(
+            (kinds.setdefault(kind, len(kinds)) for _, kind in encoded), np.int8, len(ids)
+        )
+        first_row = np.zeros(len(ids), np.int8)
+        flat = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1)
+        stamp = int(at.timestamp() * 1000)
         return pa.record_batch(
             [
-                pa.array([text for text, _ in encoded], pa.string()),
-                pa.array([kind for _, kind in encoded], pa.string())
-                .dictionary_encode()
-                .cast(self._schema.field("_id_kind").type),
-                pa.FixedSizeListArray.from_arrays(flat, self._dimension),
+                _strings([text for text, _ in encoded]),
+                pa.DictionaryArray.from_arrays(_fixed(pa.int8(), kind_codes), _strings(kinds)),
+                pa.FixedSizeListArray.from_arrays(_fixed(pa.float32(), flat), self._dimension),
                 pa.DictionaryArray.from_arrays(
-                    pa.array(np.zeros(len(ids), np.int8)), pa.array([self._model])
+                    _fixed(pa.int8(), first_row), _strings([self._model])
                 ),
                 pa.DictionaryArray.from_arrays(
-                    pa.array(np.zeros(len(ids), np.int8)), pa.array([self._model_sha])
+                    _fixed(pa.int8(), first_row), _strings([self._model_sha])
                 ),
-                pa.array(text_hashes, pa.binary(TEXT_HASH_BYTES)),
-                pa.array(
-                    np.full(len(ids), int(at.timestamp() * 1000), np.int64),
-                    pa.timestamp("ms", tz="UTC"),
-                ),
+                _fixed(pa.binary(TEXT_HASH_BYTES), hashes, len(ids)),
+                _fixed(pa.timestamp("ms", tz="UTC"), np.full(len(ids), stamp, np.int64)),
                 pa.nulls(len(ids), pa.int64())
                 if claim_seqs is None
-                else pa.array(np.asarray(claim_seqs, np.int64)),
+                else _fixed(pa.int64(), np.asarray(claim_seqs, np.int64)),
             ],
             schema=self._schema,
         )
@@ -222,6 +229,28 @@ class ShardWriter:
     def _reset(self) -> None:
         self._writer, self._hot_path = None, None
         self._pending, self._pending_rows, self.rows = [], 0, 0
+
+
+# Columns are built from their buffers, not with ``pa.array``: that call first looks whether its
+# input is a pandas object, importing pandas (a second or more) in every worker that never uses
+# it, in the middle of its first shard.
+
+
+def _fixed(kind: pa.DataType, values: np.ndarray | bytes, length: int | None = None) -> pa.Array:
+    """A column of fixed-width values (numbers, times, fixed-size binary) without nulls."""
+    count = len(values) if length is None else length
+    return pa.Array.from_buffers(kind, count, [None, pa.py_buffer(values)])
+
+
+def _strings(values: Sequence[str] | dict[str, int]) -> pa.Array:
+    """A string column without nulls."""
+    encoded = [value.encode() for value in values]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    data = b"".join(encoded)
+    return pa.Array.from_buffers(
+        pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
 
 
 def _own_hot_dir(root: Path, owner: str) -> Path:

@@ -39,6 +39,7 @@ from embedder.storage.shards import ShardReceipt, ShardWriter
 from embedder.telemetry import Summary, Telemetry
 from embedder.worker.batching import BatchLimits, oversized, plan_batches
 from embedder.worker.documents import Doc, Embedded, FailureCause, Rejected, to_doc
+from embedder.worker.hedging import TailHedging
 from embedder.worker.progress import Pace, Progress, Silent, duration
 from embedder.worker.reuse import TextReuse
 
@@ -182,6 +183,8 @@ class Worker:
         self._first_failures: list[tuple[Rejected, LeaseTracker]] | None = []
         self._first_seen = 0
         self._last_shard = ""
+        self._phases = telemetry.summary.phases
+        self._hedging = TailHedging(fleet)
 
     @property
     def summary(self) -> Summary:
@@ -206,6 +209,7 @@ class Worker:
             self._stopping.set()
 
     async def run(self) -> Summary:
+        self._phases.reach("worker_started")
         await self._queue.register()
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
@@ -232,6 +236,7 @@ class Worker:
         # Leases whose docs were never sent or abandoned at the drain bound: pending again.
         await _shielded(self._release_held())
         await self._queue.leave()
+        self._phases.reach("finished")
         log.info(
             "run finished: %s",
             "; ".join(self.summary.lines()),
@@ -262,6 +267,7 @@ class Worker:
                     log.info("the queue is resumed")
                     self._paused_logged = False
                     continue
+                self._phases.reach("queue_empty")
                 if self._settings.once and not await self._queue.others_hold_leases():
                     break
                 await self._note_awaited_leases()
@@ -365,8 +371,10 @@ class Worker:
         )
 
     async def _pause(self, seconds: float) -> None:
+        started = time.perf_counter()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        self._phases.waited("claim_poll", time.perf_counter() - started)
 
     # --- embed ------------------------------------------------------------------------------
 
@@ -374,19 +382,33 @@ class Worker:
         async with asyncio.TaskGroup() as embedders:
             for i in range(self._embedders):
                 embedders.create_task(self._embed_batches(), name=f"embed-{i}")
+        if self._hedging.hedged:
+            log.info(
+                "end of the queue: %d batch(es) sent again to idle endpoints, %d answered first",
+                self._hedging.hedged,
+                self._hedging.won,
+            )
         await self._outcomes.put(_END)  # the sink's cue; see _bound_drain when cancelled
 
     async def _embed_batches(self) -> None:
+        phases = self._phases
         while (batch := await self._batches.get()) is not _END:
             if self._stopping.is_set():
                 continue  # never sent: its docs stay pending, released with their lease
+            phases.reach("first_sent")
+            phases.reach("last_sent", last=True)
             self._in_flight[0] += 1
             self._in_flight[1] += len(batch.docs)
             try:
-                result = await self._fleet.embed([d.text for d in batch.docs])
+                result = await self._hedging.embed([d.text for d in batch.docs])
             finally:
                 self._in_flight[0] -= 1
                 self._in_flight[1] -= len(batch.docs)
+            phases.answered += len(batch.docs)
+            phases.reach("first_answered")
+            phases.reach("last_answered", last=True)
+            if "ramped" not in phases.marks and not self._fleet.ramping:
+                phases.reach("ramped")
             pairs = list(zip(batch.docs, batch.trackers, strict=True))
             ok = result.succeeded()
             # From here on the texts are dropped: the sink holds ids and text hashes only.
@@ -402,6 +424,8 @@ class Worker:
             await self._to_sink(outcome)
             if self._reuse is not None:
                 await self._hand_to_waiters(outcome, pairs, ok)
+        # The first end-of-work cue: every batch has been taken, so sent.
+        self._hedging.nothing_left()
 
     async def _hand_to_waiters(
         self, outcome: Outcome, pairs: list[tuple[Doc, LeaseTracker]], ok: np.ndarray
@@ -449,6 +473,7 @@ class Worker:
             try:
                 outcome = await asyncio.wait_for(self._outcomes.get(), timeout=max(timeout, 0.01))
             except TimeoutError:
+                self._phases.waited("sink_idle", timeout)
                 await self._commit()
                 continue
             if outcome is _END:
@@ -492,6 +517,7 @@ class Worker:
         """Make the open shard durable, then mark its docs and the failures, then release."""
         await self._append_buffered()
         receipt: ShardReceipt | None = await asyncio.to_thread(self._shards.roll)
+        self._phases.reach("last_rolled", last=True)
         if receipt is not None:
             self._last_shard = receipt.name
             self._telemetry.shard_written(receipt.bytes)
@@ -521,6 +547,7 @@ class Worker:
         self._unmarked_done, self._unmarked_failed = [], []
         finished = [t for _, t in done] + [t for _, t in failed]
         await self._settle(finished)
+        self._phases.reach("last_marked", last=True)
 
     async def _settle(self, trackers: list[LeaseTracker]) -> None:
         for tracker in trackers:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 from prometheus_client import start_http_server
+from pymongo import AsyncMongoClient
 
 from embedder import __version__
 from embedder.errors import ConfigurationError, EmbedderError, QueueError
@@ -86,24 +87,13 @@ class Supervised(Protocol):
 
 async def run_embed(job: EmbedJob, supervisor: Supervised | None = None) -> Summary:
     telemetry = Telemetry()
+    phases = telemetry.summary.phases
+    phases.reach("started")
     if job.metrics is not None:
-        try:
-            start_http_server(job.metrics.port, addr=job.metrics.host, registry=telemetry.registry)
-        except OSError as exc:  # a port in use, an address not of this machine
-            where = f"{job.metrics.host}:{job.metrics.port}"
-            raise ConfigurationError(
-                f"--metrics-port {job.metrics.port}: cannot listen on {where} "
-                f"({exc.strerror or exc}); choose another --metrics-port or --metrics-host"
-            ) from None
-        log.info("metrics on http://%s:%d/metrics", job.metrics.host, job.metrics.port)
+        _serve_metrics(job.metrics, telemetry)
     client = mongo.connect(job.mongo_uri, **job.mongo_options)
     try:
-        await mongo.check_reachable(client, job.mongo_uri)
-        await mongo.check_indexes(client, job.queue, job.mongo_uri)
-        await mongo.check_target_field(client, job.queue)
-        nothing = await why_nothing_pending(client, job.queue)
-        if nothing is not None:
-            log.warning("nothing to embed: %s", nothing)
+        await _check_queue(client, job)
         queue = MongoWorkQueue(
             client,
             job.queue,
@@ -112,6 +102,7 @@ async def run_embed(job: EmbedJob, supervisor: Supervised | None = None) -> Summ
             retry=MongoRetry(job.work_queue.outage_timeout_s),
         )
         fleet = await Fleet.connect(job.fleet, telemetry)
+        phases.reach("fleet_ready")
         reuse: TextReuse[LeaseTracker] | None = None
         try:
             key = embed_key(fleet.info, job.fleet.options, fleet.dimension)
@@ -144,6 +135,7 @@ async def run_embed(job: EmbedJob, supervisor: Supervised | None = None) -> Summ
                 if supervisor is not None
                 else for_stream(pending, enabled=job.progress_bar)
             )
+            phases.reach("set_up")
             worker = Worker(
                 queue,
                 fleet,
@@ -181,8 +173,31 @@ async def run_embed(job: EmbedJob, supervisor: Supervised | None = None) -> Summ
             await fleet.close()
             if reuse is not None and reuse.cache is not None:
                 await reuse.cache.aclose()
+            phases.reach("closed")
     finally:
         await client.close()
+
+
+def _serve_metrics(metrics: MetricsSettings, telemetry: Telemetry) -> None:
+    try:
+        start_http_server(metrics.port, addr=metrics.host, registry=telemetry.registry)
+    except OSError as exc:  # a port in use, an address not of this machine
+        where = f"{metrics.host}:{metrics.port}"
+        raise ConfigurationError(
+            f"--metrics-port {metrics.port}: cannot listen on {where} "
+            f"({exc.strerror or exc}); choose another --metrics-port or --metrics-host"
+        ) from None
+    log.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
+
+
+async def _check_queue(client: AsyncMongoClient[dict[str, Any]], job: EmbedJob) -> None:
+    """MongoDB answers, the queue has its indexes, and why nothing is pending if so."""
+    await mongo.check_reachable(client, job.mongo_uri)
+    await mongo.check_indexes(client, job.queue, job.mongo_uri)
+    await mongo.check_target_field(client, job.queue)
+    nothing = await why_nothing_pending(client, job.queue)
+    if nothing is not None:
+        log.warning("nothing to embed: %s", nothing)
 
 
 async def _run_watching(worker: Worker, watcher: ChangeWatcher) -> Summary:

@@ -62,6 +62,20 @@ SMOKES = (
         ),
     ),
     Smoke(
+        "start_to_exit",
+        (
+            *("--docs", "200", "--fleet-docs", "200"),
+            *("--capacity-seconds", "0.3", "--warmup", "0.1"),
+        ),
+        (
+            r"^capacity alone: [\d,.]+ docs/s \(batch 32, \d+ requests in flight per server\)$",
+            r"^\| 200 \| auto \| [\d.]+ \| [\d,.]+ \| [\d.]+ \| [\d.]+ \|$",
+            r"^\| 200 \| fixed \d+ \| [\d.]+ \| [\d,.]+ \| [\d.]+ \| [\d.]+ \|$",
+            r"^\| 200 \| auto \|( -?[\d.]+ \|){8} ",
+            r"^four simulated servers, speeds \(1\.0, 1\.0, 1\.0, 0\.5\)$",
+        ),
+    ),
+    Smoke(
         "queue_scale",
         (
             *("--docs", "200", "--claim-size", "50", "--workers", "1,2"),
@@ -160,7 +174,15 @@ SMOKES = (
     ),
 )
 # Modules of bench/ that are pieces of the benchmarks above, not benchmarks of their own.
-PIECES = {"counted_worker", "memory_queue", "peak_rss", "plain_copy", "shard_corpus", "sim_fleet"}
+PIECES = {
+    "counted_worker",
+    "memory_embed",
+    "memory_queue",
+    "peak_rss",
+    "plain_copy",
+    "shard_corpus",
+    "sim_fleet",
+}
 
 
 def test_every_benchmark_has_a_smoke_run() -> None:

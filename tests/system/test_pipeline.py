@@ -146,9 +146,12 @@ async def test_faulty_fleet_completes_and_reports_retries(
     assert code == 0, ws.log()
     assert_complete(ws.rows(), await marks(mongo, queue), corpus)
     summary = ws.summary()
-    assert summary["retries"] >= overloaded.stats()["faults_injected"] > 0
-    assert summary["errors_by_kind"].get("overloaded", 0) == overloaded.stats()["faults_injected"]
-    assert summary["errors_by_kind"].get("server_error", 0) == erroring.stats()["faults_injected"]
+    seen = summary["errors_by_kind"]
+    # At the end of the queue a batch may go to a second endpoint and the slower attempt is
+    # cancelled (embedder.worker.hedging): the answer it never read is not counted.
+    assert 0 < seen.get("overloaded", 0) <= overloaded.stats()["faults_injected"]
+    assert seen.get("server_error", 0) <= erroring.stats()["faults_injected"]
+    assert summary["retries"] >= seen.get("overloaded", 0)
     assert "not answering" in ws.log()
 
 

@@ -17,7 +17,11 @@ from embedder.logs import JsonFormatter, fields
 
 def commands() -> list[tuple[list[str], click.Command]]:
     found: list[tuple[list[str], click.Command]] = [([], cli)]
-    found += [([name], command) for name, command in sorted(cli.commands.items())]
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        found.append(([name], command))
     return found
 
 

@@ -12,7 +12,9 @@ from embedder.fleet.limits import AdaptiveInflightLimit, AdaptiveSettings, Fixed
 from embedder.fleet.routing import Endpoint
 
 STEP = 32
-SETTINGS = AdaptiveSettings(window=4, baseline_horizon_s=30.0, probe_interval_s=5.0)
+SETTINGS = AdaptiveSettings(
+    window=4, baseline_horizon_s=30.0, probe_interval_s=5.0, first_probe_s=5.0, probe_gain=0.10
+)
 
 
 def feed(
@@ -31,8 +33,13 @@ def test_starts_at_one_request_and_measures_the_unloaded_level_first() -> None:
     limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     assert limit.value == STEP
     assert limit.pacing() is None
+    assert limit.ramping
     limit.answered(0.1, STEP, alone=True, now=0.0)
     assert limit.baseline == 0.1
+    # Then two requests, the second paced to follow the first: the server never idles
+    # between them, as it would for the round trip of one request at a time.
+    assert limit.value == 2 * STEP
+    assert limit.ramping
     per_input, allowed = limit.pacing() or (0.0, 0.0)
     assert per_input == pytest.approx(0.1 / STEP)
     assert allowed == pytest.approx(0.05)
@@ -42,12 +49,14 @@ def test_grows_while_answers_stay_fast_and_the_limit_holds_requests_back() -> No
     limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)  # the first answer of the first window
     now = feed(limit, 0.11, 3, 0.1, held=True)
-    assert limit.value == 2 * STEP  # slow start doubles
+    assert limit.value == 4 * STEP  # slow start doubles
     now = feed(limit, 0.11, 4, now, held=True)
-    assert limit.value == 4 * STEP
+    assert limit.value == 8 * STEP
+    assert limit.ramping
     # Fast answers while the limit held nothing back say nothing about more load.
     feed(limit, 0.11, 8, now, held=False)
-    assert limit.value == 4 * STEP
+    assert limit.value == 8 * STEP
+    assert not limit.ramping  # settled
 
 
 def test_shrinks_when_answers_queue_and_never_below_one_request() -> None:
@@ -55,13 +64,16 @@ def test_shrinks_when_answers_queue_and_never_below_one_request() -> None:
     limit.answered(0.1, STEP, alone=True, now=0.0)
     now = feed(limit, 0.1, 3, 0.1, held=True)
     now = feed(limit, 0.1, 4, now, held=True)
-    assert limit.value == 4 * STEP
-    now = feed(limit, 0.25, 4, now, held=True)  # 2.5x the unloaded level: queueing
-    assert limit.value == 3 * STEP
+    assert limit.value == 8 * STEP
+    # 2.5x the unloaded level: queueing (a window is one answer per request of the limit)
+    now = feed(limit, 0.25, 8, now, held=True)
+    assert limit.value == 7 * STEP
     for _ in range(10):
         now = feed(limit, 0.5, 4, now, held=True)
     assert limit.value == STEP
-    # Out of slow start: it grows back one request at a time once answers are fast again.
+    # Out of slow start: it grows back one request at a time once answers are fast again
+    # (the first window may still hold slow answers).
+    now = feed(limit, 0.1, 4, now, held=True)
     now = feed(limit, 0.1, 4, now, held=True)
     assert limit.value == 2 * STEP
 
@@ -84,14 +96,14 @@ def test_a_stale_unloaded_level_is_measured_again() -> None:
     limit = AdaptiveInflightLimit(STEP, 256, SETTINGS)
     limit.answered(0.1, STEP, alone=True, now=0.0)
     feed(limit, 0.1, 7, 0.1, held=True)
-    assert limit.value == 4 * STEP
+    assert limit.value == 8 * STEP
     # Past the horizon with no request alone: one request at a time until one comes back.
     limit.answered(0.1, STEP, alone=False, now=31.0)
     assert limit.value == STEP and limit.pacing() is None
     # The endpoint is now shared and slower: the new level is what counts.
     limit.answered(0.3, STEP, alone=True, now=31.5)
     assert limit.baseline == 0.3
-    assert limit.value == 4 * STEP
+    assert limit.value == 8 * STEP
 
 
 def test_small_requests_do_not_move_the_unloaded_level() -> None:
@@ -171,3 +183,17 @@ def test_a_shallower_queue_is_taken_back_when_it_costs_nothing() -> None:
     rates[0.5] = 1100.0
     run_windows(limit, 2000, now, rates)
     assert limit.settled_queue_share == 0.5
+
+
+def test_the_first_probe_comes_soon_after_the_endpoint_settles() -> None:
+    # A job of a minute or less: waiting the regular interval, it would never learn that a
+    # deeper queue delivers 8% more.
+    settings = AdaptiveSettings(window=4, probe_interval_s=60.0, first_probe_s=2.0)
+    limit = AdaptiveInflightLimit(STEP, 1024, settings)
+    limit.answered(0.1, STEP, alone=True, now=0.0)
+    now = run_windows(limit, 80, 0.0, {0.5: 1000.0, 2.0: 1080.0, 8.0: 1080.0})
+    assert now < 10.0
+    assert limit.settled_queue_share == 2.0
+    # The next probe (deeper, which gains nothing) is reverted and the regular interval
+    # follows, doubling: a settled endpoint is rarely disturbed.
+    assert limit._probe_interval >= settings.probe_interval_s
