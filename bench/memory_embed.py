@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     from embedder import cli
     from embedder.worker import runner
 
-    async def nothing(*_: object) -> None:
+    async def nothing(*_: object, **__: object) -> None:
         return None
 
     class NoClient:
@@ -55,6 +55,8 @@ def main(argv: list[str]) -> None:
             check_target_field=nothing,
         ),
         MongoWorkQueue=memory_queue,
+        why_nothing_pending=nothing,
+        record_output=nothing,
     )
     try:
         cli.main(cli_args)

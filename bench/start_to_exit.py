@@ -128,7 +128,8 @@ def run_cli(
         exited = time.time()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
-        raise RuntimeError(f"the worker exited {process.returncode}; see {root / 'worker.log'}")
+        tail = (root / "worker.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the worker exited {process.returncode}; its log ends:\n{tail}")
     began = orjson.loads(times.read_bytes())
     result = orjson.loads(summary.read_bytes())
     if result["embedded"] != docs:

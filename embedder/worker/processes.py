@@ -357,10 +357,13 @@ def sum_summaries(summaries: Sequence[Summary]) -> Summary:
     # The workers worked side by side: they were all idle for at most the least idle one's
     # time, so the command's working time is its span less that.
     total.idle_s = min((s.idle_s for s in summaries), default=0.0)
+    if summaries:  # the phases of one run: the first worker's stand for all
+        total.phases = summaries[0].phases
     return total
 
 
-_NOT_ADDED = {"started", "idle_s", "idle_since"}  # times of one process, not counts
+# Times of one process, not counts.
+_NOT_ADDED = {"started", "idle_s", "idle_since", "phases"}
 
 
 def sum_progress(records: Sequence[WorkerProgress]) -> WorkerProgress:

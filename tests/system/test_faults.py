@@ -135,7 +135,10 @@ async def test_a_hanging_endpoint_is_routed_around(
 
     assert code == 0, ws.log()
     assert_complete(ws.rows(), await marks(mongo, queue), corpus)
-    assert ws.summary()["errors_by_kind"].get("timeout", 0) >= 1
+    # Its requests either timed out, or (at the end of the queue) an idle endpoint answered
+    # them first and the hung attempt was dropped: either way the hang was seen and left.
+    timed_out = ws.summary()["errors_by_kind"].get("timeout", 0)
+    assert timed_out >= 1 or "sent again to idle endpoints" in ws.log(), ws.log()
 
 
 @pytest.mark.parametrize("garbage", ["nan", "count", "dim", "json", "truncated"])

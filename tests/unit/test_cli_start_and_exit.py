@@ -49,7 +49,7 @@ from embedder.cli import main
 # Registered before main's, so it runs after them (last in, first out).
 atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0))
 try:
-    main(["--help"])
+    main(["embed", "--help"])
 except SystemExit:
     pass
 """
