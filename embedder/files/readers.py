@@ -85,6 +85,7 @@ _SUFFIXES: dict[str, Format] = {
 }
 # What pyarrow's compression="detect" recognises by name.
 _COMPRESSED = (".gz", ".zst", ".zstd", ".bz2", ".lz4")
+_UTF8_BOM = b"\xef\xbb\xbf"
 _READ_BUFFER = 1 << 20
 _PARQUET_BATCH_ROWS = 1024
 _CSV_BLOCK = 4 << 20
@@ -238,6 +239,8 @@ class CorpusReader:
         return self._stream
 
     def _json_record(self, position: int, line: bytes) -> Record:
+        if position == 0 and line.startswith(_UTF8_BOM):
+            line = line[len(_UTF8_BOM) :]  # Windows tools write one; JSON parsers refuse it
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
