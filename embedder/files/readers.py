@@ -428,18 +428,20 @@ class CorpusReader:
                 position,
                 position + 1,
                 None,
-                f"id {value!r} is a {type(value).__name__}, not a string or an integer",
+                f"id {value!r} is a {type(value).__name__}, not a string or a 64-bit integer",
                 BadCause.BAD_ID,
             )
         return FileRecord(position, record_id, text, position + 1)
 
 
 def as_record_id(value: object) -> RecordId | None:
-    """A string or an integer (a NumPy integer from a DataFrame included) as an id; else None."""
+    """A string or a 64-bit integer (a NumPy one from a DataFrame included) as an id; else None."""
     if isinstance(value, str):
         return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
+        number = int(value)
+        # MongoDB's integers (and so an _id, and the order export follows) stop at int64.
+        return number if -(2**63) <= number < 2**63 else None
     return None
 
 

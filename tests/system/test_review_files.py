@@ -71,3 +71,34 @@ async def test_same_size_edit_between_runs_is_not_silently_mixed(
         return  # refused: the edit was noticed
     rows = _rows(_shards(out))
     _assert_exact(rows, dict(enumerate(texts)))
+
+
+async def test_an_id_too_big_for_64_bits_is_a_bad_record(tmp_path: Path, tei: FaultTei) -> None:
+    """A JSON integer id past int64 (MongoDB and Parquet cannot hold it) is reported as that
+    record's bad id; it never stops the run nor loses its neighbours."""
+    texts = {i: f"words for record {i}" for i in range(20)}
+    lines = [json.dumps({"id": i, "text": t}) for i, t in texts.items()]
+    lines[5] = json.dumps({"id": 2**70, "text": "too big an id"})
+    del texts[5]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    summary = await _embed(FileCorpus(path, "text", "id", texts=texts), tei, out, chunk_rows=8)
+    _assert_exact(_rows(_shards(out)), texts)
+    assert _failures(out) == {5: "bad_id"}
+    assert (summary.embedded, summary.failed) == (19, 1)
+
+
+async def test_an_id_past_int64_is_a_bad_record(tmp_path: Path, tei: FaultTei) -> None:
+    """An integer id that fits no int64 (MongoDB's _id, export's order) is that record's bad id."""
+    texts = {i: f"words for record {i}" for i in range(20)}
+    lines = [json.dumps({"id": i, "text": t}) for i, t in texts.items()]
+    lines[5] = json.dumps({"id": 2**63 + 5, "text": "too big an id"})
+    del texts[5]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    summary = await _embed(FileCorpus(path, "text", "id", texts=texts), tei, out, chunk_rows=8)
+    _assert_exact(_rows(_shards(out)), texts)
+    assert _failures(out) == {5: "bad_id"}
+    assert (summary.embedded, summary.failed) == (19, 1)
