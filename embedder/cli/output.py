@@ -18,7 +18,6 @@ from embedder.cli.options import (
     Decorator,
     consolidation_dirs,
     default,
-    default_dirs,
     queue_naming_options,
     queue_options,
 )
@@ -149,8 +148,8 @@ def consolidate(
     exit 4 naming the holder, or wait for it with --watch.
     """
     if files_outputs:
-        given = dirs[1] != default_dirs(spec)[1]
-        dirs = (dirs[0], dirs[1] if given else "")
+        # Only a --consolidated-dir the user gave: else the target is <output>/consolidated.
+        dirs = (dirs[0], given_dirs(dirs)[1] or "")
     try:
         settings = ConsolidateSettings(
             shards_uri=dirs[0],
