@@ -85,6 +85,7 @@ _SUFFIXES: dict[str, Format] = {
 }
 # What pyarrow's compression="detect" recognises by name.
 _COMPRESSED = (".gz", ".zst", ".zstd", ".bz2", ".lz4")
+_UTF8_BOM = b"\xef\xbb\xbf"
 _READ_BUFFER = 1 << 20
 _PARQUET_BATCH_ROWS = 1024
 _CSV_BLOCK = 4 << 20
@@ -238,6 +239,8 @@ class CorpusReader:
         return self._stream
 
     def _json_record(self, position: int, line: bytes) -> Record:
+        if position == 0 and line.startswith(_UTF8_BOM):
+            line = line[len(_UTF8_BOM) :]  # Windows tools write one; JSON parsers refuse it
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
@@ -425,18 +428,20 @@ class CorpusReader:
                 position,
                 position + 1,
                 None,
-                f"id {value!r} is a {type(value).__name__}, not a string or an integer",
+                f"id {value!r} is a {type(value).__name__}, not a string or a 64-bit integer",
                 BadCause.BAD_ID,
             )
         return FileRecord(position, record_id, text, position + 1)
 
 
 def as_record_id(value: object) -> RecordId | None:
-    """A string or an integer (a NumPy integer from a DataFrame included) as an id; else None."""
+    """A string or a 64-bit integer (a NumPy one from a DataFrame included) as an id; else None."""
     if isinstance(value, str):
         return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
+        number = int(value)
+        # MongoDB's integers (and so an _id, and the order export follows) stop at int64.
+        return number if -(2**63) <= number < 2**63 else None
     return None
 
 
