@@ -76,7 +76,7 @@ async def test_same_size_edit_between_runs_is_not_silently_mixed(
 async def test_an_id_too_big_for_64_bits_is_a_bad_record(tmp_path: Path, tei: FaultTei) -> None:
     """A JSON integer id past int64 (MongoDB and Parquet cannot hold it) is reported as that
     record's bad id; it never stops the run nor loses its neighbours."""
-    texts = {i: f"words for record {i}" for i in range(20)}
+    texts: dict[str | int, str] = {i: f"words for record {i}" for i in range(20)}
     lines = [json.dumps({"id": i, "text": t}) for i, t in texts.items()]
     lines[5] = json.dumps({"id": 2**70, "text": "too big an id"})
     del texts[5]
@@ -91,7 +91,7 @@ async def test_an_id_too_big_for_64_bits_is_a_bad_record(tmp_path: Path, tei: Fa
 
 async def test_an_id_past_int64_is_a_bad_record(tmp_path: Path, tei: FaultTei) -> None:
     """An integer id that fits no int64 (MongoDB's _id, export's order) is that record's bad id."""
-    texts = {i: f"words for record {i}" for i in range(20)}
+    texts: dict[str | int, str] = {i: f"words for record {i}" for i in range(20)}
     lines = [json.dumps({"id": i, "text": t}) for i, t in texts.items()]
     lines[5] = json.dumps({"id": 2**63 + 5, "text": "too big an id"})
     del texts[5]
