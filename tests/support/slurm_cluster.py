@@ -7,7 +7,9 @@ machine's own configuration is used or changed.
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -157,6 +159,7 @@ def start(root: Path) -> SlurmCluster:
             memory=memory,
             ctld_port=free_port(),
             slurmd_port=free_port(),
+            first_job_id=next(_FIRST_JOB_IDS),
         )
     )
     cluster = SlurmCluster(root, node)
@@ -209,6 +212,10 @@ def _this_node() -> tuple[str, int, int]:
 
 # No cgroups here: processes are tracked by parentage (proctrack/linuxproc) and CPUs are the
 # only consumable (CR_CPU), so two one-CPU array tasks run side by side on a two-core machine.
+# Each cluster of a session numbers its jobs from its own block: deploy/slurm derives a task's
+# ports from its job id, and a server of an earlier test's job may still be going away on them.
+_FIRST_JOB_IDS = itertools.count(1 + 20 * random.randrange(50), 20)
+
 _SLURM_CONF = """\
 ClusterName=embedder-test
 SlurmctldHost={node}(127.0.0.1)
@@ -238,6 +245,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 KillWait=20
 MinJobAge=600
+FirstJobId={first_job_id}
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
