@@ -160,6 +160,10 @@ def _load_keys(
     except (OSError, pa.ArrowException, duckdb.Error) as exc:
         if failure and failure[0] is _INTERRUPTED:
             raise KeyboardInterrupt from None  # Ctrl-C in our stream, which DuckDB wrapped
+        if isinstance(exc, duckdb.Error) and "KeyboardInterrupt" in str(exc):
+            # Ctrl-C in DuckDB's own calls into the stream (counting it, say): DuckDB keeps
+            # only the exception's name in its message.
+            raise KeyboardInterrupt from None
         return failure[0] if failure else f"{type(exc).__name__}: {exc}"
     return None
 
