@@ -53,15 +53,15 @@ def default_output(input_uri: str, selection: Selection) -> str:
     return path
 
 
-@click.command("embed-files")
-@click.option(
+# The corpus options of every command that reads a file corpus (embed-files, load).
+CORPUS_INPUT = click.option(
     "--input",
     "input_uri",
     required=True,
     envvar="EMBEDDER_INPUT",
     help="The corpus: a file, a Parquet dataset directory, or a pyarrow.fs URI (s3://...).",
 )
-@click.option(
+CORPUS_FORMAT = click.option(
     "--format",
     "corpus_format",
     type=click.Choice(["auto", *FORMATS]),
@@ -69,6 +69,11 @@ def default_output(input_uri: str, selection: Selection) -> str:
     show_default=True,
     help="auto: by the name (.jsonl/.ndjson[.gz|.zst], .parquet or a directory, .csv, .tsv, .pkl).",
 )
+
+
+@click.command("embed-files")
+@CORPUS_INPUT
+@CORPUS_FORMAT
 @click.option("--text-field", default="text", show_default=True, help="Dotted path of the text.")
 @click.option(
     "--id-field",

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
+from embedder.cli.files import CORPUS_FORMAT, CORPUS_INPUT
 from embedder.cli.options import DATABASE, MONGO_URI, TEXT_FIELD_HELP, default
 from embedder.cli.running import run, with_mongo, write_json
 from embedder.cli.types import BYTE_SIZE, WRITABLE_FILE, size_text
 from embedder.errors import ConfigurationError, EmbedderError
 from embedder.files.readers import open_source
-from embedder.files.records import FORMATS
 from embedder.files.to_mongo import LoadSettings, load
 from embedder.ops.export import ExportSettings, export
 from embedder.ops.export_order import OrderBy
@@ -140,24 +140,11 @@ def export_command(
 
 
 @click.command(name="load")
-@click.option(
-    "--input",
-    "corpus",
-    required=True,
-    envvar="EMBEDDER_INPUT",
-    help="The corpus: a file, a Parquet dataset directory, or a pyarrow.fs URI (s3://...).",
-)
+@CORPUS_INPUT
 @click.option("--collection", required=True, envvar="EMBEDDER_COLLECTION", help="Load into it.")
 @DATABASE
 @MONGO_URI
-@click.option(
-    "--format",
-    "corpus_format",
-    type=click.Choice(["auto", *FORMATS]),
-    default="auto",
-    show_default=True,
-    help="The corpus's format; auto goes by its name (a directory is a Parquet dataset).",
-)
+@CORPUS_FORMAT
 @click.option("--text-field", default="text", show_default=True, help=TEXT_FIELD_HELP)
 @click.option(
     "--id-field",
@@ -180,7 +167,7 @@ def export_command(
 @click.option("--report-json", type=WRITABLE_FILE, help="Write the summary here as JSON.")
 def load_command(
     *,
-    corpus: str,
+    input_uri: str,
     collection: str,
     database: str,
     mongo_uri: str,
@@ -199,7 +186,7 @@ def load_command(
     """
     try:
         settings = LoadSettings(
-            source=open_source(corpus, corpus_format, text_field=text_field, id_field=id_field),
+            source=open_source(input_uri, corpus_format, text_field=text_field, id_field=id_field),
             database=database,
             collection=collection,
             batch_size=batch_size,
